@@ -1,0 +1,64 @@
+"""blackout_jax: Blackout Diffusion (generative diffusion on integer counts) in JAX.
+
+The public names below are pure JAX functions (they work under ``jax.jit`` and ``jax.vmap``);
+the samplers and the likelihood bound take any ``predict_fn(counts, t) -> yhat``.
+"""
+
+from blackout_jax.likelihood import (
+    bits_per_dim,
+    nll_bound,
+    prior_kl,
+    prior_log_prob,
+    prior_sample,
+)
+from blackout_jax.losses import (
+    WEIGHTINGS,
+    example_keys,
+    poisson_divergence,
+    poisson_loss,
+    sample_time_and_weight,
+    training_loss,
+)
+from blackout_jax.oracle import dataset_oracle
+from blackout_jax.process import (
+    birth_rate,
+    bridge_log_prob,
+    bridge_probability,
+    bridge_sample,
+    forward_log_prob,
+    forward_sample,
+    survival_probability,
+)
+from blackout_jax.sampling import METHODS, impute, sample
+from blackout_jax.schedule import continuous_time, grid_position, observation_times, subgrid
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "METHODS",
+    "WEIGHTINGS",
+    "birth_rate",
+    "bits_per_dim",
+    "bridge_log_prob",
+    "bridge_probability",
+    "bridge_sample",
+    "continuous_time",
+    "dataset_oracle",
+    "example_keys",
+    "forward_log_prob",
+    "forward_sample",
+    "grid_position",
+    "impute",
+    "nll_bound",
+    "observation_times",
+    "poisson_divergence",
+    "poisson_loss",
+    "prior_kl",
+    "prior_log_prob",
+    "prior_sample",
+    "sample",
+    "sample_time_and_weight",
+    "subgrid",
+    "survival_probability",
+    "training_loss",
+]

@@ -1,0 +1,158 @@
+"""The Blackout forward process (pure death at rate 1) and its exact reverse-time bridge.
+
+Per count, with ``p_t = exp(-t)``:
+
+* forward marginal   ``q(n_t | n_0) = Binomial(n_t; n_0, p_t)``;
+* bridge (``s < t``) ``q(n_s | n_t, n_0) = n_t + Binomial(n_0 - n_t, r)``, with
+  ``r = (p_s - p_t) / (1 - p_t) = exp(-s) (1 - exp(-(t - s))) / (1 - exp(-t))`` and
+  ``1 - r = (1 - exp(-s)) / (1 - exp(-t))``;
+* reverse-time birth rate ``lambda = E[n_0 - n_t | n_t] p_t / (1 - p_t) = yhat / expm1(t)``.
+
+Every ``1 - exp(-x)`` is evaluated as ``-expm1(-x)``, so float32 stays accurate from
+``t ~ 1e-7`` up to ``t ~ 20``.
+
+Dtype rules: counts may be any integer or float dtype holding whole numbers; ``t`` and ``s``
+broadcast against them. Log-probabilities and rates are float32; samples keep the dtype of the
+counts they are drawn from (``n0``). Inputs are checked only when concrete (see
+:mod:`blackout_jax.validation`).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from blackout_jax import validation
+
+Array = jax.Array
+
+
+def survival_probability(t: Array) -> Array:
+    """``p_t = exp(-t)``, the probability that one unit is still alive at time ``t`` (float32)."""
+    return jnp.exp(-jnp.asarray(t, jnp.float32))
+
+
+def log_one_minus_survival(t: Array) -> Array:
+    """``log(1 - p_t) = log(-expm1(-t))`` (float32; ``-inf`` at ``t = 0``)."""
+    return jnp.log(-jnp.expm1(-jnp.asarray(t, jnp.float32)))
+
+
+def binomial_log_prob(k: Array, n: Array, log_p: Array, log_one_minus_p: Array) -> Array:
+    """``log Binomial(k; n, p)`` from ``log p`` and ``log(1 - p)``, float32, ``-inf`` off support.
+
+    ``log C(n, k) + k log p + (n - k) log(1 - p)`` with ``0 * log 0 = 0``, so ``p = 0`` and
+    ``p = 1`` are exact. Off the support (``k < 0``, ``k > n``, ``n < 0`` or non-whole ``k``,
+    ``n``) the result is ``-inf``.
+    """
+    k = jnp.asarray(k, jnp.float32)
+    n = jnp.asarray(n, jnp.float32)
+    k_safe = jnp.clip(k, 0.0, jnp.maximum(n, 0.0))
+    n_safe = jnp.maximum(n, 0.0)
+    log_choose = (
+        jax.lax.lgamma(n_safe + 1.0)
+        - jax.lax.lgamma(k_safe + 1.0)
+        - jax.lax.lgamma(n_safe - k_safe + 1.0)
+    )
+    success = jnp.where(k_safe == 0, 0.0, k_safe * log_p)
+    failure = jnp.where(n_safe - k_safe == 0, 0.0, (n_safe - k_safe) * log_one_minus_p)
+    on_support = (k >= 0) & (k <= n) & (k == jnp.round(k)) & (n == jnp.round(n))
+    return jnp.where(on_support, log_choose + success + failure, -jnp.inf)
+
+
+def forward_log_prob(nt: Array, n0: Array, t: Array) -> Array:
+    """``log q(n_t | n_0) = log Binomial(n_t; n_0, exp(-t))``; broadcast shape, float32.
+
+    Raises:
+      ValueError: (concrete inputs) counts negative, non-whole or non-finite, or ``t < 0``.
+    """
+    validation.check_counts("nt", nt)
+    validation.check_counts("n0", n0)
+    validation.check_times("t", t)
+    t = jnp.asarray(t, jnp.float32)
+    return binomial_log_prob(nt, n0, -t, log_one_minus_survival(t))
+
+
+def forward_sample(key: Array, n0: Array, t: Array) -> Array:
+    """Draw ``n_t ~ Binomial(n_0, exp(-t))``; shape of ``broadcast(n0, t)``, dtype of ``n0``.
+
+    Raises:
+      ValueError: (concrete inputs) ``n0`` negative, non-whole or non-finite, or ``t < 0``.
+    """
+    validation.check_counts("n0", n0)
+    validation.check_times("t", t)
+    n0 = jnp.asarray(n0)
+    p = survival_probability(t)
+    shape = jnp.broadcast_shapes(n0.shape, p.shape)
+    draws = jax.random.binomial(key, jnp.broadcast_to(n0, shape).astype(jnp.float32), p, shape)
+    return draws.astype(n0.dtype)
+
+
+def bridge_probability(s: Array, t: Array) -> Array:
+    """``r = (p_s - p_t) / (1 - p_t) = exp(-s) (1 - exp(-(t - s))) / (1 - exp(-t))`` (float32).
+
+    The probability that a unit alive at ``s`` but dead at ``t`` is counted at ``s``; it is the
+    success probability of the reverse-time bridge. ``0 <= s < t``.
+    """
+    s = jnp.asarray(s, jnp.float32)
+    t = jnp.asarray(t, jnp.float32)
+    return jnp.exp(-s) * jnp.expm1(-(t - s)) / jnp.expm1(-t)
+
+
+def _bridge_log_probabilities(s: Array, t: Array) -> tuple[Array, Array]:
+    """``(log r, log(1 - r))`` without forming ``1 - r`` by subtraction."""
+    s = jnp.asarray(s, jnp.float32)
+    t = jnp.asarray(t, jnp.float32)
+    log_denominator = log_one_minus_survival(t)
+    log_r = -s + log_one_minus_survival(t - s) - log_denominator
+    log_one_minus_r = log_one_minus_survival(s) - log_denominator
+    return log_r, log_one_minus_r
+
+
+def bridge_log_prob(ns: Array, nt: Array, n0: Array, s: Array, t: Array) -> Array:
+    """``log q(n_s | n_t, n_0) = log Binomial(n_s - n_t; n_0 - n_t, r)``; float32.
+
+    ``-inf`` off the support ``n_t <= n_s <= n_0``.
+
+    Raises:
+      ValueError: (concrete inputs) counts invalid, ``s < 0`` or ``s >= t``.
+    """
+    for name, counts in (("ns", ns), ("nt", nt), ("n0", n0)):
+        validation.check_counts(name, counts)
+    validation.check_times("s", s)
+    validation.check_earlier(s, t)
+    log_r, log_one_minus_r = _bridge_log_probabilities(s, t)
+    ns = jnp.asarray(ns, jnp.float32)
+    nt = jnp.asarray(nt, jnp.float32)
+    n0 = jnp.asarray(n0, jnp.float32)
+    return binomial_log_prob(ns - nt, n0 - nt, log_r, log_one_minus_r)
+
+
+def bridge_sample(key: Array, nt: Array, n0: Array, s: Array, t: Array) -> Array:
+    """Draw ``n_s = n_t + Binomial(n_0 - n_t, r)``; broadcast shape, dtype of ``nt``.
+
+    Requires ``n_t <= n_0`` elementwise and ``0 <= s < t``.
+
+    Raises:
+      ValueError: (concrete inputs) counts invalid, ``n_t > n_0``, ``s < 0`` or ``s >= t``.
+    """
+    validation.check_counts("nt", nt)
+    validation.check_counts("n0", n0)
+    nt_values, n0_values = validation.concrete_value(nt), validation.concrete_value(n0)
+    if nt_values is not None and n0_values is not None:
+        validation.check_counts("n0 - nt", n0_values.astype(float) - nt_values.astype(float))
+    validation.check_times("s", s)
+    validation.check_earlier(s, t)
+    nt = jnp.asarray(nt)
+    r = bridge_probability(s, t)
+    missing = jnp.asarray(n0, jnp.float32) - nt.astype(jnp.float32)
+    shape = jnp.broadcast_shapes(missing.shape, r.shape)
+    born = jax.random.binomial(key, jnp.broadcast_to(missing, shape), r, shape)
+    return (nt + born).astype(nt.dtype)
+
+
+def birth_rate(pred: Array, t: Array) -> Array:
+    """Reverse-time birth rate ``lambda = yhat p_t / (1 - p_t) = yhat / expm1(t)`` (float32).
+
+    ``pred`` is the predicted number of missing units ``yhat ~ E[n_0 - n_t | n_t]``.
+    """
+    return jnp.asarray(pred, jnp.float32) / jnp.expm1(jnp.asarray(t, jnp.float32))

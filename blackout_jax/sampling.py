@@ -1,0 +1,239 @@
+"""Reverse-time samplers of Blackout Diffusion, compiled as one XLA program.
+
+On an increasing grid ``0 = t_0 < t_1 < ... < t_K = t_end`` the sampler starts from a prior draw
+``n_{t_K} ~ Poisson((N/2) p_{t_end})`` (clipped to ``N = max_count``) and walks the grid
+backwards, ``t = t_k -> s = t_{k-1}``, with ``yhat = predict_fn(n_t, t)`` and the bridge
+probability ``r = (p_s - p_t) / (1 - p_t)``:
+
+* ``binomial_bridge``: ``n_s = n_t + Binomial(clip(round(yhat), 0, N - n_t), r)``;
+* ``tau_leaping``:     ``n_s = clip(n_t + Poisson(yhat r), 0, N)``.
+
+The loop is a ``lax.scan`` inside ``jax.jit``: one dispatch per call, the network the only heavy
+work per step. The samplers know the model only through ``predict_fn``.
+
+Compilation is cached on ``(predict_fn, shape, grid length, max_count, method, progress)``. A
+``predict_fn`` that closes over large arrays (network parameters) would have them baked into
+the program as constants; pass it as a ``jax.tree_util.Partial`` whose arguments hold the
+arrays instead (``Partial(apply, params)`` called as ``apply(params, counts, t)``): its arrays
+then travel as arguments and one compilation serves every parameter value.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from blackout_jax import likelihood, process, validation
+
+Array = jax.Array
+PredictFn = Callable[[Array, Array], Array]
+
+METHODS = ("binomial_bridge", "tau_leaping")
+_PROGRESS_UPDATES = 50  # host callbacks per sampler run when progress is on
+
+
+def sample(
+    key: Array,
+    predict_fn: PredictFn,
+    shape: tuple[int, ...],
+    times: Array,
+    *,
+    max_count: int,
+    method: str = "binomial_bridge",
+    progress: bool = False,
+) -> Array:
+    """Draw samples by walking the reverse-time process down ``times``.
+
+    Args:
+      key: PRNG key.
+      predict_fn: ``(counts (B, ...), t (B,)) -> yhat`` with the shape of counts, the predicted
+        number of missing units ``E[n_0 - n_t | n_t]`` (float, ``>= 0``).
+      shape: ``(B, ...)``, the batch of states to grow.
+      times: increasing grid ``(K + 1,)`` with ``times[0] = 0`` and ``times[-1] = t_end``, for
+        example ``observation_times(K, t_end)`` or ``subgrid(observation_times(T, t_end), K)``.
+      max_count: largest count ``N`` (``>= 1``).
+      method: ``"binomial_bridge"`` (default) or ``"tau_leaping"``.
+      progress: report steps done and steps/s on stderr while the compiled loop runs (about 50
+        host callbacks per run).
+
+    Returns:
+      int32 counts of ``shape`` in ``0..max_count``.
+
+    Raises:
+      ValueError: bad ``method``, ``shape`` or ``max_count``, or (when concrete) a grid that is
+        not 1-D, shorter than 2, not starting at 0 or not strictly increasing.
+    """
+    _check_sampler_arguments(shape, times, max_count, method)
+    return _run_sampler(
+        key,
+        _as_partial(predict_fn),
+        jnp.asarray(times, jnp.float32),
+        None,
+        None,
+        shape=tuple(int(d) for d in shape),
+        max_count=int(max_count),
+        method=method,
+        progress=bool(progress),
+    )
+
+
+def impute(
+    key: Array,
+    predict_fn: PredictFn,
+    counts: Array,
+    observed: Array,
+    times: Array,
+    *,
+    max_count: int,
+    method: str = "binomial_bridge",
+    progress: bool = False,
+) -> Array:
+    """Fill in unobserved counts, conditioned on the observed ones.
+
+    Runs :func:`sample` on ``counts.shape``; at every grid time ``s`` (and at the start, ``t_end``)
+    the observed entries are replaced by a draw of their exact forward marginal
+    ``Binomial(x_obs, p_s)``, so the network always sees states consistent with the observations.
+    At ``s = 0`` that draw is ``x_obs`` itself: observed entries come back unchanged.
+
+    Args:
+      counts: ``(B, ...)`` counts; only the observed entries are read.
+      observed: boolean mask with the shape of ``counts``, ``True`` where a count is known.
+      Other arguments as in :func:`sample`.
+
+    Returns:
+      int32 counts of ``counts.shape``: observed entries as given, the others sampled.
+    """
+    counts_shape = tuple(np.shape(counts))
+    _check_sampler_arguments(counts_shape, times, max_count, method)
+    if tuple(np.shape(observed)) != counts_shape:
+        raise ValueError(
+            f"observed must have the shape of counts {counts_shape}, got {np.shape(observed)}"
+        )
+    observed_values = validation.concrete_value(observed)
+    if observed_values is not None and observed_values.dtype != np.bool_:
+        raise ValueError(f"observed must be a boolean mask, got dtype {observed_values.dtype}")
+    observed_values = jnp.asarray(observed, bool)
+    validation.check_counts("counts", jnp.where(observed_values, counts, 0), max_count)
+    return _run_sampler(
+        key,
+        _as_partial(predict_fn),
+        jnp.asarray(times, jnp.float32),
+        jnp.asarray(counts).astype(jnp.int32),
+        observed_values,
+        shape=counts_shape,
+        max_count=int(max_count),
+        method=method,
+        progress=bool(progress),
+    )
+
+
+def _check_sampler_arguments(
+    shape: tuple[int, ...], times: Array, max_count: int, method: str
+) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    validation.check_max_count(max_count)
+    if len(shape) < 1 or any(int(d) < 1 for d in shape):
+        raise ValueError(f"shape must be a non-empty tuple of positive sizes, got {shape!r}")
+    validation.check_time_grid(times)
+
+
+def _as_partial(predict_fn: PredictFn) -> jax.tree_util.Partial:
+    if isinstance(predict_fn, jax.tree_util.Partial):
+        return predict_fn
+    return jax.tree_util.Partial(predict_fn)
+
+
+@functools.partial(jax.jit, static_argnames=("shape", "max_count", "method", "progress"))
+def _run_sampler(
+    key: Array,
+    predict_fn: jax.tree_util.Partial,
+    times: Array,
+    observed_counts: Array | None,
+    observed: Array | None,
+    *,
+    shape: tuple[int, ...],
+    max_count: int,
+    method: str,
+    progress: bool,
+) -> Array:
+    batch = shape[0]
+    num_steps = times.shape[0] - 1
+    t_end = times[-1]
+    prior_key, loop_key = jax.random.split(key)
+
+    def condition_on_observed(counts: Array, step_key: Array, s: Array) -> Array:
+        if observed is None:
+            return counts
+        marginal = process.forward_sample(step_key, observed_counts, s)
+        return jnp.where(observed, marginal, counts)
+
+    start = likelihood.prior_sample(prior_key, shape, t_end=t_end, max_count=max_count)
+    start = condition_on_observed(start, jax.random.fold_in(prior_key, 1), t_end)
+
+    def step(counts: Array, inputs: tuple[Array, Array, Array]) -> tuple[Array, None]:
+        k, t, s = inputs
+        draw_key, observed_key = jax.random.split(jax.random.fold_in(loop_key, k))
+        pred = predict_fn(counts, jnp.full((batch,), t, jnp.float32)).astype(jnp.float32)
+        r = process.bridge_probability(s, t)
+        if method == "binomial_bridge":
+            room = (max_count - counts).astype(jnp.float32)
+            trials = jnp.clip(jnp.round(pred), 0.0, room)
+            births = jax.random.binomial(draw_key, trials, jnp.broadcast_to(r, shape), shape)
+            new_counts = counts + births.astype(jnp.int32)
+        else:
+            births = jax.random.poisson(draw_key, jnp.maximum(pred, 0.0) * r, shape)
+            new_counts = jnp.clip(counts + births.astype(jnp.int32), 0, max_count)
+        new_counts = condition_on_observed(new_counts, observed_key, s)
+        if progress:
+            _report_progress(num_steps - k + 1, num_steps)
+        return new_counts, None
+
+    ks = jnp.arange(num_steps, 0, -1)
+    final, _ = jax.lax.scan(step, start, (ks, times[ks], times[ks - 1]))
+    return final
+
+
+def _report_progress(steps_done: Array, total: int) -> None:
+    """Call the host-side reporter about ``_PROGRESS_UPDATES`` times per run (and at the end)."""
+    every = max(1, total // _PROGRESS_UPDATES)
+    due = (steps_done % every == 0) | (steps_done == total)
+    jax.lax.cond(
+        due,
+        lambda: jax.debug.callback(_ProgressLine.update, steps_done, total),
+        lambda: None,
+    )
+
+
+class _ProgressLine:
+    """One status line on stderr: ``sampling: k/K steps, x steps/s``."""
+
+    running: bool = False
+    first_time: float = 0.0
+    first_done: int = 0
+    last_done: int = 0
+
+    @classmethod
+    def update(cls, steps_done: np.ndarray, total: np.ndarray) -> None:
+        done, total = int(steps_done), int(total)
+        now = time.perf_counter()
+        if not cls.running or done <= cls.last_done:  # a new run
+            cls.running, cls.first_time, cls.first_done = True, now, done
+        cls.last_done = done
+        cls.running = done < total
+        elapsed = now - cls.first_time
+        rate = f"{(done - cls.first_done) / elapsed:.1f} steps/s" if elapsed > 0 else "..."
+        line = f"sampling: {done}/{total} steps, {rate}"
+        if sys.stderr.isatty():
+            sys.stderr.write("\r" + line + ("\n" if done >= total else ""))
+        else:  # logs: about one line per tenth of the run
+            previous = done - max(1, total // _PROGRESS_UPDATES)
+            if done >= total or done * 10 // total != previous * 10 // total:
+                sys.stderr.write(line + "\n")
+        sys.stderr.flush()
