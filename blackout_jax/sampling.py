@@ -9,7 +9,9 @@ probability ``r = (p_s - p_t) / (1 - p_t)``:
 * ``tau_leaping``:     ``n_s = clip(n_t + Poisson(yhat r), 0, N)``.
 
 The loop is a ``lax.scan`` inside ``jax.jit``: one dispatch per call, the network the only heavy
-work per step. The samplers know the model only through ``predict_fn``.
+work per step. The bridge's binomials are drawn by exact inversion against a per-step
+``(N + 1)^2`` table (:mod:`blackout_jax.draws`), since ``r`` is shared by every count of a step.
+The samplers know the model only through ``predict_fn``.
 
 Compilation is cached on ``(predict_fn, shape, grid length, max_count, method, progress)``. A
 ``predict_fn`` that closes over large arrays (network parameters) would have them baked into
@@ -29,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from blackout_jax import likelihood, process, validation
+from blackout_jax import draws, likelihood, process, validation
 
 Array = jax.Array
 PredictFn = Callable[[Array, Array], Array]
@@ -185,8 +187,7 @@ def _run_sampler(
         if method == "binomial_bridge":
             room = (max_count - counts).astype(jnp.float32)
             trials = jnp.clip(jnp.round(pred), 0.0, room)
-            births = jax.random.binomial(draw_key, trials, jnp.broadcast_to(r, shape), shape)
-            new_counts = counts + births.astype(jnp.int32)
+            new_counts = counts + draws.binomial_by_inversion(draw_key, trials, r, max_count)
         else:
             births = jax.random.poisson(draw_key, jnp.maximum(pred, 0.0) * r, shape)
             new_counts = jnp.clip(counts + births.astype(jnp.int32), 0, max_count)
