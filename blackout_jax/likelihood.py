@@ -45,7 +45,7 @@ def prior_log_prob(n: Array, *, t_end: float, max_count: int) -> Array:
     validation.check_max_count(max_count)
     rate = prior_rate(t_end=t_end, max_count=max_count)
     n = jnp.asarray(n, jnp.float32)
-    log_prob = jax.scipy.special.xlogy(n, rate) - rate - jax.lax.lgamma(jnp.maximum(n, 0.0) + 1.0)
+    log_prob = jax.scipy.special.xlogy(n, rate) - rate - process.log_factorial(jnp.maximum(n, 0.0))
     return jnp.where((n >= 0) & (n == jnp.round(n)), log_prob, -jnp.inf)
 
 

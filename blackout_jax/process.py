@@ -33,8 +33,23 @@ def survival_probability(t: Array) -> Array:
 
 
 def log_one_minus_survival(t: Array) -> Array:
-    """``log(1 - p_t) = log(-expm1(-t))`` (float32; ``-inf`` at ``t = 0``)."""
-    return jnp.log(-jnp.expm1(-jnp.asarray(t, jnp.float32)))
+    """``log(1 - p_t)`` (float32; ``-inf`` at ``t = 0``), accurate relative to its size.
+
+    ``log(-expm1(-t))`` for ``t <= log 2`` and ``log1p(-exp(-t))`` above, so the value keeps
+    float32 relative precision both for tiny ``t`` and for large ``t`` (where it is ``~ -e^{-t}``).
+    """
+    t = jnp.asarray(t, jnp.float32)
+    return jnp.where(t <= jnp.log(2.0), jnp.log(-jnp.expm1(-t)), jnp.log1p(-jnp.exp(-t)))
+
+
+def log_factorial(n: Array) -> Array:
+    """``log(n!)`` for whole ``n >= 0`` (float32), exactly 0 at ``n = 0`` and ``n = 1``.
+
+    ``lgamma(n + 1)``, except that ``0! = 1! = 1`` are returned exactly (XLA's float32 ``lgamma``
+    is off by a few 1e-7 at 1, which would make certain outcomes look slightly uncertain).
+    """
+    n = jnp.asarray(n, jnp.float32)
+    return jnp.where(n <= 1.0, 0.0, jax.lax.lgamma(n + 1.0))
 
 
 def binomial_log_prob(k: Array, n: Array, log_p: Array, log_one_minus_p: Array) -> Array:
@@ -48,11 +63,7 @@ def binomial_log_prob(k: Array, n: Array, log_p: Array, log_one_minus_p: Array) 
     n = jnp.asarray(n, jnp.float32)
     k_safe = jnp.clip(k, 0.0, jnp.maximum(n, 0.0))
     n_safe = jnp.maximum(n, 0.0)
-    log_choose = (
-        jax.lax.lgamma(n_safe + 1.0)
-        - jax.lax.lgamma(k_safe + 1.0)
-        - jax.lax.lgamma(n_safe - k_safe + 1.0)
-    )
+    log_choose = log_factorial(n_safe) - log_factorial(k_safe) - log_factorial(n_safe - k_safe)
     success = jnp.where(k_safe == 0, 0.0, k_safe * log_p)
     failure = jnp.where(n_safe - k_safe == 0, 0.0, (n_safe - k_safe) * log_one_minus_p)
     on_support = (k >= 0) & (k <= n) & (k == jnp.round(k)) & (n == jnp.round(n))
@@ -99,12 +110,20 @@ def bridge_probability(s: Array, t: Array) -> Array:
 
 
 def _bridge_log_probabilities(s: Array, t: Array) -> tuple[Array, Array]:
-    """``(log r, log(1 - r))`` without forming ``1 - r`` by subtraction."""
+    """``(log r, log(1 - r))`` to float32 relative precision (no cancellation near 0 or 1).
+
+    Both ``r = exp(-s) expm1(-(t - s)) / expm1(-t)`` and ``1 - r = expm1(-s) / expm1(-t)`` are
+    accurate relative to their size; each logarithm is taken of whichever of the two is small
+    (``log x`` for ``x < 1/2``, else ``log1p(-(1 - x))``), so no cancellation occurs even when
+    ``r`` is close to 0 or 1.
+    """
     s = jnp.asarray(s, jnp.float32)
     t = jnp.asarray(t, jnp.float32)
-    log_denominator = log_one_minus_survival(t)
-    log_r = -s + log_one_minus_survival(t - s) - log_denominator
-    log_one_minus_r = log_one_minus_survival(s) - log_denominator
+    denominator = jnp.expm1(-t)
+    r = jnp.exp(-s) * jnp.expm1(-(t - s)) / denominator
+    one_minus_r = jnp.expm1(-s) / denominator
+    log_r = jnp.where(r < 0.5, jnp.log(r), jnp.log1p(-one_minus_r))
+    log_one_minus_r = jnp.where(one_minus_r < 0.5, jnp.log(one_minus_r), jnp.log1p(-r))
     return log_r, log_one_minus_r
 
 

@@ -49,6 +49,7 @@ def sample(
     max_count: int,
     method: str = "binomial_bridge",
     progress: bool = False,
+    sharding: jax.sharding.Sharding | None = None,
 ) -> Array:
     """Draw samples by walking the reverse-time process down ``times``.
 
@@ -63,6 +64,8 @@ def sample(
       method: ``"binomial_bridge"`` (default) or ``"tau_leaping"``.
       progress: report steps done and steps/s on stderr while the compiled loop runs (about 50
         host callbacks per run).
+      sharding: optional sharding of the state (for example ``NamedSharding(mesh, P("data"))``
+        to split the batch over devices); draws do not depend on it.
 
     Returns:
       int32 counts of ``shape`` in ``0..max_count``.
@@ -82,6 +85,7 @@ def sample(
         max_count=int(max_count),
         method=method,
         progress=bool(progress),
+        sharding=sharding,
     )
 
 
@@ -95,13 +99,16 @@ def impute(
     max_count: int,
     method: str = "binomial_bridge",
     progress: bool = False,
+    sharding: jax.sharding.Sharding | None = None,
 ) -> Array:
     """Fill in unobserved counts, conditioned on the observed ones.
 
-    Runs :func:`sample` on ``counts.shape``; at every grid time ``s`` (and at the start, ``t_end``)
-    the observed entries are replaced by a draw of their exact forward marginal
-    ``Binomial(x_obs, p_s)``, so the network always sees states consistent with the observations.
-    At ``s = 0`` that draw is ``x_obs`` itself: observed entries come back unchanged.
+    Runs :func:`sample` on ``counts.shape``. The observed entries start from a draw of their exact
+    forward marginal ``Binomial(x_obs, p_{t_end})`` and then follow the exact bridge
+    ``n_s = n_t + Binomial(x_obs - n_t, r)`` towards their known value, so at every grid time
+    ``s`` they are a draw of ``Binomial(x_obs, p_s)`` and, being one consistent path, never
+    contradict each other from step to step; the network sees states consistent with the
+    observations. At ``s = 0`` the observed entries equal ``x_obs``.
 
     Args:
       counts: ``(B, ...)`` counts; only the observed entries are read.
@@ -132,6 +139,7 @@ def impute(
         max_count=int(max_count),
         method=method,
         progress=bool(progress),
+        sharding=sharding,
     )
 
 
@@ -152,7 +160,9 @@ def _as_partial(predict_fn: PredictFn) -> jax.tree_util.Partial:
     return jax.tree_util.Partial(predict_fn)
 
 
-@functools.partial(jax.jit, static_argnames=("shape", "max_count", "method", "progress"))
+@functools.partial(
+    jax.jit, static_argnames=("shape", "max_count", "method", "progress", "sharding")
+)
 def _run_sampler(
     key: Array,
     predict_fn: jax.tree_util.Partial,
@@ -164,20 +174,25 @@ def _run_sampler(
     max_count: int,
     method: str,
     progress: bool,
+    sharding: jax.sharding.Sharding | None,
 ) -> Array:
     batch = shape[0]
     num_steps = times.shape[0] - 1
     t_end = times[-1]
     prior_key, loop_key = jax.random.split(key)
 
-    def condition_on_observed(counts: Array, step_key: Array, s: Array) -> Array:
-        if observed is None:
+    def constrain(counts: Array) -> Array:
+        if sharding is None:
             return counts
-        marginal = process.forward_sample(step_key, observed_counts, s)
-        return jnp.where(observed, marginal, counts)
+        return jax.lax.with_sharding_constraint(counts, sharding)
 
     start = likelihood.prior_sample(prior_key, shape, t_end=t_end, max_count=max_count)
-    start = condition_on_observed(start, jax.random.fold_in(prior_key, 1), t_end)
+    if observed is not None:
+        observed_start = process.forward_sample(
+            jax.random.fold_in(prior_key, 1), observed_counts, t_end
+        )
+        start = jnp.where(observed, observed_start, start)
+    start = constrain(start)
 
     def step(counts: Array, inputs: tuple[Array, Array, Array]) -> tuple[Array, None]:
         k, t, s = inputs
@@ -187,14 +202,19 @@ def _run_sampler(
         if method == "binomial_bridge":
             room = (max_count - counts).astype(jnp.float32)
             trials = jnp.clip(jnp.round(pred), 0.0, room)
+            if observed is not None:  # observed entries follow the exact bridge to their value
+                trials = jnp.where(observed, observed_counts - counts, trials)
             new_counts = counts + draws.binomial_by_inversion(draw_key, trials, r, max_count)
         else:
             births = jax.random.poisson(draw_key, jnp.maximum(pred, 0.0) * r, shape)
             new_counts = jnp.clip(counts + births.astype(jnp.int32), 0, max_count)
-        new_counts = condition_on_observed(new_counts, observed_key, s)
+            if observed is not None:
+                missing = observed_counts - counts
+                bridged = counts + draws.binomial_by_inversion(observed_key, missing, r, max_count)
+                new_counts = jnp.where(observed, bridged, new_counts)
         if progress:
             _report_progress(num_steps - k + 1, num_steps)
-        return new_counts, None
+        return constrain(new_counts), None
 
     ks = jnp.arange(num_steps, 0, -1)
     final, _ = jax.lax.scan(step, start, (ks, times[ks], times[ks - 1]))

@@ -1,0 +1,82 @@
+"""Chunked, resumable sample generation: reuse of finished chunks and device-count independence."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+
+import blackout_jax as bj
+from blackout_jax import generate
+
+DATA = np.random.default_rng(5).integers(0, 5, size=(6, 2, 2, 1))
+TIMES = bj.observation_times(40, 10.0)
+
+
+def _generate(chunk_dir=None, num_samples=10):
+    return generate.generate_samples(
+        jax.random.key(7),
+        bj.dataset_oracle(DATA),
+        num_samples=num_samples,
+        example_shape=(2, 2, 1),
+        times=TIMES,
+        max_count=4,
+        chunk_size=4,
+        chunk_dir=chunk_dir,
+    )
+
+
+def test_chunks_are_written_and_reused(tmp_path):
+    fresh = _generate()
+    assert fresh.shape == (10, 2, 2, 1) and fresh.dtype == np.int32
+    assert fresh.min() >= 0 and fresh.max() <= 4
+    first = _generate(tmp_path)
+    np.testing.assert_array_equal(first, fresh)  # writing chunks does not change the draws
+    assert sorted(os.listdir(tmp_path)) == [f"chunk_0000{i}.npy" for i in range(3)]
+
+    # An interrupted run left chunks 0 and 1: they are read back, chunk 2 is drawn again.
+    os.remove(tmp_path / "chunk_00002.npy")
+    marked = np.load(tmp_path / "chunk_00000.npy")
+    marked[0] = 3  # a mark that only a reused chunk can carry
+    np.save(tmp_path / "chunk_00000.npy", marked)
+    resumed = _generate(tmp_path)
+    np.testing.assert_array_equal(resumed[0], np.full((2, 2, 1), 3))
+    np.testing.assert_array_equal(resumed[1:], fresh[1:])
+
+
+def test_chunk_of_another_size_is_refused(tmp_path):
+    np.save(tmp_path / "chunk_00000.npy", np.zeros((3, 2, 2, 1), np.int32))
+    try:
+        _generate(tmp_path)
+    except ValueError as error:
+        assert "chunk_00000.npy" in str(error) and "(3, 2, 2, 1)" in str(error)
+    else:
+        raise AssertionError("a chunk of the wrong shape was accepted")
+
+
+def test_sharded_over_four_devices_equals_one_device():
+    script = textwrap.dedent(
+        """
+        import json, jax, numpy as np
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+        import blackout_jax as bj
+        from blackout_jax import generate
+        data = np.random.default_rng(5).integers(0, 5, size=(6, 2, 2, 1))
+        mesh = Mesh(np.array(jax.devices()), ("data",))
+        out = generate.generate_samples(
+            jax.random.key(7), bj.dataset_oracle(data), num_samples=10, example_shape=(2, 2, 1),
+            times=bj.observation_times(40, 10.0), max_count=4, chunk_size=4,
+            sharding=NamedSharding(mesh, P("data")))
+        assert jax.device_count() == 4
+        print(json.dumps(out.ravel().tolist()))
+        """
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    sharded = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
+    np.testing.assert_array_equal(sharded, _generate().ravel())
