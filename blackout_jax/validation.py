@@ -30,7 +30,7 @@ def concrete_value(x: Any) -> np.ndarray | None:
 def _first_bad(name: str, values: np.ndarray, bad: np.ndarray, problem: str) -> None:
     if bad.any():
         index = np.unravel_index(int(np.argmax(bad)), bad.shape) if bad.ndim else ()
-        value = values[index] if values.ndim else values
+        value = (values[index] if values.ndim else values).item()
         where = f" at index {tuple(int(i) for i in index)}" if bad.ndim else ""
         raise ValueError(f"{name} {problem}; found {value!r}{where}")
 
@@ -83,7 +83,9 @@ def check_earlier(s: Any, t: Any) -> None:
     if bad.any():
         index = np.unravel_index(int(np.argmax(bad)), bad.shape) if bad.ndim else ()
         where = f" at index {tuple(int(i) for i in index)}" if bad.ndim else ""
-        raise ValueError(f"s must be < t; found s={s_b[index]!r} >= t={t_b[index]!r}{where}")
+        raise ValueError(
+            f"s must be < t; found s={s_b[index].item()!r} >= t={t_b[index].item()!r}{where}"
+        )
 
 
 def check_max_count(max_count: Any) -> None:
@@ -106,12 +108,12 @@ def check_time_grid(times: Any) -> None:
     values = values.astype(np.float64)
     _first_bad("times", values, ~np.isfinite(values), "must be finite")
     if values[0] != 0:
-        raise ValueError(f"times must start at 0; found {values[0]!r} at index (0,)")
+        raise ValueError(f"times must start at 0; found {values[0].item()!r} at index (0,)")
     steps = np.diff(values)
     bad = steps <= 0
     if bad.any():
         k = int(np.argmax(bad)) + 1
         raise ValueError(
-            f"times must be strictly increasing; found {values[k]!r} at index ({k},) "
-            f"after {values[k - 1]!r}"
+            f"times must be strictly increasing; found {values[k].item()!r} at index ({k},) "
+            f"after {values[k - 1].item()!r}"
         )
