@@ -1,0 +1,163 @@
+"""Count datasets for training and evaluation, validated before a run writes anything.
+
+:func:`load_dataset` turns the ``config.data`` section into a :class:`CountDataset`:
+
+* ``digits``: sklearn's digits (8x8x1, counts 0..16), embedded, fixed train/test split;
+* ``cifar10``, ``binarized_mnist``, ``celeba64``: TFDS datasets read offline from
+  ``data.data_dir`` (see :mod:`blackout_jax.data.tfds_source` and docs/data.md);
+* ``counts``: your own ``.npy``/``.npz`` array or folder of PNGs at ``data.path``
+  (see :mod:`blackout_jax.data.arrays`).
+
+Random left-right flips (``data.random_flip``) apply to cifar10 and celeba64 only, as in the
+reference experiments; digits, binarized MNIST and own counts are never flipped. The training
+stream (:class:`TrainIterator`) is described in :mod:`blackout_jax.data.pipeline`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from blackout_jax.data import arrays, digits, tfds_source, validation
+from blackout_jax.data.pipeline import (
+    ArraySource,
+    CountDataset,
+    ExampleSource,
+    TrainIterator,
+    epoch_permutation,
+    fixed_split,
+    flip_decisions,
+    stream_indices,
+)
+from blackout_jax.data.tfds_source import TFDS_DATASETS, MissingDatasetError
+
+DATASET_NAMES = ("digits", "cifar10", "binarized_mnist", "celeba64", "counts")
+# The held-out split of own counts is fixed by the data, not by the run's seed.
+COUNTS_SPLIT_SEED = 0
+DEFAULT_PREFETCH = 2
+
+__all__ = [
+    "DATASET_NAMES",
+    "TFDS_DATASETS",
+    "ArraySource",
+    "CountDataset",
+    "ExampleSource",
+    "MissingDatasetError",
+    "TrainIterator",
+    "epoch_permutation",
+    "fixed_split",
+    "flip_decisions",
+    "load_dataset",
+    "stream_indices",
+]
+
+
+def _field(section: Mapping[str, Any] | Any, name: str, default: Any) -> Any:
+    getter = getattr(section, "get", None)
+    if getter is not None:
+        return getter(name, default)
+    return getattr(section, name, default)
+
+
+def _integer(section: Mapping[str, Any] | Any, name: str, default: int, minimum: int) -> int:
+    value = _field(section, name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"data.{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _check_fixed_max_count(name: str, declared: int, fixed: int) -> None:
+    if declared not in (0, fixed):
+        raise ValueError(
+            f"data.max_count = {declared} does not match {name}, whose counts are 0..{fixed}; "
+            f"set data.max_count to {fixed} (or 0)"
+        )
+
+
+def load_dataset(
+    data_config: Mapping[str, Any] | Any, *, seed: int, size_divisor: int = 1
+) -> CountDataset:
+    """Loads and validates the dataset of a ``config.data`` section.
+
+    Args:
+      data_config: the ``data`` section (a ``ConfigDict`` or mapping) with ``name``,
+        ``data_dir``, ``path``, ``array_key``, ``max_count``, ``num_test``, ``random_flip``,
+        ``prefetch``.
+      seed: the default seed of the training stream (the held-out splits do not depend on it).
+      size_divisor: H and W must be multiples of it (``2 ** (len(model.ch_mult) - 1)``).
+
+    Returns:
+      A :class:`CountDataset`; all checks have passed and nothing has been written anywhere.
+
+    Raises:
+      ValueError: a bad field, or bad data (naming the file, the index and the value).
+      FileNotFoundError: a missing ``data.path``; :class:`MissingDatasetError` (a subclass)
+        for a TFDS dataset that is not prepared under ``data.data_dir``.
+    """
+    name = _field(data_config, "name", "digits")
+    if name not in DATASET_NAMES:
+        raise ValueError(f"data.name must be one of {list(DATASET_NAMES)}, got {name!r}")
+    declared_max = _integer(data_config, "max_count", 0, 0)
+    prefetch = _integer(data_config, "prefetch", DEFAULT_PREFETCH, 0)
+    random_flip = bool(_field(data_config, "random_flip", False))
+    common = {"seed": int(seed), "prefetch": prefetch}
+
+    if name == "digits":
+        _check_fixed_max_count(name, declared_max, digits.MAX_COUNT)
+        num_test = _integer(data_config, "num_test", digits.DEFAULT_NUM_TEST, 0)
+        validation.check_image_size(digits.IMAGE_SHAPE, size_divisor, source=digits.SOURCE)
+        train, test = digits.load_digits_split(num_test)
+        dataset = CountDataset(
+            name=name,
+            image_shape=digits.IMAGE_SHAPE,
+            max_count=digits.MAX_COUNT,
+            train_source=ArraySource(train),
+            test_source=ArraySource(test),
+            origin=digits.SOURCE,
+            **common,
+        )
+    elif name == "counts":
+        path = str(_field(data_config, "path", ""))
+        if not path:
+            raise ValueError(
+                "data.path must name your counts file (.npy/.npz) or PNG folder when "
+                "data.name is 'counts', got ''"
+            )
+        loaded = arrays.load_counts(
+            path, array_key=str(_field(data_config, "array_key", "")), max_count=declared_max
+        )
+        image_shape = tuple(int(d) for d in loaded.counts.shape[1:])
+        validation.check_image_size(image_shape, size_divisor, source=loaded.source)
+        num_test = _integer(data_config, "num_test", 0, 0)
+        train_indices, test_indices = fixed_split(
+            len(loaded.counts), num_test, source=loaded.source, split_seed=COUNTS_SPLIT_SEED
+        )
+        dataset = CountDataset(
+            name=name,
+            image_shape=image_shape,
+            max_count=loaded.max_count,
+            max_count_inferred=loaded.max_count_inferred,
+            train_source=ArraySource(loaded.counts[train_indices]),
+            test_source=ArraySource(loaded.counts[test_indices]),
+            origin=loaded.source,
+            **common,
+        )
+    else:
+        spec = TFDS_DATASETS[name]
+        _check_fixed_max_count(name, declared_max, spec.max_count)
+        validation.check_image_size(
+            spec.image_shape, size_divisor, source=f"{name} (TFDS {spec.tfds_name!r})"
+        )
+        data_dir = str(_field(data_config, "data_dir", ""))
+        spec, train, test = tfds_source.load_tfds_splits(name, data_dir)
+        dataset = CountDataset(
+            name=name,
+            image_shape=spec.image_shape,
+            max_count=spec.max_count,
+            train_source=train,
+            test_source=test,
+            origin=tfds_source.resolve_data_dir(data_dir),
+            random_flip=random_flip and spec.random_flip,
+            **common,
+        )
+    return dataset

@@ -1,0 +1,192 @@
+"""Your own count data: an ``.npy`` or ``.npz`` array, or a folder of 8-bit PNGs.
+
+* ``.npy``: one array of shape (N, H, W, C) or (N, H, W).
+* ``.npz``: the array stored under ``array_key`` (``''`` = the first array in the file).
+* a folder: every ``*.png`` in it, in sorted file-name order; each an 8-bit grayscale (mode
+  ``L``, C = 1) or RGB (C = 3) image, all of one shape.
+
+Nothing is ever unpickled (``allow_pickle=False``). Values must be finite, whole, non-negative
+numbers; the largest count is ``max_count`` when declared (> 0) and otherwise inferred from the
+data (``.npy``/``.npz``) or 255 (PNGs). Every check runs before the loader returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from blackout_jax.data import validation
+
+ARRAY_SUFFIXES = (".npy", ".npz")
+PNG_MAX_COUNT = 255
+_PNG_CHANNELS = {"L": 1, "RGB": 3}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadedCounts:
+    """Validated counts read from a file or folder.
+
+    Attributes:
+      counts: ``np.int32`` (N, H, W, C).
+      max_count: the declared largest count, or the inferred one.
+      max_count_inferred: whether ``max_count`` was inferred from the data.
+      source: the data's origin as named in messages (path, with the ``.npz`` key).
+    """
+
+    counts: np.ndarray
+    max_count: int
+    max_count_inferred: bool
+    source: str
+
+
+def read_array_file(path: str | os.PathLike[str], array_key: str = "") -> tuple[np.ndarray, str]:
+    """Reads the raw array of an ``.npy`` file or one array of an ``.npz`` file.
+
+    Args:
+      path: the file.
+      array_key: for ``.npz``: the array's name; ``''`` takes the first array in the file.
+
+    Returns:
+      ``(values, source)``: the array as stored and its name for messages
+      (``path`` or ``path['key']``).
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist.
+      ValueError: an unknown suffix, a file numpy cannot read without unpickling, a missing key.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"data.path: {str(path)!r} does not exist")
+    suffix = path.suffix.lower()
+    if suffix not in ARRAY_SUFFIXES:
+        raise ValueError(
+            f"data.path: {str(path)!r} must be an .npy or .npz file or a folder of PNGs, "
+            f"got suffix {suffix!r}"
+        )
+    if suffix == ".npy":
+        if array_key:
+            raise ValueError(
+                f"data.array_key = {array_key!r} names an array in an .npz file, but "
+                f"{str(path)!r} is an .npy file; leave data.array_key empty"
+            )
+        try:
+            values = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as error:  # object arrays need pickle, which is refused
+            raise ValueError(
+                f"{path}: not a readable .npy file of numbers (pickled objects are never "
+                f"loaded): {error}"
+            ) from error
+        if not isinstance(values, np.ndarray):
+            values.close()
+            raise ValueError(f"{path}: has the .npy suffix but is an .npz archive")
+        return values, str(path)
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path}: not a readable .npz file: {error}") from error
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: has the .npz suffix but holds a single .npy array")
+    with archive:
+        names = list(archive.files)
+        if not names:
+            raise ValueError(f"{path}: the .npz file holds no arrays")
+        key = array_key or names[0]
+        if key not in names:
+            raise ValueError(
+                f"data.array_key = {key!r} is not an array in {path}; it holds {names}"
+            )
+        source = f"{path}[{key!r}]"
+        try:
+            return archive[key], source
+        except ValueError as error:  # object arrays need pickle, which is refused
+            raise ValueError(f"{source}: cannot be read without unpickling: {error}") from error
+        except (OSError, zipfile.BadZipFile) as error:
+            raise ValueError(f"{source}: not readable: {error}") from error
+
+
+def read_png_folder(folder: str | os.PathLike[str]) -> tuple[np.ndarray, list[Path]]:
+    """Reads every ``*.png`` of ``folder`` (sorted by name) into one uint8 array (N, H, W, C).
+
+    Raises:
+      FileNotFoundError: ``folder`` does not exist.
+      ValueError: no PNGs; a PNG that is not 8-bit grayscale or RGB (naming the file and its
+        mode); a PNG whose shape differs from the first one (naming both files and shapes).
+    """
+    from PIL import Image
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"data.path: folder {str(folder)!r} does not exist")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() == ".png" and p.is_file())
+    if not files:
+        raise ValueError(f"data.path: folder {str(folder)!r} holds no *.png files")
+    images = []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                mode = image.mode
+                if mode not in _PNG_CHANNELS:
+                    raise ValueError(
+                        f"{file}: must be an 8-bit grayscale (mode 'L') or RGB (mode 'RGB') "
+                        f"PNG, got mode {mode!r}; convert it, e.g. with PIL's "
+                        "Image.convert('L') or Image.convert('RGB')"
+                    )
+                pixels = np.asarray(image, dtype=np.uint8)
+        except OSError as error:
+            raise ValueError(f"{file}: not a readable PNG: {error}") from error
+        pixels = pixels.reshape(pixels.shape[:2] + (_PNG_CHANNELS[mode],))
+        if images and pixels.shape != images[0].shape:
+            raise ValueError(
+                f"{file}: shape (H, W, C) = {pixels.shape} differs from {files[0]}'s "
+                f"{images[0].shape}; every PNG in the folder must have the same size and mode"
+            )
+        images.append(pixels)
+    return np.stack(images), files
+
+
+def load_counts(
+    path: str | os.PathLike[str], *, array_key: str = "", max_count: int = 0
+) -> LoadedCounts:
+    """Loads and validates own count data from an ``.npy``/``.npz`` file or a PNG folder.
+
+    Args:
+      path: the file or folder (``data.path``).
+      array_key: the ``.npz`` key (``data.array_key``; ``''`` = the first array).
+      max_count: the declared largest count (``data.max_count``); 0 infers it from the data
+        (the data's maximum, at least 1) for arrays, and means 255 for PNGs.
+
+    Returns:
+      :class:`LoadedCounts` with counts of shape (N, H, W, C), int32.
+
+    Raises:
+      FileNotFoundError: ``path`` does not exist.
+      ValueError: naming the file, the index and the value of the first bad element
+        (NaN or inf, non-integer, negative, above the declared ``max_count``), a wrong rank,
+        an empty array, an unreadable file or an unusable PNG.
+    """
+    validation.check_declared_max_count(max_count)
+    declared = int(max_count) if max_count > 0 else None
+    if Path(path).is_dir():
+        if array_key:
+            raise ValueError(
+                f"data.array_key = {array_key!r} names an array in an .npz file, but "
+                f"{str(path)!r} is a folder of PNGs; leave data.array_key empty"
+            )
+        pixels, files = read_png_folder(path)
+
+        def locate(index: tuple[int, ...]) -> str:
+            return f"{files[index[0]]}[{', '.join(str(i) for i in index[1:])}]"
+
+        counts = validation.check_count_values(
+            pixels, source=str(path), max_count=declared, locate=locate
+        )
+        return LoadedCounts(counts, declared or PNG_MAX_COUNT, False, str(path))
+    values, source = read_array_file(path, array_key)
+    counts = validation.check_count_values(values, source=source, max_count=declared)
+    if declared is not None:
+        return LoadedCounts(counts, declared, False, source)
+    return LoadedCounts(counts, validation.infer_max_count(counts), True, source)

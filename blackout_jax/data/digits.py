@@ -1,0 +1,44 @@
+"""sklearn's digits: 1797 images of 8x8 pixels with counts 0..16, shipped with scikit-learn.
+
+The embedded dataset of the default run; it needs no download. The train/test split is fixed
+(independent of the run's seed): a permutation of the 1797 indices drawn with
+:data:`SPLIT_SEED` and the last ``num_test`` of it held out (default 297, leaving 1500 for
+training).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from blackout_jax.data import pipeline, validation
+
+MAX_COUNT = 16
+IMAGE_SHAPE = (8, 8, 1)
+NUM_EXAMPLES = 1797
+DEFAULT_NUM_TEST = 297
+SPLIT_SEED = 0
+SOURCE = "sklearn.datasets.load_digits"
+
+
+def load_digit_counts() -> np.ndarray:
+    """All 1797 digits as ``np.int32`` counts of shape (1797, 8, 8, 1), values 0..16."""
+    from sklearn.datasets import load_digits
+
+    images = load_digits().images  # float64 (1797, 8, 8), whole numbers 0..16
+    return validation.check_count_values(images, source=SOURCE, max_count=MAX_COUNT)
+
+
+def split_indices(num_examples: int, num_test: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fixed split: ``(train_indices, test_indices)`` of a :data:`SPLIT_SEED` permutation.
+
+    The test indices are the permutation's last ``num_test`` entries, the train indices the
+    rest, both in permutation order (int64).
+    """
+    return pipeline.fixed_split(num_examples, num_test, source=SOURCE, split_seed=SPLIT_SEED)
+
+
+def load_digits_split(num_test: int = DEFAULT_NUM_TEST) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, test)`` counts, int32 of shapes (1797 - num_test, 8, 8, 1) and (num_test, ...)."""
+    counts = load_digit_counts()
+    train_indices, test_indices = split_indices(len(counts), num_test)
+    return counts[train_indices], counts[test_indices]

@@ -1,0 +1,469 @@
+"""The training stream: seeded epochs, host-count independent global batches, resumable state.
+
+**The stream.** Epoch ``e`` is a permutation ``perm_e`` of the ``N`` training indices drawn from
+``(seed, e)`` alone. The stream is the concatenation ``perm_0, perm_1, ...``: stream position
+``g`` holds training example ``perm_{g // N}[g % N]``. Nothing is dropped: a batch that reaches
+the end of an epoch continues into the next one. Global batch ``k`` (of size ``B``) is the
+slice of positions ``[k B, (k + 1) B)``.
+
+**Hosts.** With ``P`` processes each reads ``b = B / P`` rows: process ``p`` gets rows
+``[p b, (p + 1) b)`` of every global batch, and reads only those examples. Global batches
+therefore do not depend on ``P``, and neither do the random left-right flips: whether stream
+position ``g`` is flipped is a hash of ``(seed, g)``.
+
+**State.** The iterator's state is its position in the stream, a JSON-serialisable dict
+(``examples_consumed``, ``batches_consumed`` and what the stream depends on); ``set_state``
+continues exactly where the saved iterator stopped, whatever the process count.
+
+**Reading.** Batches are built by a ``grain.MapDataset`` (element ``i`` = this process's slice
+of the ``i``-th global batch from the resume point) and read ahead by grain's thread pool
+(``prefetch`` batches in flight).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import sys
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import numpy as np
+
+from blackout_jax.data import validation
+
+_UINT64_MASK = (1 << 64) - 1
+_PERMUTATION_STREAM = 0x5045524D  # separates the epoch permutations from other seeded draws
+_FLIP_STREAM = 0x464C4950
+_STATE_VERSION = 1
+# Read threads for sources that do I/O and decoding (TFDS); in-memory arrays use one.
+MAX_READ_THREADS = 16
+
+
+class ExampleSource(Protocol):
+    """Random access to examples: ``len(source)`` and ``source.read(indices)``.
+
+    ``read`` returns ``np.int32`` counts of shape (len(indices), H, W, C). ``read_threads`` is
+    how many threads may usefully read at once (1 for in-memory arrays).
+    """
+
+    read_threads: int
+
+    def __len__(self) -> int: ...
+
+    def read(self, indices: np.ndarray) -> np.ndarray: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class ArraySource:
+    """An in-memory ``np.int32`` array (N, H, W, C) as an :class:`ExampleSource`."""
+
+    counts: np.ndarray
+    read_threads: int = 1
+
+    def __len__(self) -> int:
+        return int(self.counts.shape[0])
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        return self.counts[np.asarray(indices, np.int64)]
+
+
+def _seed64(seed: int) -> int:
+    return int(seed) & _UINT64_MASK
+
+
+def fixed_split(
+    num_examples: int, num_test: int, *, source: str, split_seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """A held-out split that depends only on ``(num_examples, num_test, split_seed)``.
+
+    Returns:
+      ``(train_indices, test_indices)`` (int64): the last ``num_test`` entries of a permutation
+      of ``range(num_examples)`` drawn with ``split_seed`` are the test split, the rest (in
+      permutation order) the training split.
+
+    Raises:
+      ValueError: ``num_test >= num_examples`` (naming ``source``) or ``num_test < 0``.
+    """
+    validation.check_num_test(num_test, num_examples, source=source)
+    order = np.random.default_rng(split_seed).permutation(num_examples)
+    return order[: num_examples - num_test], order[num_examples - num_test :]
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_permutation(seed64: int, epoch: int, num_examples: int) -> np.ndarray:
+    sequence = np.random.SeedSequence([seed64, _PERMUTATION_STREAM, epoch])
+    permutation = np.random.default_rng(sequence).permutation(num_examples)
+    permutation.setflags(write=False)
+    return permutation
+
+
+def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
+    """The order of the training indices in epoch ``epoch``: a permutation drawn from (seed, epoch).
+
+    Returns:
+      Read-only int64 array (num_examples,), a permutation of ``range(num_examples)``.
+    """
+    if epoch < 0:
+        raise ValueError(f"epoch must be >= 0, got {epoch}")
+    return _cached_permutation(_seed64(seed), int(epoch), int(num_examples))
+
+
+def stream_indices(positions: np.ndarray, *, seed: int, num_examples: int) -> np.ndarray:
+    """Training-example indices at the given stream positions: ``perm_{g // N}[g % N]``.
+
+    Args:
+      positions: int64 stream positions ``g >= 0``, any shape.
+      seed: the stream's seed.
+      num_examples: ``N``, the number of training examples.
+
+    Returns:
+      int64 indices in ``range(N)``, the shape of ``positions``.
+    """
+    positions = np.asarray(positions, np.int64)
+    epochs, offsets = np.divmod(positions, num_examples)
+    indices = np.empty_like(positions)
+    for epoch in np.unique(epochs):
+        in_epoch = epochs == epoch
+        indices[in_epoch] = epoch_permutation(seed, int(epoch), num_examples)[offsets[in_epoch]]
+    return indices
+
+
+def _mix64(values: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a bijective 64-bit hash (uint64 in, uint64 out)."""
+    with np.errstate(over="ignore"):
+        values = values + np.uint64(0x9E3779B97F4A7C15)
+        values = (values ^ (values >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        values = (values ^ (values >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return values ^ (values >> np.uint64(31))
+
+
+def flip_decisions(positions: np.ndarray, *, seed: int) -> np.ndarray:
+    """Whether the example at each stream position is flipped left-right (probability 1/2).
+
+    A hash of ``(seed, position)``, so the decision belongs to the stream position and not
+    to the process that reads it.
+
+    Returns:
+      bool array, the shape of ``positions``.
+    """
+    key = _mix64(np.array([_seed64(seed) ^ _FLIP_STREAM], np.uint64))[0]
+    hashed = _mix64(np.asarray(positions, np.int64).astype(np.uint64) ^ key)
+    return (hashed >> np.uint64(63)).astype(bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamSpec:
+    """What a stream depends on (besides the data): batch size, seed, flips and this host."""
+
+    num_examples: int
+    global_batch_size: int
+    seed: int
+    random_flip: bool
+    process_index: int
+    process_count: int
+
+    @property
+    def local_batch_size(self) -> int:
+        return self.global_batch_size // self.process_count
+
+    def local_positions(self, first_position: int) -> np.ndarray:
+        """Stream positions of this process's rows of the global batch starting at ``first``."""
+        start = first_position + self.process_index * self.local_batch_size
+        return np.arange(start, start + self.local_batch_size, dtype=np.int64)
+
+
+def read_positions(source: ExampleSource, spec: StreamSpec, positions: np.ndarray) -> np.ndarray:
+    """Counts at the given stream positions, flipped where the stream says so.
+
+    Returns:
+      ``np.int32`` (len(positions), H, W, C).
+    """
+    indices = stream_indices(positions, seed=spec.seed, num_examples=spec.num_examples)
+    batch = np.asarray(source.read(indices), dtype=np.int32)
+    if spec.random_flip:
+        flips = flip_decisions(positions, seed=spec.seed)
+        batch = np.where(flips[:, None, None, None], batch[:, :, ::-1, :], batch)
+    return batch
+
+
+class TrainIterator(Iterator[np.ndarray]):
+    """This process's slices of the global training batches, endlessly, with a resumable state.
+
+    Each ``next()`` returns ``np.int32`` counts (global_batch_size // process_count, H, W, C):
+    rows ``[p b, (p + 1) b)`` of the next global batch. Build it with
+    :meth:`blackout_jax.data.CountDataset.train_iterator`.
+    """
+
+    def __init__(
+        self,
+        source: ExampleSource,
+        *,
+        dataset_name: str,
+        global_batch_size: int,
+        seed: int,
+        random_flip: bool = False,
+        process_index: int = 0,
+        process_count: int = 1,
+        prefetch: int = 2,
+    ) -> None:
+        for name, value, minimum in (
+            ("global_batch_size", global_batch_size, 1),
+            ("process_count", process_count, 1),
+            ("process_index", process_index, 0),
+            ("prefetch", prefetch, 0),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+            if value < minimum:
+                raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        if process_index >= process_count:
+            raise ValueError(
+                f"process_index must be in 0..{process_count - 1} for process_count="
+                f"{process_count}, got {process_index}"
+            )
+        if global_batch_size % process_count:
+            raise ValueError(
+                f"global_batch_size = {global_batch_size} must be divisible by process_count = "
+                f"{process_count} (every process reads an equal slice of each global batch)"
+            )
+        if len(source) < 1:
+            raise ValueError(f"dataset {dataset_name!r} has no training examples")
+        self._source = source
+        self._dataset_name = dataset_name
+        self._spec = StreamSpec(
+            num_examples=len(source),
+            global_batch_size=int(global_batch_size),
+            seed=int(seed),
+            random_flip=bool(random_flip),
+            process_index=int(process_index),
+            process_count=int(process_count),
+        )
+        self._prefetch = int(prefetch)
+        self._examples_consumed = 0
+        self._batches_consumed = 0
+        self._batches: Iterator[np.ndarray] | None = None
+
+    @property
+    def spec(self) -> StreamSpec:
+        return self._spec
+
+    @property
+    def local_batch_size(self) -> int:
+        return self._spec.local_batch_size
+
+    def global_batch(self, batch_offset: int = 0) -> np.ndarray:
+        """The whole global batch ``batch_offset`` batches after the current position (all rows).
+
+        Reads every row, not only this process's; meant for inspection and tests.
+        """
+        first = self._examples_consumed + batch_offset * self._spec.global_batch_size
+        positions = np.arange(first, first + self._spec.global_batch_size, dtype=np.int64)
+        return read_positions(self._source, self._spec, positions)
+
+    def _local_batch(self, start_position: int, element: int) -> np.ndarray:
+        first = start_position + element * self._spec.global_batch_size
+        return read_positions(self._source, self._spec, self._spec.local_positions(first))
+
+    def _start(self) -> Iterator[np.ndarray]:
+        import grain
+
+        threads = min(self._prefetch, max(1, int(getattr(self._source, "read_threads", 1))))
+        batches = grain.MapDataset.range(0, sys.maxsize).map(
+            functools.partial(self._local_batch, self._examples_consumed)
+        )
+        options = grain.ReadOptions(num_threads=threads, prefetch_buffer_size=self._prefetch)
+        return iter(batches.to_iter_dataset(options))
+
+    def __iter__(self) -> TrainIterator:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        if self._batches is None:
+            self._batches = self._start()
+        batch = next(self._batches)
+        self._examples_consumed += self._spec.global_batch_size
+        self._batches_consumed += 1
+        return batch
+
+    def get_state(self) -> dict[str, Any]:
+        """The position in the stream, JSON-serialisable (plain ints, strings and bools)."""
+        return {
+            "version": _STATE_VERSION,
+            "dataset": self._dataset_name,
+            "num_train": self._spec.num_examples,
+            "seed": self._spec.seed,
+            "random_flip": self._spec.random_flip,
+            "global_batch_size": self._spec.global_batch_size,
+            "examples_consumed": self._examples_consumed,
+            "batches_consumed": self._batches_consumed,
+        }
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Continues the stream at the saved position (any process count).
+
+        A state saved with another ``global_batch_size`` continues at the same stream
+        position (``examples_consumed``) with this iterator's batch size.
+
+        Raises:
+          ValueError: a malformed state, or one saved for another dataset, training-set size,
+            seed or flip setting (that would be a different stream).
+        """
+        if not isinstance(state, dict) or "examples_consumed" not in state:
+            raise ValueError(
+                f"data iterator state must be a dict with 'examples_consumed', got {state!r}"
+            )
+        expected = {
+            "dataset": self._dataset_name,
+            "num_train": self._spec.num_examples,
+            "seed": self._spec.seed,
+            "random_flip": self._spec.random_flip,
+        }
+        for key, value in expected.items():
+            if key in state and state[key] != value:
+                raise ValueError(
+                    f"data iterator state was saved with {key}={state[key]!r}, but this stream "
+                    f"has {key}={value!r}; resuming it would not continue the same stream"
+                )
+        examples = state["examples_consumed"]
+        if isinstance(examples, bool) or not isinstance(examples, (int, np.integer)):
+            raise ValueError(f"examples_consumed must be an integer, got {examples!r}")
+        if examples < 0:
+            raise ValueError(f"examples_consumed must be >= 0, got {examples}")
+        self.close()
+        self._examples_consumed = int(examples)
+        batches = state.get("batches_consumed")
+        if state.get("global_batch_size") != self._spec.global_batch_size or batches is None:
+            batches = int(examples) // self._spec.global_batch_size
+        self._batches_consumed = int(batches)
+
+    def close(self) -> None:
+        """Stops the read-ahead threads (the iterator can still continue afterwards)."""
+        if self._batches is not None:
+            close = getattr(self._batches, "close", None)
+            if close is not None:
+                close()
+            self._batches = None
+
+    def __enter__(self) -> TrainIterator:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        # At interpreter shutdown grain may already be torn down.
+        with contextlib.suppress(Exception):
+            self.close()
+
+
+@dataclasses.dataclass
+class CountDataset:
+    """A validated dataset of integer counts: a training stream and a fixed held-out split.
+
+    Attributes:
+      name: the dataset (``data.name``).
+      image_shape: (H, W, C).
+      max_count: the largest count N (declared, fixed by the dataset, or inferred).
+      max_count_inferred: whether ``max_count`` was inferred from the data.
+      origin: where the data came from (a path, ``sklearn``, or a TFDS data_dir).
+      train_source, test_source: :class:`ExampleSource` of the two splits.
+      random_flip: whether training examples are flipped left-right at random.
+      seed: the default stream seed.
+      prefetch: batches read ahead by :meth:`train_iterator`.
+    """
+
+    name: str
+    image_shape: tuple[int, int, int]
+    max_count: int
+    train_source: ExampleSource
+    test_source: ExampleSource
+    origin: str
+    max_count_inferred: bool = False
+    random_flip: bool = False
+    seed: int = 0
+    prefetch: int = 2
+    _test_cache: dict[str, np.ndarray] = dataclasses.field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_source)
+
+    @property
+    def num_test(self) -> int:
+        return len(self.test_source)
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-serialisable facts for the run folder (shape, max count and how it was set)."""
+        return {
+            "name": self.name,
+            "image_shape": [int(d) for d in self.image_shape],
+            "max_count": int(self.max_count),
+            "max_count_inferred": bool(self.max_count_inferred),
+            "num_train": self.num_train,
+            "num_test": self.num_test,
+            "random_flip": bool(self.random_flip),
+            "origin": self.origin,
+        }
+
+    def test_examples(self, num: int | None = None) -> np.ndarray:
+        """The first ``min(num, num_test)`` held-out examples (all of them for ``None``).
+
+        The same array on every host and every call (never shuffled, never flipped).
+
+        Returns:
+          Read-only ``np.int32`` (n, H, W, C).
+        """
+        available = self.num_test
+        if num is None:
+            num = available
+        if isinstance(num, bool) or not isinstance(num, (int, np.integer)) or num < 0:
+            raise ValueError(f"num must be None or an integer >= 0, got {num!r}")
+        num = min(int(num), available)
+        cached = self._test_cache.get("examples")
+        if cached is None or cached.shape[0] < num:
+            cached = np.asarray(self.test_source.read(np.arange(num)), np.int32)
+            cached = cached.reshape((num, *self.image_shape))
+            cached.setflags(write=False)
+            self._test_cache["examples"] = cached
+        return cached[:num]
+
+    def train_iterator(
+        self,
+        *,
+        global_batch_size: int,
+        seed: int | None = None,
+        process_index: int | None = None,
+        process_count: int | None = None,
+        prefetch: int | None = None,
+    ) -> TrainIterator:
+        """The endless training stream; this process's slice of each global batch.
+
+        Args:
+          global_batch_size: ``B``, examples per global batch (all processes together).
+          seed: the stream's seed (default: the dataset's ``seed``).
+          process_index, process_count: this process and how many read (default:
+            ``jax.process_index()`` and ``jax.process_count()``).
+          prefetch: batches read ahead in threads (default: the dataset's ``prefetch``).
+
+        Returns:
+          A :class:`TrainIterator` yielding int32 (B // process_count, H, W, C).
+        """
+        if process_index is None or process_count is None:
+            import jax
+
+            process_index = jax.process_index() if process_index is None else process_index
+            process_count = jax.process_count() if process_count is None else process_count
+        return TrainIterator(
+            self.train_source,
+            dataset_name=self.name,
+            global_batch_size=global_batch_size,
+            seed=self.seed if seed is None else seed,
+            random_flip=self.random_flip,
+            process_index=process_index,
+            process_count=process_count,
+            prefetch=self.prefetch if prefetch is None else prefetch,
+        )

@@ -1,0 +1,166 @@
+"""Checks of count data before training: every failure names the file, the index and the value.
+
+The loaders call these on the whole array before they return, so a bad value stops a run before
+anything is written to its run folder. Each failure is a ``ValueError`` whose message names the
+data's origin (a file, an ``.npz`` key, a PNG), the index of the first offending element in the
+array as stored (for example ``counts.npz['x'][12, 3, 4, 0]``) and its value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+# Counts travel as int32 through the pipeline and the network.
+LARGEST_COUNT = int(np.iinfo(np.int32).max)
+
+Locator = Callable[[tuple[int, ...]], str]
+
+
+def index_locator(source: str) -> Locator:
+    """Formats an element index of the array called ``source``: ``source[i, j, ...]``."""
+
+    def locate(index: tuple[int, ...]) -> str:
+        return f"{source}[{', '.join(str(i) for i in index)}]"
+
+    return locate
+
+
+def _first_index(bad: np.ndarray) -> tuple[int, ...]:
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), bad.shape))
+
+
+def _raise_first(
+    values: np.ndarray, bad: np.ndarray, locate: Locator, problem: str, hint: str = ""
+) -> None:
+    if bad.any():
+        index = _first_index(bad)
+        value = values[index].item()
+        count = int(np.count_nonzero(bad))
+        others = f" ({count - 1} more such values)" if count > 1 else ""
+        raise ValueError(f"{locate(index)} = {value!r}: {problem}{others}{hint}")
+
+
+def check_count_values(
+    values: np.ndarray,
+    *,
+    source: str,
+    max_count: int | None = None,
+    locate: Locator | None = None,
+) -> np.ndarray:
+    """Validates an array of counts and returns it as int32 of shape (N, H, W, C).
+
+    Accepted: a numeric (bool, integer or floating) array of shape (N, H, W, C) or (N, H, W)
+    (a channel axis of size 1 is added), with at least one element, whose values are finite,
+    whole, ``>= 0`` and ``<= max_count`` (when given; otherwise ``<= 2**31 - 1``).
+
+    Args:
+      values: the array as loaded.
+      source: the data's origin for messages, e.g. ``"counts.npz['x']"``.
+      max_count: the declared largest count, or ``None`` when it is inferred from the data.
+      locate: formats an element index for messages (default ``source[i, j, ...]``).
+
+    Returns:
+      ``np.int32`` array (N, H, W, C).
+
+    Raises:
+      ValueError: naming ``source``, the first bad index and its value.
+    """
+    locate = locate or index_locator(source)
+    values = np.asarray(values)
+    dtype = values.dtype
+    if not (
+        dtype == np.bool_ or np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
+    ):
+        raise ValueError(
+            f"{source} must hold numbers (integer, float or bool), got dtype {dtype} "
+            f"with shape {values.shape}"
+        )
+    if values.ndim not in (3, 4):
+        raise ValueError(
+            f"{source} must have shape (N, H, W, C) or (N, H, W), got shape {values.shape} "
+            f"(rank {values.ndim})"
+        )
+    if values.size == 0:
+        raise ValueError(f"{source} is empty: shape {values.shape} has no elements")
+    if dtype == np.bool_:
+        values = values.astype(np.int32)
+    if np.issubdtype(values.dtype, np.floating):
+        _raise_first(values, ~np.isfinite(values), locate, "counts must be finite (no NaN or inf)")
+        _raise_first(
+            values,
+            values != np.floor(values),
+            locate,
+            "counts must be whole numbers",
+        )
+    _raise_first(values, values < 0, locate, "counts must be non-negative")
+    if max_count is not None:
+        _raise_first(
+            values,
+            values > max_count,
+            locate,
+            f"counts must be <= the declared max count {max_count}",
+            " (raise data.max_count, or set it to 0 to infer it from the data)",
+        )
+    else:
+        _raise_first(
+            values,
+            values > LARGEST_COUNT,
+            locate,
+            f"counts must be <= {LARGEST_COUNT} (they are stored as int32)",
+        )
+    counts = values.astype(np.int32)
+    if counts.ndim == 3:
+        counts = counts[..., None]
+    return counts
+
+
+def infer_max_count(counts: np.ndarray) -> int:
+    """The largest count in ``counts``, at least 1 (an all-zero array still needs N >= 1)."""
+    return max(1, int(np.max(counts)))
+
+
+def check_declared_max_count(max_count: int) -> None:
+    """``data.max_count`` must be an integer ``>= 0`` (0 means: infer from the data)."""
+    if isinstance(max_count, (bool, np.bool_)) or not isinstance(max_count, (int, np.integer)):
+        raise ValueError(f"data.max_count must be an integer >= 0, got {max_count!r}")
+    if not 0 <= max_count <= LARGEST_COUNT:
+        raise ValueError(f"data.max_count must be in 0..{LARGEST_COUNT}, got {max_count}")
+
+
+def check_image_size(image_shape: Sequence[int], size_divisor: int, *, source: str) -> None:
+    """H and W must be multiples of ``size_divisor`` (the network halves them that often).
+
+    Raises:
+      ValueError: naming ``source``, the image shape and the divisor.
+    """
+    if size_divisor < 1:
+        raise ValueError(f"size_divisor must be >= 1, got {size_divisor}")
+    height, width = int(image_shape[0]), int(image_shape[1])
+    for axis, size in (("H", height), ("W", width)):
+        if size % size_divisor:
+            raise ValueError(
+                f"{source}: images of shape {tuple(int(d) for d in image_shape)} have "
+                f"{axis} = {size}, which is not a multiple of {size_divisor} = "
+                "2 ** (len(model.ch_mult) - 1), the network's downsampling factor; use a "
+                "shorter model.ch_mult or pad/crop the images"
+            )
+
+
+def check_num_test(num_test: int, num_examples: int, *, source: str) -> None:
+    """The held-out split must leave at least one training example.
+
+    Raises:
+      ValueError: ``num_test < 0`` or ``num_test >= num_examples``, naming both and ``source``.
+    """
+    if isinstance(num_test, (bool, np.bool_)) or not isinstance(num_test, (int, np.integer)):
+        raise ValueError(f"data.num_test must be an integer >= 0, got {num_test!r}")
+    if num_test < 0:
+        raise ValueError(f"data.num_test must be >= 0, got {num_test}")
+    if num_test >= num_examples:
+        raise ValueError(
+            f"data.num_test = {num_test} held-out examples is too many for {source}, which "
+            f"has {num_examples} examples; the test split must leave at least one training "
+            "example (lower data.num_test)"
+        )
