@@ -1,0 +1,57 @@
+"""Shared helpers for the tests: exact reference distributions and a pooled chi-square test."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+
+def pooled_chi_square_pvalue(
+    observed_values: np.ndarray, support: np.ndarray, pmf: np.ndarray, min_expected: float = 5.0
+) -> float:
+    """p-value of a chi-square goodness-of-fit test of integer draws against an exact pmf.
+
+    ``support`` lists the possible values in increasing order and ``pmf`` their probabilities.
+    Neighbouring bins are pooled until every pooled bin expects at least ``min_expected``
+    draws; draws outside ``support`` make the test fail outright (p-value 0).
+    """
+    observed_values = np.asarray(observed_values).ravel()
+    support = np.asarray(support)
+    pmf = np.asarray(pmf, np.float64)
+    if not np.all(np.isin(observed_values, support)):
+        return 0.0
+    num_draws = observed_values.size
+    counts = np.array([(observed_values == value).sum() for value in support], np.float64)
+    expected = pmf / pmf.sum() * num_draws
+    pooled_observed, pooled_expected = [], []
+    running_observed = running_expected = 0.0
+    for count, expect in zip(counts, expected, strict=True):
+        running_observed += count
+        running_expected += expect
+        if running_expected >= min_expected:
+            pooled_observed.append(running_observed)
+            pooled_expected.append(running_expected)
+            running_observed = running_expected = 0.0
+    if running_expected > 0 or running_observed > 0:
+        if pooled_expected:
+            pooled_observed[-1] += running_observed
+            pooled_expected[-1] += running_expected
+        else:
+            pooled_observed.append(running_observed)
+            pooled_expected.append(running_expected)
+    if len(pooled_expected) < 2:
+        return 1.0
+    return float(stats.chisquare(pooled_observed, pooled_expected).pvalue)
+
+
+@pytest.fixture
+def chi_square_pvalue():
+    """The pooled chi-square goodness-of-fit test, as a fixture."""
+    return pooled_chi_square_pvalue
+
+
+@pytest.fixture
+def numpy_rng() -> np.random.Generator:
+    """A NumPy generator with a fixed seed."""
+    return np.random.default_rng(20231124)
