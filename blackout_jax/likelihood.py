@@ -18,7 +18,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from blackout_jax import losses, process, schedule, validation
+from blackout_jax import functional, losses, process, schedule, validation
 
 Array = jax.Array
 PredictFn = Callable[[Array, Array], Array]
@@ -88,6 +88,9 @@ def nll_bound(
     The time integral is estimated with ``num_time_samples`` stratified draws per example
     (``u_j = (j + U_j) / M``, ``j = 0..M-1``), an unbiased estimate; each draw calls
     ``predict_fn`` once on the whole batch (a ``lax.scan``, so memory does not grow with ``M``).
+    The computation is compiled once per ``(predict_fn, shapes, t_end, max_count, M)``; as for
+    :func:`blackout_jax.sample`, pass a ``jax.tree_util.Partial`` to keep large arrays out of
+    the compiled program.
 
     Args:
       key: PRNG key.
@@ -102,6 +105,26 @@ def nll_bound(
     validation.check_positive_scalar("t_end", t_end)
     if not isinstance(num_time_samples, int) or num_time_samples < 1:
         raise ValueError(f"num_time_samples must be an int >= 1, got {num_time_samples!r}")
+    if isinstance(t_end, jax.core.Tracer):  # a traced end time cannot key the cache
+        return _nll_bound(key, predict_fn, n0, t_end, max_count, num_time_samples)
+    return _nll_bound_compiled(
+        key,
+        functional.as_partial(predict_fn),
+        jnp.asarray(n0),
+        t_end=float(t_end),
+        max_count=int(max_count),
+        num_time_samples=num_time_samples,
+    )
+
+
+def _nll_bound(
+    key: Array,
+    predict_fn: PredictFn,
+    n0: Array,
+    t_end: float | Array,
+    max_count: int,
+    num_time_samples: int,
+) -> Array:
     n0 = jnp.asarray(n0)
     batch = n0.shape[0]
     reduce_axes = tuple(range(1, n0.ndim))
@@ -124,6 +147,11 @@ def nll_bound(
     diffusion_sum, _ = jax.lax.scan(one_draw, jnp.zeros((batch,), jnp.float32), (strata, draw_keys))
     prior_term = jnp.sum(prior_kl(n0, t_end=t_end, max_count=max_count), reduce_axes)
     return prior_term + diffusion_sum / num_time_samples
+
+
+_nll_bound_compiled = jax.jit(
+    _nll_bound, static_argnames=("t_end", "max_count", "num_time_samples")
+)
 
 
 def bits_per_dim(nats: Array, num_dims: int) -> Array:

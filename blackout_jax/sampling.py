@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from blackout_jax import draws, likelihood, process, validation
+from blackout_jax import draws, functional, likelihood, process, validation
 
 Array = jax.Array
 PredictFn = Callable[[Array, Array], Array]
@@ -77,7 +77,7 @@ def sample(
     _check_sampler_arguments(shape, times, max_count, method)
     return _run_sampler(
         key,
-        _as_partial(predict_fn),
+        functional.as_partial(predict_fn),
         jnp.asarray(times, jnp.float32),
         None,
         None,
@@ -131,7 +131,7 @@ def impute(
     validation.check_counts("counts", jnp.where(observed_values, counts, 0), max_count)
     return _run_sampler(
         key,
-        _as_partial(predict_fn),
+        functional.as_partial(predict_fn),
         jnp.asarray(times, jnp.float32),
         jnp.asarray(counts).astype(jnp.int32),
         observed_values,
@@ -152,12 +152,6 @@ def _check_sampler_arguments(
     if len(shape) < 1 or any(int(d) < 1 for d in shape):
         raise ValueError(f"shape must be a non-empty tuple of positive sizes, got {shape!r}")
     validation.check_time_grid(times)
-
-
-def _as_partial(predict_fn: PredictFn) -> jax.tree_util.Partial:
-    if isinstance(predict_fn, jax.tree_util.Partial):
-        return predict_fn
-    return jax.tree_util.Partial(predict_fn)
 
 
 @functools.partial(
