@@ -1,0 +1,221 @@
+"""Checkpoints of a training run with orbax ``CheckpointManager`` (asynchronous, atomic).
+
+A checkpoint at step ``s`` is the folder ``WORKDIR/checkpoints/<s>/`` with four items:
+
+* ``state``: the train state pytree (parameters, optimiser state, EMA parameters, step, RNG,
+  non-finite counters), written by ``ocp.args.StandardSave``;
+* ``data_iterator``: the training iterator's position (JSON);
+* ``config``: the experiment config (JSON);
+* ``metadata``: facts about the run needed to use the checkpoint on its own (JSON: the data's
+  ``max_count`` and ``image_shape``, the non-finite counters, ...).
+
+Saves run in the background; every process calls :meth:`CheckpointStore.save` and orbax
+coordinates the hosts (arrays are written by the processes that hold them, JSON items by the
+primary host). The state is restored onto the shardings of an abstract target built for the
+*current* devices, so a checkpoint written on 8 devices restores on 1 and vice versa.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+ITEM_NAMES = ("state", "data_iterator", "config", "metadata")
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoredCheckpoint:
+    """The items of one checkpoint: ``state`` on the requested shardings, the rest as JSON."""
+
+    step: int
+    state: Any
+    data_iterator: dict[str, Any]
+    config: dict[str, Any]
+    metadata: dict[str, Any]
+
+
+def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:
+    """``jax.ShapeDtypeStruct`` leaves with the shapes and dtypes of ``tree`` on ``sharding``.
+
+    The restore target for :meth:`CheckpointStore.restore`: arrays come back placed by
+    ``sharding`` whatever the devices that wrote them.
+    """
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
+
+
+def _registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
+    """Which orbax handler reads and writes each item."""
+    registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
+    for args_type in (ocp.args.StandardSave, ocp.args.StandardRestore):
+        registry.add("state", args_type, ocp.handlers.StandardCheckpointHandler)
+    for item in ITEM_NAMES[1:]:
+        for args_type in (ocp.args.JsonSave, ocp.args.JsonRestore):
+            registry.add(item, args_type, ocp.handlers.JsonCheckpointHandler)
+    return registry
+
+
+class CheckpointStore:
+    """Periodic, asynchronous checkpoints in ``directory`` with a keep policy.
+
+    Args:
+      directory: the checkpoints folder (``WORKDIR/checkpoints``); created on first save.
+      checkpoint_every: :meth:`save` without ``force`` writes only at multiples of this.
+      keep_checkpoints: how many of the latest checkpoints to keep.
+      keep_every: also keep every checkpoint whose step is a multiple of this (0 = off).
+      async_save: write in a background thread (the default); :meth:`wait` blocks until done.
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        *,
+        checkpoint_every: int,
+        keep_checkpoints: int,
+        keep_every: int = 0,
+        async_save: bool = True,
+    ) -> None:
+        if checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every}")
+        if keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1, got {keep_checkpoints}")
+        if keep_every < 0:
+            raise ValueError(f"keep_every must be >= 0 (0 = off), got {keep_every}")
+        policies: list[Any] = [checkpoint_managers.LatestN(n=keep_checkpoints)]
+        if keep_every:
+            policies.append(checkpoint_managers.EveryNSteps(interval_steps=keep_every))
+        options = ocp.CheckpointManagerOptions(
+            save_decision_policy=checkpoint_managers.FixedIntervalPolicy(checkpoint_every),
+            preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+            enable_async_checkpointing=async_save,
+            create=True,
+        )
+        self.directory = os.fspath(directory)
+        self._manager = ocp.CheckpointManager(
+            os.path.abspath(self.directory), options=options, handler_registry=_registry()
+        )
+
+    def latest_step(self) -> int | None:
+        """The newest complete checkpoint's step, or ``None`` when there is none."""
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        """Steps of the checkpoints on disk, increasing."""
+        return sorted(self._manager.all_steps())
+
+    def save(
+        self,
+        step: int,
+        state: Any,
+        *,
+        data_iterator: dict[str, Any],
+        config: dict[str, Any],
+        metadata: dict[str, Any],
+        force: bool = False,
+    ) -> bool:
+        """Start writing a checkpoint of step ``step`` (in the background); every process calls.
+
+        Without ``force`` only steps that are multiples of ``checkpoint_every`` are written; with
+        ``force`` any step is (e.g. the last step, or on a shutdown signal). A step that is
+        already on disk is left as it is.
+
+        Returns:
+          Whether a save was started.
+        """
+        if step in self._manager.all_steps():
+            return False
+        return self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data_iterator=ocp.args.JsonSave(data_iterator),
+                config=ocp.args.JsonSave(config),
+                metadata=ocp.args.JsonSave(metadata),
+            ),
+            force=force,
+        )
+
+    def restore(self, step: int | None, abstract_state: Any) -> RestoredCheckpoint:
+        """Read checkpoint ``step`` (``None`` = the latest) onto ``abstract_state``'s shardings.
+
+        Args:
+          step: the step to read, or ``None`` for the latest.
+          abstract_state: pytree of ``jax.ShapeDtypeStruct`` with the train state's structure
+            and the shardings wanted now (see :func:`abstract_like`).
+
+        Raises:
+          FileNotFoundError: no checkpoint (or not the requested step) in the directory.
+        """
+        if step is None:
+            step = self.latest_step()
+            if step is None:
+                raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        elif step not in self._manager.all_steps():
+            raise FileNotFoundError(
+                f"no checkpoint for step {step} in {self.directory}; "
+                f"available steps: {self.all_steps()}"
+            )
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data_iterator=ocp.args.JsonRestore(),
+                config=ocp.args.JsonRestore(),
+                metadata=ocp.args.JsonRestore(),
+            ),
+        )
+        return RestoredCheckpoint(
+            step=int(step),
+            state=restored["state"],
+            data_iterator=dict(restored["data_iterator"]),
+            config=dict(restored["config"]),
+            metadata=dict(restored["metadata"]),
+        )
+
+    def read_state(
+        self, step: int | None = None, sharding: jax.sharding.Sharding | None = None
+    ) -> Any:
+        """The ``state`` item as stored (nested dicts of arrays), without a target structure.
+
+        Shapes and dtypes come from the checkpoint's metadata; arrays are placed on
+        ``sharding`` (default: this process's first device). Useful to inspect or compare
+        checkpoints whatever the devices that wrote them.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        if sharding is None:
+            sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        stored = self._manager.item_metadata(step)["state"]
+        target = jax.tree.map(
+            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), stored
+        )
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
+        )
+        return restored["state"]
+
+    def read_json(self, step: int | None, item: str) -> dict[str, Any]:
+        """One JSON item (``"config"``, ``"metadata"`` or ``"data_iterator"``) of a checkpoint."""
+        if item not in ITEM_NAMES or item == "state":
+            raise ValueError(f"item must be one of {ITEM_NAMES[1:]}, got {item!r}")
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        restored = self._manager.restore(
+            step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()})
+        )
+        return dict(restored[item])
+
+    def wait(self) -> None:
+        """Block until every background save has finished."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        """Finish pending saves and release the manager."""
+        self._manager.wait_until_finished()
+        self._manager.close()

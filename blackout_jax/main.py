@@ -1,0 +1,95 @@
+"""Command line: train a Blackout Diffusion model from an experiment config.
+
+    python -m blackout_jax.main --config=configs/digits.py --workdir=runs/digits
+    python -m blackout_jax.main --config=configs/digits.py --workdir=runs/digits \\
+        --config.training.num_steps=2000
+
+Running the same command again resumes from the latest checkpoint in the run folder. Any config
+field can be overridden with ``--config.<section>.<field>=<value>``. Multi-host jobs start one
+process per host; under Slurm, Open MPI or on a multi-host TPU slice JAX finds the other
+processes by itself, elsewhere pass ``--coordinator_address=host:port --num_processes=P
+--process_id=i`` to every process.
+
+Order of work: parse the flags, join the other processes (if any), check the config, load the
+data, build the network's shapes, and only then create the run folder and train. A problem
+found before training prints a message naming the config field on stderr and exits with status
+2 without writing anything.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file, e.g. configs/digits.py.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run folder: checkpoints, metrics.jsonl, TensorBoard files, sample grids."
+)
+_MODE = flags.DEFINE_enum("mode", "train", ["train"], "What to do; 'train' trains or resumes.")
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for multi-process jobs started by hand."
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "Number of processes of a job started by hand."
+)
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in 0..P-1.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+EXIT_USAGE_ERROR = 2
+EXIT_TRAINING_FAILED = 1
+
+
+def _fail(message: str, status: int) -> None:
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(status)
+
+
+def main(argv: list[str]) -> None:
+    """Entry point for ``absl.app.run``."""
+    if len(argv) > 1:
+        _fail(f"unexpected arguments: {' '.join(argv[1:])}", EXIT_USAGE_ERROR)
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # keep the console for progress lines
+
+    from blackout_jax import parallel
+
+    try:
+        parallel.initialize_distributed(
+            coordinator_address=_COORDINATOR_ADDRESS.value,
+            num_processes=_NUM_PROCESSES.value,
+            process_id=_PROCESS_ID.value,
+        )
+    except ValueError as error:
+        _fail(str(error), EXIT_USAGE_ERROR)
+
+    import jax
+
+    from blackout_jax import config_validation, data, train
+
+    config = _CONFIG.value
+    workdir = _WORKDIR.value
+    try:
+        config_validation.validate_config(config, jax.device_count(), jax.process_count())
+        dataset = data.load_dataset(
+            config.data, seed=int(config.seed), size_divisor=2 ** (len(config.model.ch_mult) - 1)
+        )
+        train.abstract_model(config, dataset)
+    except (ValueError, FileNotFoundError) as error:
+        _fail(str(error), EXIT_USAGE_ERROR)
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        _fail(f"--workdir {workdir} exists and is not a folder", EXIT_USAGE_ERROR)
+
+    os.makedirs(workdir, exist_ok=True)
+    try:
+        train.train_and_evaluate(config, workdir, dataset=dataset)
+    except train.NonFiniteTrainingError as error:
+        _fail(str(error), EXIT_TRAINING_FAILED)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,26 @@
+"""Networks for Blackout Diffusion (Flax NNX): NCSN++ and the ``predict_fn`` adapter."""
+
+from blackout_jax.models.ncsnpp import (
+    CIFAR10_REFERENCE,
+    NCSNpp,
+    NCSNppConfig,
+    check_image_shape,
+    count_parameters,
+    create_model,
+    parameter_count,
+    parse_config,
+)
+from blackout_jax.models.predict import make_predict_fn, make_predict_fn_from_model
+
+__all__ = [
+    "CIFAR10_REFERENCE",
+    "NCSNpp",
+    "NCSNppConfig",
+    "check_image_shape",
+    "count_parameters",
+    "create_model",
+    "make_predict_fn",
+    "make_predict_fn_from_model",
+    "parameter_count",
+    "parse_config",
+]

@@ -1,0 +1,290 @@
+"""What a training run reports: metrics.jsonl, TensorBoard, console progress, PNG images.
+
+* :class:`MetricsWriter` appends one JSON object per line to ``WORKDIR/metrics.jsonl``
+  (training rows ``{"step", "split": "train", "loss", ...}`` once per log period, evaluation rows
+  ``{"step", "split": "eval", "bits_per_dim", ...}``) and mirrors every value to TensorBoard
+  event files in ``WORKDIR/tensorboard`` (tag ``<split>/<name>``). On resume it drops rows (and
+  TensorBoard events) written after the restored step, so the record continues from there.
+* :class:`ProgressReporter`: a tqdm bar with steps/s and ETA when stderr is a terminal, one
+  line per log period otherwise (CI logs).
+* :func:`save_sample_grid` and :func:`plot_loss_curve` draw with matplotlib's Agg canvas (no
+  display, no global backend switch).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
+
+import numpy as np
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl file (``[]`` if missing; a torn last line is skipped)."""
+    rows = []
+    if not os.path.exists(path):
+        return rows
+    with open(path, encoding="utf-8") as file:
+        for line in file:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short by a killed process
+    return rows
+
+
+def _plain(value: Any) -> Any:
+    """NumPy scalars and 0-d arrays as Python numbers (JSON-serialisable)."""
+    if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0):
+        return value.item()
+    return value
+
+
+class MetricsWriter:
+    """Append metrics rows to ``WORKDIR/metrics.jsonl`` and TensorBoard; resume-aware.
+
+    Args:
+      workdir: the run folder.
+      resume_step: the step training restarts from (0 for a fresh run). Rows with a larger
+        step (written after the checkpoint a killed run was restored from) are removed, and
+        TensorBoard events from ``resume_step + 1`` on are purged.
+      tensorboard: also write TensorBoard event files.
+    """
+
+    def __init__(
+        self, workdir: str | os.PathLike[str], *, resume_step: int = 0, tensorboard: bool = True
+    ) -> None:
+        self.path = os.path.join(os.fspath(workdir), METRICS_FILE)
+        rows = read_metrics(self.path)
+        kept = [row for row in rows if int(row.get("step", 0)) <= resume_step]
+        if len(kept) != len(rows) or (rows and not self._ends_with_newline()):
+            with open(self.path, "w", encoding="utf-8") as file:
+                for row in kept:
+                    file.write(json.dumps(row) + "\n")
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
+        self._tensorboard = None
+        if tensorboard:
+            from tensorboardX import SummaryWriter
+
+            self._tensorboard = SummaryWriter(
+                os.path.join(os.fspath(workdir), TENSORBOARD_DIR), purge_step=resume_step + 1
+            )
+
+    def _ends_with_newline(self) -> bool:
+        with open(self.path, "rb") as file:
+            file.seek(0, os.SEEK_END)
+            if file.tell() == 0:
+                return True
+            file.seek(-1, os.SEEK_END)
+            return file.read(1) == b"\n"
+
+    def write(self, step: int, scalars: Mapping[str, Any], *, split: str = "train") -> None:
+        """Append ``{"step": step, "split": split, **scalars}``; each scalar also to TensorBoard."""
+        row = {"step": int(step), "split": split}
+        row.update({name: _plain(value) for name, value in scalars.items()})
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        if self._tensorboard is not None:
+            for name, value in row.items():
+                if name in ("step", "split") or not isinstance(value, (int, float)):
+                    continue
+                self._tensorboard.add_scalar(f"{split}/{name}", value, int(step))
+            self._tensorboard.flush()
+
+    def close(self) -> None:
+        """Flush and close the files."""
+        self._file.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+
+
+def _format_duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
+
+
+def format_scalars(scalars: Mapping[str, Any]) -> str:
+    """``"loss 1.2345 grad_norm 0.5"``: floats with 4 significant digits."""
+    parts = []
+    for name, value in scalars.items():
+        value = _plain(value)
+        parts.append(f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}")
+    return " ".join(parts)
+
+
+class ProgressReporter:
+    """Console progress of training from ``start_step`` to ``total_steps``.
+
+    With a terminal on stderr (or ``use_bar=True``) a tqdm bar shows the step, steps/s, the ETA
+    and the latest logged scalars; otherwise :meth:`log` prints one line per call to ``stream``:
+    ``step 100/6000 (1.7%) | loss 1.234 | 12.3 steps/s | ETA 8m05s``.
+
+    Args:
+      total_steps: the last step of training.
+      start_step: the step training starts (or resumes) from.
+      use_bar: force the bar on or off; ``None`` = bar only when stderr is a terminal.
+      enabled: ``False`` makes every method a no-op (processes other than the primary).
+      stream: where lines go when there is no bar (default stdout).
+    """
+
+    def __init__(
+        self,
+        total_steps: int,
+        start_step: int = 0,
+        *,
+        use_bar: bool | None = None,
+        enabled: bool = True,
+        stream: TextIO | None = None,
+    ) -> None:
+        self.total_steps = total_steps
+        self.enabled = enabled
+        self.stream = stream
+        self._last_step = start_step
+        self._last_time = time.perf_counter()
+        if use_bar is None:
+            use_bar = sys.stderr.isatty()
+        self._bar = None
+        if enabled and use_bar:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
+
+    def _write(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.write(text)
+        else:
+            print(text, file=self.stream or sys.stdout, flush=True)
+
+    def update(self, step: int) -> None:
+        """Training reached ``step`` (moves the bar; nothing is printed without a bar)."""
+        if self._bar is not None and step > self._bar.n:
+            self._bar.update(step - self._bar.n)
+
+    def log(self, step: int, scalars: Mapping[str, Any]) -> float:
+        """Report ``scalars`` at ``step``; returns the steps/s since the previous call."""
+        now = time.perf_counter()
+        elapsed = max(now - self._last_time, 1e-9)
+        rate = (step - self._last_step) / elapsed
+        self._last_step, self._last_time = step, now
+        if not self.enabled:
+            return rate
+        if self._bar is not None:
+            self.update(step)
+            self._bar.set_postfix_str(format_scalars(scalars))
+            return rate
+        eta = (self.total_steps - step) / rate if rate > 0 else float("inf")
+        percent = 100.0 * step / max(self.total_steps, 1)
+        self._write(
+            f"step {step}/{self.total_steps} ({percent:.1f}%) | {format_scalars(scalars)} | "
+            f"{rate:.2f} steps/s | ETA {_format_duration(eta)}"
+        )
+        return rate
+
+    def message(self, text: str) -> None:
+        """Print a line (above the bar when there is one)."""
+        if self.enabled:
+            self._write(text)
+
+    def reset_clock(self, step: int) -> None:
+        """Restart the steps/s clock at ``step`` (after an evaluation or a checkpoint)."""
+        self._last_step, self._last_time = step, time.perf_counter()
+
+    def close(self) -> None:
+        """Close the bar."""
+        if self._bar is not None:
+            self._bar.close()
+
+
+def sample_grid_image(
+    samples: np.ndarray, max_count: int, *, border: int = 1, border_value: int = 128
+) -> np.ndarray:
+    """Tile samples ``(N, H, W, C)`` into one uint8 image, counts scaled ``0..max_count -> 0..255``.
+
+    ``C = 1`` gives a grey ``(rows, cols)`` image, ``C = 3`` an RGB ``(rows, cols, 3)`` image;
+    any other ``C`` shows the first channel. The grid is ``ceil(sqrt(N))`` samples wide, with a
+    ``border``-pixel grey (``border_value``) frame around every sample.
+    """
+    samples = np.asarray(samples)
+    if samples.ndim != 4:
+        raise ValueError(f"samples must have shape (N, H, W, C), got {samples.shape}")
+    if max_count < 1:
+        raise ValueError(f"max_count must be >= 1, got {max_count}")
+    if samples.shape[-1] not in (1, 3):
+        samples = samples[..., :1]
+    num, height, width, channels = samples.shape
+    scaled = np.clip(np.rint(samples.astype(np.float64) * 255.0 / max_count), 0, 255)
+    cols = max(1, math.ceil(math.sqrt(num)))
+    rows = max(1, math.ceil(num / cols))
+    canvas = np.full(
+        (rows * (height + border) + border, cols * (width + border) + border, channels),
+        border_value,
+        np.uint8,
+    )
+    for index in range(num):
+        row, col = divmod(index, cols)
+        top, left = border + row * (height + border), border + col * (width + border)
+        canvas[top : top + height, left : left + width] = scaled[index]
+    return canvas[..., 0] if channels == 1 else canvas
+
+
+def save_sample_grid(
+    samples: np.ndarray, max_count: int, path: str | os.PathLike[str], *, min_size: int = 256
+) -> None:
+    """Write a PNG grid of ``samples`` (see :func:`sample_grid_image`), upscaled by whole pixels
+    (nearest neighbour) until the image is at least ``min_size`` pixels on its shorter side."""
+    from matplotlib import image as mpl_image
+
+    grid = sample_grid_image(samples, max_count)
+    scale = max(1, math.ceil(min_size / min(grid.shape[:2])))
+    grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    if grid.ndim == 2:
+        mpl_image.imsave(path, grid, cmap="gray", vmin=0, vmax=255, format="png")
+    else:
+        mpl_image.imsave(path, grid, format="png")
+
+
+def plot_loss_curve(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> None:
+    """Write a PNG of the training loss against the step (from metrics rows) and, on a second
+    axis, the held-out bits/dim of the evaluation rows."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    train = [(row["step"], row["loss"]) for row in rows if row.get("split") == "train"]
+    evals = [
+        (row["step"], row["bits_per_dim"])
+        for row in rows
+        if row.get("split") == "eval" and "bits_per_dim" in row
+    ]
+    figure = Figure(figsize=(7, 4), dpi=100)
+    FigureCanvasAgg(figure)
+    axis = figure.add_subplot(1, 1, 1)
+    if train:
+        steps, values = zip(*train, strict=True)
+        axis.plot(steps, values, color="tab:blue", label="training loss")
+    axis.set_xlabel("step")
+    axis.set_ylabel("training loss", color="tab:blue")
+    if evals:
+        second = axis.twinx()
+        steps, values = zip(*evals, strict=True)
+        second.plot(steps, values, "o-", color="tab:red", label="held-out bits/dim")
+        second.set_ylabel("held-out bits/dim (bound)", color="tab:red")
+    axis.grid(True, alpha=0.3)
+    figure.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    figure.savefig(path, format="png")

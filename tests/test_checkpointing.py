@@ -1,0 +1,107 @@
+"""Tests of blackout_jax.checkpointing (orbax CheckpointManager with a keep policy)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from blackout_jax import checkpointing
+
+
+def _state(value: float) -> dict:
+    return {
+        "step": jnp.asarray(int(value), jnp.int32),
+        "params": {"dense": {"kernel": jnp.full((3, 2), value, jnp.float32)}},
+        "rng": jax.random.key_data(jax.random.key(7)),
+    }
+
+
+def _store(directory, **overrides) -> checkpointing.CheckpointStore:
+    options = {"checkpoint_every": 2, "keep_checkpoints": 2, "keep_every": 0}
+    options.update(overrides)
+    return checkpointing.CheckpointStore(directory, **options)
+
+
+def _save(store, step, *, force=False):
+    return store.save(
+        step,
+        _state(step),
+        data_iterator={"position": step},
+        config={"training": {"num_steps": 10}},
+        metadata={"max_count": 16, "image_shape": [8, 8, 1]},
+        force=force,
+    )
+
+
+def test_save_and_restore_round_trip(tmp_path):
+    store = _store(tmp_path / "checkpoints")
+    assert store.latest_step() is None
+    assert _save(store, 4)
+    store.wait()
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    restored = store.restore(None, checkpointing.abstract_like(_state(0), sharding))
+    store.close()
+    assert restored.step == 4
+    assert int(restored.state["step"]) == 4
+    np.testing.assert_array_equal(restored.state["params"]["dense"]["kernel"], np.full((3, 2), 4))
+    np.testing.assert_array_equal(restored.state["rng"], jax.random.key_data(jax.random.key(7)))
+    assert restored.data_iterator == {"position": 4}
+    assert restored.config == {"training": {"num_steps": 10}}
+    assert restored.metadata == {"max_count": 16, "image_shape": [8, 8, 1]}
+
+
+def test_interval_force_and_existing_steps(tmp_path):
+    store = _store(tmp_path, checkpoint_every=3, keep_checkpoints=10)
+    assert not _save(store, 2)  # not a multiple of checkpoint_every
+    assert _save(store, 3)
+    assert _save(store, 5, force=True)  # forced (e.g. the last step or a signal)
+    store.wait()
+    assert not _save(store, 5, force=True)  # already on disk: left as it is
+    store.close()
+    assert store.all_steps() == [3, 5]
+
+
+def test_keep_last_n_plus_every_kth(tmp_path):
+    store = _store(tmp_path, checkpoint_every=2, keep_checkpoints=2, keep_every=4)
+    for step in range(2, 13, 2):
+        _save(store, step)
+        store.wait()
+    store.close()
+    # the last two (10, 12) and every 4th step (4, 8, 12) survive.
+    assert store.all_steps() == [4, 8, 10, 12]
+
+
+def test_a_new_store_sees_the_checkpoints_and_reads_single_items(tmp_path):
+    store = _store(tmp_path)
+    _save(store, 2)
+    store.close()
+    reopened = _store(tmp_path)
+    assert reopened.latest_step() == 2
+    assert reopened.read_json(None, "metadata")["max_count"] == 16
+    state = reopened.read_state(2)
+    np.testing.assert_array_equal(state["params"]["dense"]["kernel"], np.full((3, 2), 2.0))
+    with pytest.raises(ValueError, match="item"):
+        reopened.read_json(2, "state")
+    reopened.close()
+
+
+def test_restore_of_a_missing_step_names_the_available_ones(tmp_path):
+    store = _store(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        store.restore(None, _state(0))
+    _save(store, 2)
+    store.wait()
+    with pytest.raises(FileNotFoundError, match=r"step 6 .*available steps: \[2\]"):
+        store.restore(6, _state(0))
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("checkpoint_every", 0), ("keep_checkpoints", 0), ("keep_every", -1)],
+)
+def test_bad_options_name_the_option(tmp_path, option, value):
+    with pytest.raises(ValueError, match=option):
+        _store(tmp_path, **{option: value})

@@ -1,0 +1,115 @@
+"""Tests of the adapter from a network to the ``predict_fn`` of the samplers and the bound."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from blackout_jax import nll_bound, observation_times, sample
+from blackout_jax.models import create_model, make_predict_fn, make_predict_fn_from_model
+
+T_END = 10.0
+NUM_STEPS = 50
+MAX_COUNT = 16
+CONFIG = dict(nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), init_scale=1.0)
+
+
+def build(seed):
+    return create_model(
+        CONFIG,
+        image_shape=(8, 8, 1),
+        max_count=MAX_COUNT,
+        t_end=T_END,
+        num_steps=NUM_STEPS,
+        seed=seed,
+    )
+
+
+@pytest.fixture(scope="module")
+def model():
+    return build(0)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    rng = np.random.default_rng(1)
+    counts = jnp.asarray(rng.integers(0, MAX_COUNT + 1, (2, 8, 8, 1)), jnp.int32)
+    return counts, jnp.array([0.2, 3.0], jnp.float32)
+
+
+traces = []
+
+
+@jax.jit
+def call(predict_fn, counts, t):
+    traces.append(1)  # runs once per compilation
+    return predict_fn(counts, t)
+
+
+def test_predict_fn_equals_the_model_in_evaluation_mode(model, batch):
+    counts, t = batch
+    graphdef, state = nnx.split(model)
+    predict_fn = make_predict_fn(graphdef, state)
+    expected = nnx.jit(lambda m, c, s: m(c, s, train=False))(model, counts, t)
+    np.testing.assert_allclose(call(predict_fn, counts, t), expected, rtol=1e-6)
+    # No dropout: repeated calls agree.
+    np.testing.assert_array_equal(call(predict_fn, counts, t), call(predict_fn, counts, t))
+
+
+def test_predict_fn_carries_parameters_as_arguments_so_one_compilation_serves_all(model, batch):
+    counts, t = batch
+    first = make_predict_fn(*nnx.split(model))
+    second = make_predict_fn(*nnx.split(build(1)))
+    assert len(jax.tree.leaves(first)) == len(jax.tree.leaves(nnx.state(model, nnx.Param)))
+    before = len(traces)
+    out_first = call(first, counts, t)
+    out_second = call(second, counts, t)
+    assert len(traces) - before <= 1
+    assert not np.allclose(out_first, out_second)
+
+
+def test_several_states_from_a_filtered_split(model, batch):
+    counts, t = batch
+    is_kernel = nnx.PathContains("kernel")
+    graphdef, kernels, rest = nnx.split(model, is_kernel, ...)
+    assert jax.tree.leaves(kernels) and jax.tree.leaves(rest)
+    np.testing.assert_allclose(
+        call(make_predict_fn(graphdef, kernels, rest), counts, t),
+        call(make_predict_fn(*nnx.split(model)), counts, t),
+        rtol=1e-6,
+    )
+
+
+def test_predict_fn_from_model_is_a_snapshot(batch):
+    counts, t = batch
+    live = build(0)
+    predict_fn = make_predict_fn_from_model(live)
+    before = np.asarray(call(predict_fn, counts, t))
+    live.output_conv.bias[...] = live.output_conv.bias[...] + 5.0
+    np.testing.assert_array_equal(call(predict_fn, counts, t), before)
+    after = call(make_predict_fn_from_model(live), counts, t)
+    assert np.all(np.asarray(after) > before)
+
+
+def test_samplers_and_bound_run_on_the_network(model):
+    predict_fn = make_predict_fn(*nnx.split(model))
+    times = observation_times(4, T_END)
+    samples = sample(jax.random.key(0), predict_fn, (2, 8, 8, 1), times, max_count=MAX_COUNT)
+    assert samples.shape == (2, 8, 8, 1)
+    assert samples.dtype == jnp.int32
+    assert int(samples.min()) >= 0 and int(samples.max()) <= MAX_COUNT
+
+    n0 = jnp.asarray(np.random.default_rng(2).integers(0, MAX_COUNT + 1, (2, 8, 8, 1)))
+    nats = nll_bound(
+        jax.random.key(1),
+        predict_fn,
+        n0,
+        t_end=T_END,
+        max_count=MAX_COUNT,
+        num_time_samples=2,
+    )
+    assert nats.shape == (2,)
+    assert bool(jnp.all(jnp.isfinite(nats))) and bool(jnp.all(nats > 0))

@@ -1,0 +1,192 @@
+"""Tests of blackout_jax.parallel and of training's independence from the device layout.
+
+20 training steps of ``configs/tiny.py`` through ``python -m blackout_jax.main`` give the same
+parameters (to float tolerance) on 1 device, on 8 forced host devices
+(``XLA_FLAGS=--xla_force_host_platform_device_count=8``), on 1 device resuming an 8-device
+checkpoint, and in two processes on localhost joined by ``jax.distributed``.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from blackout_jax import checkpointing, parallel, reporting
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+NUM_STEPS = 20
+OVERRIDES = [
+    f"--config.training.num_steps={NUM_STEPS}",
+    "--config.training.batch_size=8",
+    "--config.training.log_every=5",
+    "--config.training.checkpoint_every=10",
+    "--config.training.eval_every=1000",
+    "--config.eval.batch_size=8",
+    "--config.eval.num_grid_samples=0",
+]
+
+
+def test_mesh_and_shardings_on_one_device():
+    mesh = parallel.create_mesh()
+    assert mesh.axis_names == (parallel.DATA_AXIS,)
+    assert mesh.devices.size == jax.device_count()
+    batch = parallel.global_batch(np.arange(8 * 3).reshape(8, 3), parallel.batch_sharding(mesh))
+    assert batch.shape == (8, 3)
+    np.testing.assert_array_equal(parallel.to_host(batch), np.arange(24).reshape(8, 3))
+    shared = parallel.shared_array(np.ones((4, 2)), parallel.replicated_sharding(mesh))
+    assert shared.sharding.is_fully_replicated
+    assert parallel.any_process(True) and not parallel.any_process(False)
+    assert parallel.is_primary()
+
+
+def test_initialize_distributed_is_a_no_op_on_one_host(monkeypatch):
+    for name in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("TPU_WORKER_HOSTNAMES", raising=False)
+    assert parallel.initialize_distributed() is False
+    assert parallel.initialize_distributed(num_processes=1) is False
+    with pytest.raises(ValueError, match="process_id"):
+        parallel.initialize_distributed(num_processes=2, process_id=2)
+    with pytest.raises(ValueError, match="num_processes"):
+        parallel.initialize_distributed(num_processes=0)
+
+
+def _environment(cache_dir: pathlib.Path, num_devices: int | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    if num_devices is not None:
+        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+    env.update(
+        JAX_PLATFORMS="cpu",
+        JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
+    return env
+
+
+def _command(workdir: pathlib.Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "blackout_jax.main",
+        "--config=configs/tiny.py",
+        f"--workdir={workdir}",
+        *OVERRIDES,
+        *extra,
+    ]
+
+
+def _train(workdir: pathlib.Path, env: dict[str, str]) -> None:
+    result = subprocess.run(
+        _command(workdir), cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def _final_state(workdir: pathlib.Path) -> dict:
+    store = checkpointing.CheckpointStore(
+        workdir / "checkpoints", checkpoint_every=10, keep_checkpoints=2
+    )
+    state = store.read_state(NUM_STEPS)
+    store.close()
+    return state
+
+
+def _assert_same_state(actual: dict, expected: dict) -> None:
+    assert int(actual["step"]) == int(expected["step"]) == NUM_STEPS
+    assert jax.tree.structure(actual) == jax.tree.structure(expected)
+    for name in ("params", "ema_params", "opt_state"):
+        for got, want in zip(
+            jax.tree.leaves(actual[name]), jax.tree.leaves(expected[name]), strict=True
+        ):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-5)
+
+
+def _train_losses(workdir: pathlib.Path) -> list[float]:
+    rows = reporting.read_metrics(workdir / reporting.METRICS_FILE)
+    return [row["loss"] for row in rows if row["split"] == "train"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The one-device reference run, and a shared compilation cache for the others."""
+    root = tmp_path_factory.mktemp("parallel")
+    cache = tmp_path_factory.mktemp("jax_cache")
+    _train(root / "one_device", _environment(cache, None))
+    return {"root": root, "cache": cache, "reference": _final_state(root / "one_device")}
+
+
+@pytest.mark.slow
+def test_eight_devices_equal_one_device_and_restore_on_one(runs):
+    root, cache = runs["root"], runs["cache"]
+    eight = root / "eight_devices"
+    _train(eight, _environment(cache, 8))
+    _assert_same_state(_final_state(eight), runs["reference"])
+    metadata = checkpointing.CheckpointStore(
+        eight / "checkpoints", checkpoint_every=10, keep_checkpoints=2
+    ).read_json(NUM_STEPS, "metadata")
+    assert metadata["num_devices"] == 8
+    np.testing.assert_allclose(_train_losses(eight), _train_losses(root / "one_device"), rtol=1e-4)
+
+    # Resume the 8-device checkpoint of step 10 on one device and finish: same result.
+    resumed = root / "resumed_on_one"
+    (resumed / "checkpoints").mkdir(parents=True)
+    shutil.copytree(eight / "checkpoints" / "10", resumed / "checkpoints" / "10")
+    _train(resumed, _environment(cache, None))
+    _assert_same_state(_final_state(resumed), runs["reference"])
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_same_steps_as_one(runs):
+    workdir = runs["root"] / "two_processes"
+    env = _environment(runs["cache"], None)
+    address = f"127.0.0.1:{_free_port()}"
+    processes = [
+        subprocess.Popen(
+            _command(
+                workdir,
+                f"--coordinator_address={address}",
+                "--num_processes=2",
+                f"--process_id={index}",
+            ),
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for index in range(2)
+    ]
+    outputs = []
+    for process in processes:
+        try:
+            outputs.append(process.communicate(timeout=900))
+        except subprocess.TimeoutExpired:
+            for other in processes:
+                other.kill()
+            raise
+    for process, (_, stderr) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, stderr[-3000:]
+    # Process 0 alone reports; both take part in the checkpoint.
+    assert f"step {NUM_STEPS}/{NUM_STEPS}" in outputs[0][0]
+    assert f"step {NUM_STEPS}/{NUM_STEPS}" not in outputs[1][0]
+    _assert_same_state(_final_state(workdir), runs["reference"])
+    metadata = checkpointing.CheckpointStore(
+        workdir / "checkpoints", checkpoint_every=10, keep_checkpoints=2
+    ).read_json(NUM_STEPS, "metadata")
+    assert metadata["num_processes"] == 2

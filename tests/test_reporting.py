@@ -1,0 +1,128 @@
+"""Tests of blackout_jax.reporting: metrics.jsonl, TensorBoard files, console lines, PNGs."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from blackout_jax import reporting
+
+
+def _steps(rows: list[dict]) -> list[tuple[int, str]]:
+    return [(row["step"], row["split"]) for row in rows]
+
+
+def test_metrics_writer_appends_rows_and_tensorboard_events(tmp_path):
+    writer = reporting.MetricsWriter(tmp_path)
+    writer.write(10, {"loss": np.float32(1.5), "grad_norm": 0.25})
+    writer.write(10, {"bits_per_dim": 2.0}, split="eval")
+    writer.close()
+    rows = reporting.read_metrics(tmp_path / reporting.METRICS_FILE)
+    assert rows == [
+        {"step": 10, "split": "train", "loss": 1.5, "grad_norm": 0.25},
+        {"step": 10, "split": "eval", "bits_per_dim": 2.0},
+    ]
+    events = os.listdir(tmp_path / reporting.TENSORBOARD_DIR)
+    assert any(name.startswith("events.out.tfevents") for name in events)
+
+
+def test_metrics_writer_on_resume_drops_rows_after_the_restored_step(tmp_path):
+    writer = reporting.MetricsWriter(tmp_path, tensorboard=False)
+    for step in (10, 20, 30, 40):
+        writer.write(step, {"loss": float(step)})
+    writer.close()
+    path = tmp_path / reporting.METRICS_FILE
+    with open(path, "a", encoding="utf-8") as file:
+        file.write('{"step": 50, "split": "tra')  # a line cut short by SIGKILL
+
+    resumed = reporting.MetricsWriter(tmp_path, resume_step=20, tensorboard=False)
+    resumed.write(30, {"loss": 3.0})
+    resumed.close()
+    rows = reporting.read_metrics(path)
+    assert _steps(rows) == [(10, "train"), (20, "train"), (30, "train")]
+    assert rows[-1]["loss"] == 3.0
+    assert path.read_text(encoding="utf-8").endswith("\n")
+
+
+def test_read_metrics_of_a_missing_file_is_empty(tmp_path):
+    assert reporting.read_metrics(tmp_path / "nothing.jsonl") == []
+
+
+def test_progress_lines_without_a_terminal():
+    stream = io.StringIO()
+    progress = reporting.ProgressReporter(200, 0, use_bar=False, stream=stream)
+    progress.log(50, {"loss": 1.23456, "skipped_updates": 0})
+    progress.message("eval at step 50")
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("step 50/200 (25.0%) | loss 1.235 skipped_updates 0 | ")
+    assert "steps/s | ETA " in lines[0]
+    assert lines[1] == "eval at step 50"
+
+
+def test_progress_disabled_prints_nothing():
+    stream = io.StringIO()
+    progress = reporting.ProgressReporter(10, 0, use_bar=False, enabled=False, stream=stream)
+    progress.log(5, {"loss": 1.0})
+    progress.message("hidden")
+    assert stream.getvalue() == ""
+
+
+def test_sample_grid_image_layout_and_scaling():
+    samples = np.zeros((5, 2, 3, 1), np.int32)
+    samples[0] = 16  # the first sample at max_count -> white
+    samples[4, 1, 2, 0] = 8  # half of max_count -> 128
+    grid = reporting.sample_grid_image(samples, 16, border=1, border_value=7)
+    # 5 samples -> 3 columns, 2 rows; each cell (2 + 1) x (3 + 1) plus the outer border.
+    assert grid.shape == (2 * 3 + 1, 3 * 4 + 1)
+    assert grid.dtype == np.uint8
+    assert np.all(grid[1:3, 1:4] == 255)
+    assert grid[0, 0] == 7
+    # sample 4 is row 1, column 1: top-left pixel at (1 + 3, 1 + 4).
+    assert grid[4 + 1, 5 + 2] == 128
+    assert grid[4, 5] == 0
+
+
+def test_sample_grid_image_rgb_and_bad_input():
+    samples = np.full((4, 2, 2, 3), 255, np.int32)
+    assert reporting.sample_grid_image(samples, 255).shape == (7, 7, 3)
+    with pytest.raises(ValueError, match="shape"):
+        reporting.sample_grid_image(np.zeros((2, 2, 2)), 16)
+    with pytest.raises(ValueError, match="max_count"):
+        reporting.sample_grid_image(np.zeros((1, 2, 2, 1)), 0)
+
+
+def test_save_sample_grid_writes_an_upscaled_png(tmp_path):
+    path = tmp_path / "samples" / "grid_5.png"
+    samples = np.arange(4 * 8 * 8).reshape(4, 8, 8, 1) % 17
+    reporting.save_sample_grid(samples, 16, path, min_size=64)
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        width, height = image.size
+    # grid of 2 x 2 cells of 9 pixels + 1 border = 19 pixels, upscaled 4x to >= 64.
+    assert (width, height) == (76, 76)
+
+
+def test_plot_loss_curve_writes_a_png(tmp_path):
+    rows = [
+        {"step": 10, "split": "train", "loss": 3.0},
+        {"step": 20, "split": "train", "loss": 2.0},
+        {"step": 20, "split": "eval", "bits_per_dim": 2.5, "loss": 2.1},
+    ]
+    path = tmp_path / "loss_curve.png"
+    reporting.plot_loss_curve(rows, path)
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        assert image.size[0] > 100
+
+
+def test_metrics_rows_are_json_lines(tmp_path):
+    writer = reporting.MetricsWriter(tmp_path, tensorboard=False)
+    writer.write(1, {"loss": 0.5, "num_examples": 3})
+    writer.close()
+    line = (tmp_path / reporting.METRICS_FILE).read_text(encoding="utf-8").strip()
+    assert json.loads(line) == {"step": 1, "split": "train", "loss": 0.5, "num_examples": 3}
