@@ -1,8 +1,19 @@
-"""Command line: train a Blackout Diffusion model from an experiment config.
+"""Command line: train, sample, evaluate and impute with a Blackout Diffusion model.
 
     python -m blackout_jax.main --config=configs/digits.py --workdir=runs/digits
     python -m blackout_jax.main --config=configs/digits.py --workdir=runs/digits \\
         --config.training.num_steps=2000
+    python -m blackout_jax.main --config=configs/digits.py --workdir=runs/digits --mode=sample
+    python -m blackout_jax.main --config=configs/digits.py --workdir=runs/digits --mode=evaluate
+    python -m blackout_jax.main --config=configs/digits.py --workdir=runs/digits \\
+        --mode=impute --input=observed.npz
+
+Modes: ``train`` (default) trains or resumes; ``sample`` writes
+``WORKDIR/samples/samples_<step>.npz`` and a PNG grid; ``evaluate`` writes
+``WORKDIR/eval/metrics_<step>.json``; ``impute`` completes the unobserved counts of an ``.npz``
+with arrays ``counts`` and ``mask`` (True = observed) into ``WORKDIR/imputed/``. The last three
+use the EMA parameters of checkpoint ``sampling.checkpoint_step`` (-1 = the latest); see
+:mod:`blackout_jax.evaluate`.
 
 Running the same command again resumes from the latest checkpoint in the run folder. Any config
 field can be overridden with ``--config.<section>.<field>=<value>``. Multi-host jobs start one
@@ -30,7 +41,15 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run folder: checkpoints, metrics.jsonl, TensorBoard files, sample grids."
 )
-_MODE = flags.DEFINE_enum("mode", "train", ["train"], "What to do; 'train' trains or resumes.")
+_MODE = flags.DEFINE_enum(
+    "mode",
+    "train",
+    ["train", "sample", "evaluate", "impute"],
+    "train (or resume), sample, evaluate, or impute (with --input).",
+)
+_INPUT = flags.DEFINE_string(
+    "input", None, "For --mode=impute: an .npz with arrays 'counts' and 'mask' (True = observed)."
+)
 _COORDINATOR_ADDRESS = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0, for multi-process jobs started by hand."
 )
@@ -84,11 +103,33 @@ def main(argv: list[str]) -> None:
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         _fail(f"--workdir {workdir} exists and is not a folder", EXIT_USAGE_ERROR)
 
-    os.makedirs(workdir, exist_ok=True)
+    mode = _MODE.value
+    if mode == "train":
+        os.makedirs(workdir, exist_ok=True)
+        try:
+            train.train_and_evaluate(config, workdir, dataset=dataset)
+        except train.NonFiniteTrainingError as error:
+            _fail(str(error), EXIT_TRAINING_FAILED)
+        return
+
+    from blackout_jax import evaluate
+
+    if mode == "impute" and not _INPUT.value:
+        _fail(
+            "--mode=impute needs --input=<file.npz> with arrays 'counts' and 'mask'",
+            EXIT_USAGE_ERROR,
+        )
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        _fail(f"no checkpoints in {workdir}: train first (--mode=train)", EXIT_USAGE_ERROR)
     try:
-        train.train_and_evaluate(config, workdir, dataset=dataset)
-    except train.NonFiniteTrainingError as error:
-        _fail(str(error), EXIT_TRAINING_FAILED)
+        if mode == "sample":
+            evaluate.sample_run(config, workdir, dataset)
+        elif mode == "evaluate":
+            evaluate.evaluate_run(config, workdir, dataset)
+        else:
+            evaluate.impute_run(config, workdir, dataset, _INPUT.value)
+    except (ValueError, FileNotFoundError) as error:
+        _fail(str(error), EXIT_USAGE_ERROR)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,12 @@ Fields (see ``blackout_jax.config_validation`` for the allowed values):
 * ``eval``: ``num_examples`` (fixed held-out examples for the likelihood bound and the
   held-out loss; 0 = the whole held-out split), ``num_time_samples`` (stratified time draws
   per example for the bound), ``batch_size``, ``num_grid_samples`` (samples in the PNG grid
-  written at each evaluation; 0 = none).
+  written at each evaluation; 0 = none). For ``--mode=evaluate``: ``sample_metrics``
+  ('auto' | 'digits' | 'inception' | 'none'; auto = the digits classifier for digits, Inception
+  FID/IS/KID for the image datasets, none for own counts), ``inception_weights`` (local file of
+  the Inception weights; '' = $BLACKOUT_JAX_INCEPTION_WEIGHTS or the default path of
+  docs/metrics.md), ``reference_cache_dir`` (cached training-set statistics; '' =
+  ~/.cache/blackout_jax/reference), ``kid_subset_size``.
 * ``sampling``: ``num_samples``, ``num_steps`` (sampler steps; the evaluation grid uses them
   too), ``method`` ('binomial_bridge' | 'tau_leaping'), ``batch_size`` (samples drawn per
   compiled call), ``checkpoint_step`` (-1 = the latest checkpoint).
@@ -103,6 +108,10 @@ def get_config() -> ml_collections.ConfigDict:
     evaluation.num_time_samples = 16
     evaluation.batch_size = 256
     evaluation.num_grid_samples = 64
+    evaluation.sample_metrics = "auto"
+    evaluation.inception_weights = ""
+    evaluation.reference_cache_dir = ""
+    evaluation.kid_subset_size = 1000
 
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.num_samples = 64

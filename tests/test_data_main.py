@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPOSITORY = Path(__file__).resolve().parents[1]
+from configs import counts
+from tests import cli
+
 NUM_EXAMPLES = 20
 NUM_TEST = 4
 
@@ -20,11 +19,6 @@ pytestmark = pytest.mark.slow
 
 def size_divisor() -> int:
     """The downsampling factor of configs/counts.py's network."""
-    sys.path.insert(0, str(REPOSITORY))
-    try:
-        from configs import counts
-    finally:
-        sys.path.remove(str(REPOSITORY))
     return 2 ** (len(counts.get_config().model.ch_mult) - 1)
 
 
@@ -67,19 +61,12 @@ def bad_counts(kind: str) -> tuple[np.ndarray, list[str], str]:
 
 
 def run_main(data_path: Path, workdir: Path, extra_flags: list[str]):
-    command = [
-        sys.executable,
-        "-m",
-        "blackout_jax.main",
+    return cli.run_main(
         "--config=configs/counts.py",
         f"--config.data.path={data_path}",
         f"--config.data.num_test={NUM_TEST}",
         *extra_flags,
         f"--workdir={workdir}",
-    ]
-    environment = dict(os.environ, JAX_PLATFORMS="cpu")
-    return subprocess.run(
-        command, cwd=REPOSITORY, env=environment, capture_output=True, text=True, timeout=300
     )
 
 

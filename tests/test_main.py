@@ -2,30 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import pathlib
-import subprocess
-import sys
-
 import pytest
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _main(*arguments: str, num_devices: int | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
-    env["JAX_PLATFORMS"] = "cpu"
-    if num_devices is not None:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
-    return subprocess.run(
-        [sys.executable, "-m", "blackout_jax.main", *arguments],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+from tests.cli import run_main as _main
 
 
 @pytest.mark.parametrize(
@@ -64,7 +43,7 @@ def test_unknown_fields_and_modes_are_refused(tmp_path):
     result = _main("--config=configs/tiny.py", f"--workdir={workdir}", "--config.training.lr=1")
     assert result.returncode != 0
     assert "lr" in result.stderr
-    result = _main("--config=configs/tiny.py", f"--workdir={workdir}", "--mode=sample")
+    result = _main("--config=configs/tiny.py", f"--workdir={workdir}", "--mode=bogus")
     assert result.returncode != 0
     assert "mode" in result.stderr
     assert not workdir.exists()

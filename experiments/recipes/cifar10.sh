@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The paper's CIFAR-10 run end to end on one machine (one or more GPUs): train, draw 50k
+# samples, report the likelihood bound and FID/IS/KID against the training set.
+#
+#   DATA_DIR=/data/tfds WORKDIR=runs/cifar10 bash experiments/recipes/cifar10.sh
+#
+# Needs: a TFDS data_dir with cifar10 prepared (docs/data.md), the `fid` extra
+# (pip install -e ".[fid]") and the Inception weights file (docs/metrics.md).
+# Every step resumes where it stopped when the script is run again.
+set -euo pipefail
+: "${DATA_DIR:?set DATA_DIR to the TFDS data_dir holding cifar10}"
+WORKDIR=${WORKDIR:-runs/cifar10}
+CONFIG=${CONFIG:-configs/cifar10.py}
+COMMON=(--config="$CONFIG" --workdir="$WORKDIR" --config.data.data_dir="$DATA_DIR")
+
+python -m blackout_jax.main "${COMMON[@]}" --mode=train
+python -m blackout_jax.main "${COMMON[@]}" --mode=sample \
+  --config.sampling.num_samples=50000 --config.sampling.num_steps=1000
+python -m blackout_jax.main "${COMMON[@]}" --mode=evaluate \
+  --config.sampling.num_samples=50000 --config.sampling.num_steps=1000
+echo "metrics: $WORKDIR/eval/"
