@@ -18,20 +18,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 import blackout_jax as bj
-
-
-def _save_grid(samples: np.ndarray, max_count: int, path: str) -> None:
-    from PIL import Image
-
-    num, height, width = samples.shape[:3]
-    cols = math.ceil(math.sqrt(num))
-    rows = math.ceil(num / cols)
-    canvas = np.zeros((rows * (height + 1) + 1, cols * (width + 1) + 1), np.uint8)
-    for i, image in enumerate(samples[..., 0]):
-        r, c = divmod(i, cols)
-        top, left = 1 + r * (height + 1), 1 + c * (width + 1)
-        canvas[top : top + height, left : left + width] = image * 255 // max_count
-    Image.fromarray(canvas).resize((canvas.shape[1] * 8, canvas.shape[0] * 8), 0).save(path)
+from blackout_jax import reporting
 
 
 def main() -> None:
@@ -68,7 +55,7 @@ def main() -> None:
         f"(log #dataset = {math.log(len(digits)):.2f}), "
         f"{float(bj.bits_per_dim(nats, 64).mean()):.3f} bits/dim"
     )
-    _save_grid(samples, max_count, args.out)
+    reporting.save_sample_grid(samples, max_count, args.out)
     print(f"wrote {args.out}")
 
 
