@@ -222,8 +222,8 @@ def test_attention_is_equivariant_to_permuting_positions(numpy_rng):
     assert not np.allclose(block(x), x * layers.SKIP_RESCALE)
 
 
-def test_residual_blocks_shapes_dropout_and_skip_rescale(numpy_rng):
-    common = dict(
+def block_kwargs(seed=2, **overrides):
+    kwargs = dict(
         temb_dim=16,
         act=jax.nn.silu,
         dropout_rate=0.5,
@@ -231,29 +231,57 @@ def test_residual_blocks_shapes_dropout_and_skip_rescale(numpy_rng):
         init_scale=1.0,
         conv_size=3,
         dtype=jnp.float32,
-        rngs=nnx.Rngs(2),
+        rngs=nnx.Rngs(seed),
     )
-    x = jnp.asarray(numpy_rng.normal(size=(2, 8, 8, 8)), jnp.float32)
-    temb = jnp.asarray(numpy_rng.normal(size=(2, 16)), jnp.float32)
-    fir = dict(fir=True, fir_kernel=(1, 3, 3, 1))
-    assert layers.ResnetBlockBigGAN(8, 16, resample="down", **fir, **common)(x, temb).shape == (
+    return kwargs | overrides
+
+
+FIR = dict(fir=True, fir_kernel=(1, 3, 3, 1))
+
+
+@nnx.jit
+def run_block(block, x, temb, key):
+    return block(x, temb, key)
+
+
+def test_residual_block_shapes():
+    x = jnp.zeros((2, 8, 8, 8))
+    temb = jnp.zeros((2, 16))
+
+    def shape_of(make):
+        return nnx.eval_shape(lambda: make()(x, temb)).shape
+
+    biggan = layers.ResnetBlockBigGAN
+    assert shape_of(lambda: biggan(8, 16, resample="down", **FIR, **block_kwargs())) == (
         2,
         4,
         4,
         16,
     )
-    up_block = layers.ResnetBlockBigGAN(8, resample="up", **fir, **common)
-    assert up_block(x, temb).shape == (2, 16, 16, 8)
-    ddpm = layers.ResnetBlockDDPM(8, 12, **common)
-    assert ddpm(x, temb).shape == (2, 8, 8, 12)
+    assert shape_of(lambda: biggan(8, resample="up", **FIR, **block_kwargs())) == (2, 16, 16, 8)
+    assert shape_of(lambda: biggan(8, 12, fir=False, fir_kernel=(1,), **block_kwargs())) == (
+        2,
+        8,
+        8,
+        12,
+    )
+    assert shape_of(lambda: layers.ResnetBlockDDPM(8, 12, **block_kwargs())) == (2, 8, 8, 12)
 
-    block = layers.ResnetBlockBigGAN(8, **fir, **common)
-    evaluation = block(x, temb)
-    np.testing.assert_array_equal(block(x, temb, None), evaluation)
-    first = block(x, temb, jax.random.key(0))
+
+def test_residual_block_dropout_and_skip_rescale(numpy_rng):
+    x = jnp.asarray(numpy_rng.normal(size=(2, 8, 8, 8)), jnp.float32)
+    temb = jnp.asarray(numpy_rng.normal(size=(2, 16)), jnp.float32)
+    block = layers.ResnetBlockBigGAN(8, **FIR, **block_kwargs())
+    evaluation = run_block(block, x, temb, None)
+    first = run_block(block, x, temb, jax.random.key(0))
     assert not np.allclose(first, evaluation)
-    np.testing.assert_array_equal(block(x, temb, jax.random.key(0)), first)
-    assert not np.allclose(block(x, temb, jax.random.key(1)), first)
+    np.testing.assert_array_equal(run_block(block, x, temb, jax.random.key(0)), first)
+    assert not np.allclose(run_block(block, x, temb, jax.random.key(1)), first)
+    # Same parameters (same seed) without the 1/sqrt(2) rescaling of the residual sum.
+    plain = layers.ResnetBlockBigGAN(8, **FIR, **block_kwargs(skip_rescale=False))
+    np.testing.assert_allclose(
+        run_block(plain, x, temb, None), np.sqrt(2.0) * np.asarray(evaluation), rtol=1e-5
+    )
 
 
 def test_compute_dtype_bfloat16_keeps_float32_parameters():

@@ -4,9 +4,9 @@
   (:func:`default_init`), biases zero; ``scale = 0`` is replaced by ``1e-10`` so that a layer
   "initialised at zero" starts numerically at zero but still passes gradients.
 * FIR resampling (StyleGAN2): :func:`upfirdn2d` upsamples by zero insertion, pads, convolves
-  with a 2-D FIR kernel and keeps every ``down``-th sample. :func:`upsample_2d`,
-  :func:`downsample_2d` and the fused convolutions :func:`upsample_conv_2d`,
-  :func:`conv_downsample_2d` are built on it.
+  with a FIR kernel (separable kernels as two 1-D passes) and keeps every ``down``-th sample.
+  :func:`upsample_2d`, :func:`downsample_2d` and the fused convolutions
+  :func:`upsample_conv_2d`, :func:`conv_downsample_2d` are built on it.
 * Blocks: :class:`ResnetBlockBigGAN`, :class:`ResnetBlockDDPM`, :class:`AttentionBlock`,
   :class:`Upsample`, :class:`Downsample`, :class:`Combine`, and the time embeddings
   :func:`sinusoidal_embedding` and :class:`GaussianFourierProjection`.
@@ -275,9 +275,10 @@ def upsample_conv_2d(
 ) -> Array:
     """Fused upsampling and convolution: ``(B, H, W, Cin) -> (B, H factor, W factor, Cout)``.
 
-    A transposed convolution with stride ``factor`` and the HWIO ``weight`` (output length
-    ``(H - 1) factor + K``), then the FIR filter (gain ``factor**2``) that brings the length
-    to ``H factor``; the padding is applied once.
+    Zero insertion and a full correlation with the HWIO ``weight`` (a transposed convolution,
+    output length ``(H - 1) factor + K``), then the FIR filter (gain ``factor**2``) that brings
+    the length to ``H factor``. Away from the borders this equals :func:`upsample_2d` followed
+    by a ``"SAME"`` convolution with ``weight``; the padding is applied only once.
     """
     size = weight.shape[0]
     k = fir_kernel_1d(fir_kernel) * factor
@@ -299,7 +300,8 @@ def conv_downsample_2d(
     """Fused FIR filtering and strided convolution: ``(B, H, W, Cin) -> (B, H/f, W/f, Cout)``.
 
     The FIR filter (padding applied once) followed by a "valid" convolution with the HWIO
-    ``weight`` and stride ``factor``.
+    ``weight`` and stride ``factor``. Away from the borders this equals a ``"SAME"``
+    convolution followed by :func:`downsample_2d`.
     """
     size = weight.shape[0]
     k = fir_kernel_1d(fir_kernel)
