@@ -1,6 +1,6 @@
 """Sample quality against the number of sampling steps, for both samplers, on a trained run.
 
-    python experiments/few_step_study.py --config=configs/digits.py --workdir=runs/digits \
+    python -m experiments.few_step_study --config=configs/digits.py --workdir=runs/digits \
         [--steps=10,20,50,100,250,1000] [--num_samples=1000] [--out=runs/digits/few_step]
 
 For every method in (binomial_bridge, tau_leaping) and every step count K it draws
@@ -21,7 +21,7 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from blackout_jax import data, evaluate, generate, schedule
@@ -61,6 +61,7 @@ def _plot(rows: list[dict], floor: float, path: str) -> None:
 
 def main(argv: list[str]) -> None:
     del argv
+    logging.set_verbosity(logging.WARNING)
     config = _CONFIG.value
     dataset = data.load_dataset(
         config.data, seed=int(config.seed), size_divisor=2 ** (len(config.model.ch_mult) - 1)
