@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from blackout_jax import process, validation
 
 Array = jax.Array
+_VIOLATION_PENALTY = 1.0e4  # nats per count above an example's value
 
 
 def dataset_oracle(data: Array) -> Callable[[Array, Array], Array]:
@@ -27,6 +28,10 @@ def dataset_oracle(data: Array) -> Callable[[Array, Array], Array]:
 
     Args:
       data: ``(J, ...)`` whole-number counts; examples have the shape of ``counts[1:]``.
+
+    States that no example can produce (a count above every candidate's value, which
+    tau-leaping can reach by overshooting) get the mean of the examples with the fewest such
+    counts instead of NaN.
 
     Returns:
       A ``jax.tree_util.Partial`` (the dataset travels as an argument, not a compiled constant).
@@ -46,9 +51,17 @@ def _oracle_mean(data: Array, counts: Array, t: Array) -> Array:
     t = jnp.asarray(t, jnp.float32)
     log_p = -t[:, None, None]
     log_one_minus_p = process.log_one_minus_survival(t)[:, None, None]
-    log_likelihood = process.binomial_log_prob(
-        flat_counts[:, None, :], flat_data[None, :, :], log_p, log_one_minus_p
-    ).sum(axis=-1)  # (B, J)
+    # A state that no example can produce (a count above the example's) would give every
+    # example zero weight; such pixels are scored at the example's value with a penalty that
+    # leaves any consistent example dominant, so the mean stays defined (the nearest examples).
+    within = jnp.minimum(flat_counts[:, None, :], flat_data[None, :, :])
+    violations = jnp.sum(flat_counts[:, None, :] > flat_data[None, :, :], axis=-1)
+    log_likelihood = (
+        process.binomial_log_prob(within, flat_data[None, :, :], log_p, log_one_minus_p).sum(
+            axis=-1
+        )
+        - _VIOLATION_PENALTY * violations
+    )  # (B, J)
     weights = jax.nn.softmax(log_likelihood, axis=-1)
     expected_clean = weights @ flat_data  # (B, D)
     return (expected_clean - flat_counts).reshape(counts.shape)

@@ -10,7 +10,9 @@ probability ``r = (p_s - p_t) / (1 - p_t)``:
 
 The loop is a ``lax.scan`` inside ``jax.jit``: one dispatch per call, the network the only heavy
 work per step. The bridge's binomials are drawn by exact inversion against a per-step
-``(N + 1)^2`` table (:mod:`blackout_jax.draws`), since ``r`` is shared by every count of a step.
+``(N + 1)^2`` table (:mod:`blackout_jax.draws`), since ``r`` is shared by every count of a step;
+tau-leaping draws ``min(Poisson(yhat r), N - n_t)`` exactly with
+:func:`blackout_jax.draws.capped_poisson_scaled`.
 The samplers know the model only through ``predict_fn``.
 
 Compilation is cached on ``(predict_fn, shape, grid length, max_count, method, progress)``. A
@@ -200,8 +202,9 @@ def _run_sampler(
                 trials = jnp.where(observed, observed_counts - counts, trials)
             new_counts = counts + draws.binomial_by_inversion(draw_key, trials, r, max_count)
         else:
-            births = jax.random.poisson(draw_key, jnp.maximum(pred, 0.0) * r, shape)
-            new_counts = jnp.clip(counts + births.astype(jnp.int32), 0, max_count)
+            # clip(n_t + Poisson(yhat r), 0, N) = n_t + min(Poisson(yhat r), N - n_t)
+            room = max_count - counts
+            new_counts = counts + draws.capped_poisson_scaled(draw_key, pred, r, room, max_count)
             if observed is not None:
                 missing = observed_counts - counts
                 bridged = counts + draws.binomial_by_inversion(observed_key, missing, r, max_count)

@@ -208,10 +208,12 @@ def test_impute_keeps_observations_and_completes_a_member(method: str) -> None:
     assert filled.dtype == np.int32
     np.testing.assert_array_equal(filled[mask], counts[mask])
     # The first rows of the dataset are distinct, so the observed row identifies the member.
-    # Imputation by replacement is approximate: with the exact oracle about 70-90% of the
-    # completions are that member (measured over seeds and 50-200 steps); chance is about 1/6.
+    # Imputation is approximate: with the exact oracle about 70-90% of the bridge sampler's
+    # completions are that member (measured over seeds and 50-200 steps), 25-52% of
+    # tau-leaping's (seeds 14-23; its births can overshoot); chance is about 1/6.
     assert len(np.unique(data[:, 0, :], axis=0)) == 6
-    assert np.mean(np.all(filled == counts, axis=(1, 2))) >= 0.5
+    members = np.mean(np.all(filled == counts, axis=(1, 2)))
+    assert members >= (0.5 if method == "binomial_bridge" else 0.2)
     if method == "binomial_bridge":  # under jit, with the counts traced
         jitted = jax.jit(fill)(jax.random.key(14), np.where(mask, counts, 0))
         np.testing.assert_array_equal(np.asarray(jitted), filled)
