@@ -145,6 +145,7 @@ SCHEMA: dict[str, Check] = {
     "sampling.method": _choice(METHODS),
     "sampling.batch_size": _integer(1),
     "sampling.checkpoint_step": _integer(-1),
+    "sampling.impute_resamples": _integer(1),
 }
 
 

@@ -58,6 +58,9 @@ MAX_FALLBACK_RATE = 64.0
 _TAIL_TOLERANCE = 2.0**-32
 """A draw stops at ``k`` once ``P(X > k)`` is provably below this (the uniform's resolution)."""
 
+_UNROLLED_TERMS = 4
+"""Terms of the sequential inversion written out before its loop (fastest on a CPU, measured)."""
+
 _CUMSUM_BLOCK = 16
 """Block width of the two-level prefix sums of the tables."""
 
@@ -300,11 +303,19 @@ def capped_poisson_from_uniform(w: Array, rate: Array, cap: Array) -> Array:
         below = jnp.where(active, next_below, below)
         return k, pmf, below, active & ~resolved(k, pmf, below)
 
-    k = jnp.zeros(w.shape, jnp.int32)
+    # The first _UNROLLED_TERMS values of k, where most draws end when rates are small, as
+    # straight-line code that XLA fuses into one pass (each loop iteration is a pass over the
+    # arrays); the same recurrences, so the same draws. Unresolved entries go on in the loop.
     pmf = jnp.exp(-rate)
     below = jnp.zeros(w.shape, jnp.float32)
-    start = (k, pmf, below, ~resolved(k, pmf, below))
-    return jax.lax.while_loop(keep_going, advance, start)[0]
+    active = ~resolved(jnp.int32(0), pmf, below)
+    k = jnp.zeros(w.shape, jnp.int32)
+    for next_k in range(1, _UNROLLED_TERMS + 1):
+        k = k + active.astype(jnp.int32)
+        pmf = pmf * rate / jnp.float32(next_k)
+        below = below + pmf
+        active = active & ~resolved(jnp.int32(next_k), pmf, below)
+    return jax.lax.while_loop(keep_going, advance, (k, pmf, below, active))[0]
 
 
 def capped_poisson(

@@ -329,6 +329,7 @@ def impute_run(
             times,
             max_count=model.max_count,
             method=str(config.sampling.method),
+            resamples=int(config.sampling.impute_resamples),
         )
         parts.append(parallel.to_host(completed))
     completed = np.concatenate(parts)

@@ -12,6 +12,7 @@ with ``t = continuous_time(u)``, ``n_t ~ Binomial(n_0, p_t)``, ``m = n_0 - n_t``
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -61,12 +62,14 @@ def prior_kl(n0: Array, *, t_end: float, max_count: int) -> Array:
     validation.check_max_count(max_count)
     validation.check_counts("n0", n0, max_count)
     validation.check_positive_scalar("t_end", t_end)
-    n0 = jnp.asarray(n0, jnp.float32)
-    t_end_array = jnp.asarray(t_end, jnp.float32)
+    return _prior_kl(jnp.asarray(n0, jnp.float32), jnp.asarray(t_end, jnp.float32), max_count)
 
+
+@functools.partial(jax.jit, static_argnums=2)
+def _prior_kl(n0: Array, t_end: Array, max_count: int) -> Array:
     def add_term(k: Array, total: Array) -> Array:
         k = k.astype(jnp.float32)
-        log_q = process.forward_log_prob(k, n0, t_end_array)
+        log_q = process.forward_log_prob(k, n0, t_end)
         log_prior = prior_log_prob(k, t_end=t_end, max_count=max_count)
         term = jnp.where(jnp.isfinite(log_q), jnp.exp(log_q) * (log_q - log_prior), 0.0)
         return total + term

@@ -86,6 +86,7 @@ def sample(
         shape=tuple(int(d) for d in shape),
         max_count=int(max_count),
         method=method,
+        resamples=1,
         progress=bool(progress),
         sharding=sharding,
     )
@@ -100,21 +101,33 @@ def impute(
     *,
     max_count: int,
     method: str = "binomial_bridge",
+    resamples: int = 1,
     progress: bool = False,
     sharding: jax.sharding.Sharding | None = None,
 ) -> Array:
     """Fill in unobserved counts, conditioned on the observed ones.
 
-    Runs :func:`sample` on ``counts.shape``. The observed entries start from a draw of their exact
-    forward marginal ``Binomial(x_obs, p_{t_end})`` and then follow the exact bridge
-    ``n_s = n_t + Binomial(x_obs - n_t, r)`` towards their known value, so at every grid time
-    ``s`` they are a draw of ``Binomial(x_obs, p_s)`` and, being one consistent path, never
+    Runs the sampler of :func:`sample` on ``counts.shape``. The observed entries start from a
+    draw of their exact forward marginal ``Binomial(x_obs, p_{t_end})`` and then follow the exact
+    bridge ``n_s = n_t + Binomial(x_obs - n_t, r)`` towards their known value, so at every grid
+    time ``s`` they are a draw of ``Binomial(x_obs, p_s)`` and, being one consistent path, never
     contradict each other from step to step; the network sees states consistent with the
     observations. At ``s = 0`` the observed entries equal ``x_obs``.
+
+    Births of the unobserved entries cannot be undone by the pure-birth reverse process, and
+    the early ones are drawn while the observed entries still carry little information. With
+    ``resamples = U > 1`` each step ``t -> s`` is taken ``U`` times: between takes the whole
+    state is thinned back to ``t`` by the exact forward process (each unit survives with
+    probability ``p_t / p_s``), which keeps the observed entries' marginals exact and lets the
+    unobserved ones be redrawn in the light of the observed ones. This costs ``U`` network
+    calls per step. Measured with the dataset oracle on digits (experiments/RESULTS.md): with a
+    quarter of the entries missing, U = 1 completes about half of the examples as the observed
+    dataset member, U = 5 83% and U = 10 94%; with half or more missing the gain is smaller.
 
     Args:
       counts: ``(B, ...)`` counts; only the observed entries are read.
       observed: boolean mask with the shape of ``counts``, ``True`` where a count is known.
+      resamples: takes of each step (``>= 1``; 1 = no resampling).
       Other arguments as in :func:`sample`.
 
     Returns:
@@ -122,6 +135,8 @@ def impute(
     """
     counts_shape = tuple(np.shape(counts))
     _check_sampler_arguments(counts_shape, times, max_count, method)
+    if isinstance(resamples, bool) or not isinstance(resamples, int | np.integer) or resamples < 1:
+        raise ValueError(f"resamples must be an integer >= 1, got {resamples!r}")
     if tuple(np.shape(observed)) != counts_shape:
         raise ValueError(
             f"observed must have the shape of counts {counts_shape}, got {np.shape(observed)}"
@@ -140,6 +155,7 @@ def impute(
         shape=counts_shape,
         max_count=int(max_count),
         method=method,
+        resamples=int(resamples),
         progress=bool(progress),
         sharding=sharding,
     )
@@ -157,7 +173,8 @@ def _check_sampler_arguments(
 
 
 @functools.partial(
-    jax.jit, static_argnames=("shape", "max_count", "method", "progress", "sharding")
+    jax.jit,
+    static_argnames=("shape", "max_count", "method", "resamples", "progress", "sharding"),
 )
 def _run_sampler(
     key: Array,
@@ -169,6 +186,7 @@ def _run_sampler(
     shape: tuple[int, ...],
     max_count: int,
     method: str,
+    resamples: int,
     progress: bool,
     sharding: jax.sharding.Sharding | None,
 ) -> Array:
@@ -190,9 +208,8 @@ def _run_sampler(
         start = jnp.where(observed, observed_start, start)
     start = constrain(start)
 
-    def step(counts: Array, inputs: tuple[Array, Array, Array]) -> tuple[Array, None]:
-        k, t, s = inputs
-        draw_key, observed_key = jax.random.split(jax.random.fold_in(loop_key, k))
+    def reverse_step(key: Array, counts: Array, t: Array, s: Array) -> Array:
+        draw_key, observed_key = jax.random.split(key)
         pred = predict_fn(counts, jnp.full((batch,), t, jnp.float32)).astype(jnp.float32)
         r = process.bridge_probability(s, t)
         if method == "binomial_bridge":
@@ -200,15 +217,35 @@ def _run_sampler(
             trials = jnp.clip(jnp.round(pred), 0.0, room)
             if observed is not None:  # observed entries follow the exact bridge to their value
                 trials = jnp.where(observed, observed_counts - counts, trials)
-            new_counts = counts + draws.binomial_by_inversion(draw_key, trials, r, max_count)
+            return counts + draws.binomial_by_inversion(draw_key, trials, r, max_count)
+        # clip(n_t + Poisson(yhat r), 0, N) = n_t + min(Poisson(yhat r), N - n_t)
+        room = max_count - counts
+        new_counts = counts + draws.capped_poisson_scaled(draw_key, pred, r, room, max_count)
+        if observed is not None:
+            missing = observed_counts - counts
+            bridged = counts + draws.binomial_by_inversion(observed_key, missing, r, max_count)
+            new_counts = jnp.where(observed, bridged, new_counts)
+        return new_counts
+
+    def resampled_step(key: Array, counts: Array, t: Array, s: Array) -> Array:
+        """``resamples - 1`` rounds of (step t -> s, thin s -> t back), then the step t -> s."""
+        survival = jnp.exp(s - t)  # p_t / p_s: a unit's forward survival from s to t
+
+        def step_and_thin(round_index: Array, counts: Array) -> Array:
+            step_key, thin_key = jax.random.split(jax.random.fold_in(key, round_index))
+            stepped = constrain(reverse_step(step_key, counts, t, s))
+            return constrain(draws.binomial_by_inversion(thin_key, stepped, survival, max_count))
+
+        counts = jax.lax.fori_loop(0, resamples - 1, step_and_thin, counts)
+        return reverse_step(jax.random.fold_in(key, resamples), counts, t, s)
+
+    def step(counts: Array, inputs: tuple[Array, Array, Array]) -> tuple[Array, None]:
+        k, t, s = inputs
+        key = jax.random.fold_in(loop_key, k)
+        if resamples > 1:
+            new_counts = resampled_step(key, counts, t, s)
         else:
-            # clip(n_t + Poisson(yhat r), 0, N) = n_t + min(Poisson(yhat r), N - n_t)
-            room = max_count - counts
-            new_counts = counts + draws.capped_poisson_scaled(draw_key, pred, r, room, max_count)
-            if observed is not None:
-                missing = observed_counts - counts
-                bridged = counts + draws.binomial_by_inversion(observed_key, missing, r, max_count)
-                new_counts = jnp.where(observed, bridged, new_counts)
+            new_counts = reverse_step(key, counts, t, s)
         if progress:
             _report_progress(num_steps - k + 1, num_steps)
         return constrain(new_counts), None

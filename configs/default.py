@@ -37,7 +37,9 @@ Fields (see ``blackout_jax.config_validation`` for the allowed values):
   ~/.cache/blackout_jax/reference), ``kid_subset_size``.
 * ``sampling``: ``num_samples``, ``num_steps`` (sampler steps; the evaluation grid uses them
   too), ``method`` ('binomial_bridge' | 'tau_leaping'), ``batch_size`` (samples drawn per
-  compiled call), ``checkpoint_step`` (-1 = the latest checkpoint).
+  compiled call), ``checkpoint_step`` (-1 = the latest checkpoint). For ``--mode=impute``:
+  ``impute_resamples`` (takes of each sampler step, the state thinned back by the forward
+  process between takes; 1 = none; each take is a network call).
 """
 
 from __future__ import annotations
@@ -119,5 +121,6 @@ def get_config() -> ml_collections.ConfigDict:
     sampling.method = "binomial_bridge"
     sampling.batch_size = 64
     sampling.checkpoint_step = -1
+    sampling.impute_resamples = 5
 
     return config

@@ -98,13 +98,15 @@ def test_impute_keeps_observed_counts(trained_run, tmp_path):
     mask = np.zeros(counts.shape, bool)
     mask[:, :5] = True
     np.savez(tmp_path / "observed.npz", counts=counts, mask=mask)
-    result = _mode(workdir, "impute", f"--input={tmp_path / 'observed.npz'}")
+    flags = ("--config.sampling.impute_resamples=3",)
+    result = _mode(workdir, "impute", f"--input={tmp_path / 'observed.npz'}", *flags)
     assert result.returncode == 0, result.stderr
     with np.load(workdir / "imputed" / "imputed_6.npz") as archive:
         completed = archive["counts"]
     assert completed.shape == (5, 8, 8, 1)
     np.testing.assert_array_equal(completed[..., 0][mask], counts[mask])
     assert completed.min() >= 0 and completed.max() <= 16
+    assert (workdir / "imputed" / "imputed_6.png").stat().st_size > 0
 
     np.savez(tmp_path / "no_mask.npz", counts=counts)
     result = _mode(workdir, "impute", f"--input={tmp_path / 'no_mask.npz'}")

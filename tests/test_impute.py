@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import stats
 from sklearn.datasets import load_digits
 
 import blackout_jax as bj
@@ -15,18 +16,24 @@ def digits():
     return np.unique(images, axis=0)[:400].reshape(-1, 8, 8, 1)  # distinct examples
 
 
-def _impute(digits, truth, observed, seed=0, method="binomial_bridge"):
+def _impute(digits, truth, observed, seed=0, method="binomial_bridge", steps=300, **resampling):
     return np.asarray(
         bj.impute(
             jax.random.key(seed),
             bj.dataset_oracle(digits),
             jnp.asarray(truth),
             jnp.asarray(observed),
-            bj.observation_times(300, 15.0),
+            bj.observation_times(steps, 15.0),
             max_count=16,
             method=method,
+            **resampling,
         )
     )
+
+
+def _members(digits, examples):
+    flat = examples.reshape(len(examples), -1)
+    return (flat[:, None, :] == digits.reshape(1, len(digits), -1)).all(axis=-1).any(axis=-1)
 
 
 @pytest.mark.parametrize("method", bj.METHODS)
@@ -55,9 +62,58 @@ def test_observed_entries_are_kept_and_missing_recovered(digits, method):
     assert error < 0.5 * np.abs(unconditional - truth)[~observed].mean()
 
 
-def test_fully_observed_returns_the_input(digits):
+def test_resampling_recovers_members_from_a_quarter_missing(digits):
+    # A quarter missing: without resampling about half of the completions are dataset members,
+    # with ten takes per step over 90% (measured over 200 examples in experiments/RESULTS.md:
+    # 48% and 94%; with 40 examples the standard error is about 0.08 and 0.04).
+    rng = np.random.default_rng(1)
+    truth = digits[rng.choice(len(digits), 40, replace=False)]
+    observed = rng.random(truth.shape) < 0.75
+    completed = _impute(digits, truth, observed, steps=100, resamples=10)
+    np.testing.assert_array_equal(completed[observed], truth[observed])
+    assert _members(digits, completed).mean() >= 0.8
+    plain = _impute(digits, truth, observed, steps=100)
+    assert _members(digits, plain).mean() <= 0.7
+
+
+def test_resampling_with_nothing_observed_still_samples_the_data(digits):
+    # Thinning by the exact forward process and redrawing leaves the sampler's marginals
+    # unchanged: with no observation, the oracle's samples stay dataset members.
+    shape = (40, 8, 8, 1)
+    completed = _impute(
+        digits, np.zeros(shape, np.int32), np.zeros(shape, bool), steps=100, resamples=3
+    )
+    assert _members(digits, completed).mean() >= 0.95
+
+
+@pytest.mark.parametrize("resamples", [2, 4])
+def test_resampling_thins_by_the_exact_forward_process(resamples, chi_square_pvalue):
+    # A predict_fn with no births leaves only the thinnings: a unit of the prior draw
+    # Poisson(c p_T) survives U - 1 thinnings back over every step, in all with probability
+    # exp(-t_end (U - 1)), so the output is Poisson(c p_T exp(-t_end (U - 1))).
+    t_end, max_count, shape = 1.0, 200, (50, 2000)
+    completed = np.asarray(
+        bj.impute(
+            jax.random.key(3),
+            lambda counts, t: jnp.zeros(counts.shape),
+            jnp.zeros(shape, jnp.int32),
+            jnp.zeros(shape, bool),
+            bj.observation_times(4, t_end),
+            max_count=max_count,
+            resamples=resamples,
+        )
+    )
+    rate = 0.5 * max_count * np.exp(-t_end * resamples)  # c p_T e^{-t_end (U - 1)}
+    support = np.arange(int(completed.max()) + 1)
+    pmf = stats.poisson.pmf(support, rate)
+    pmf[-1] += stats.poisson.sf(support[-1], rate)
+    assert chi_square_pvalue(completed.ravel(), support, pmf) > 1e-3
+
+
+@pytest.mark.parametrize("resamples", [1, 3])
+def test_fully_observed_returns_the_input(digits, resamples):
     truth = digits[:5]
-    completed = _impute(digits, truth, np.ones(truth.shape, bool))
+    completed = _impute(digits, truth, np.ones(truth.shape, bool), steps=50, resamples=resamples)
     np.testing.assert_array_equal(completed, truth)
 
 
@@ -73,3 +129,6 @@ def test_impute_checks_its_inputs(digits):
         ValueError, match=r"counts must be <= max_count=16; found 17 at index \(1, 2, 3, 0\)"
     ):
         _impute(digits, bad, np.ones(truth.shape, bool))
+    for value in (0, 1.5):
+        with pytest.raises(ValueError, match=f"resamples must be an integer >= 1, got {value}"):
+            _impute(digits, truth, np.ones(truth.shape, bool), resamples=value)
