@@ -10,20 +10,26 @@ import sys
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def run_main(*arguments: str, num_devices: int | None = None) -> subprocess.CompletedProcess:
-    """Run the command line from the repository root on the CPU; output captured as text.
+def cpu_environment(num_devices: int | None = None) -> dict[str, str]:
+    """This process's environment for a child on the CPU, this interpreter first on PATH.
 
     ``num_devices`` forces that many host devices (``--xla_force_host_platform_device_count``).
     """
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)
     env["JAX_PLATFORMS"] = "cpu"
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     if num_devices is not None:
         env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
+    return env
+
+
+def run_main(*arguments: str, num_devices: int | None = None) -> subprocess.CompletedProcess:
+    """Run the command line from the repository root on the CPU; output captured as text."""
     return subprocess.run(
         [sys.executable, "-m", "blackout_jax.main", *arguments],
         cwd=REPO_ROOT,
-        env=env,
+        env=cpu_environment(num_devices),
         capture_output=True,
         text=True,
         timeout=600,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -49,6 +51,30 @@ def pooled_chi_square_pvalue(
 def chi_square_pvalue():
     """The pooled chi-square goodness-of-fit test, as a fixture."""
     return pooled_chi_square_pvalue
+
+
+@pytest.fixture(scope="session", autouse=True)
+def shared_compilation_cache(tmp_path_factory):
+    """One persistent XLA compilation cache for every child process the tests start.
+
+    The end-to-end tests run the command line in subprocesses that compile the same small
+    programs; with the cache only the first compiles them. Set in this process's environment,
+    which the children inherit (this process's JAX has read its configuration already).
+    """
+    cache = tmp_path_factory.mktemp("xla_cache")
+    settings = {
+        "JAX_COMPILATION_CACHE_DIR": str(cache),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    yield cache
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 @pytest.fixture

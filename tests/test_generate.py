@@ -11,6 +11,7 @@ import numpy as np
 
 import blackout_jax as bj
 from blackout_jax import generate
+from tests.cli import cpu_environment
 
 DATA = np.random.default_rng(5).integers(0, 5, size=(6, 2, 2, 1))
 TIMES = bj.observation_times(40, 10.0)
@@ -74,9 +75,12 @@ def test_sharded_over_four_devices_equals_one_device():
         print(json.dumps(out.ravel().tolist()))
         """
     )
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
     result = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", script],
+        env=cpu_environment(num_devices=4),
+        capture_output=True,
+        text=True,
+        check=True,
     )
     sharded = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
     np.testing.assert_array_equal(sharded, _generate().ravel())

@@ -8,7 +8,6 @@ checkpoint, and in two processes on localhost joined by ``jax.distributed``.
 
 from __future__ import annotations
 
-import os
 import pathlib
 import shutil
 import socket
@@ -20,6 +19,7 @@ import numpy as np
 import pytest
 
 from blackout_jax import checkpointing, parallel, reporting
+from tests.cli import cpu_environment
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_STEPS = 20
@@ -57,20 +57,6 @@ def test_initialize_distributed_is_a_no_op_on_one_host(monkeypatch):
         parallel.initialize_distributed(num_processes=2, process_id=2)
     with pytest.raises(ValueError, match="num_processes"):
         parallel.initialize_distributed(num_processes=0)
-
-
-def _environment(cache_dir: pathlib.Path, num_devices: int | None) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
-    if num_devices is not None:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={num_devices}"
-    env.update(
-        JAX_PLATFORMS="cpu",
-        JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-    )
-    return env
 
 
 def _command(workdir: pathlib.Path, *extra: str) -> list[str]:
@@ -118,18 +104,17 @@ def _train_losses(workdir: pathlib.Path) -> list[float]:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """The one-device reference run, and a shared compilation cache for the others."""
+    """The one-device reference run."""
     root = tmp_path_factory.mktemp("parallel")
-    cache = tmp_path_factory.mktemp("jax_cache")
-    _train(root / "one_device", _environment(cache, None))
-    return {"root": root, "cache": cache, "reference": _final_state(root / "one_device")}
+    _train(root / "one_device", cpu_environment())
+    return {"root": root, "reference": _final_state(root / "one_device")}
 
 
 @pytest.mark.slow
 def test_eight_devices_equal_one_device_and_restore_on_one(runs):
-    root, cache = runs["root"], runs["cache"]
+    root = runs["root"]
     eight = root / "eight_devices"
-    _train(eight, _environment(cache, 8))
+    _train(eight, cpu_environment(num_devices=8))
     _assert_same_state(_final_state(eight), runs["reference"])
     metadata = checkpointing.CheckpointStore(
         eight / "checkpoints", checkpoint_every=10, keep_checkpoints=2
@@ -141,7 +126,7 @@ def test_eight_devices_equal_one_device_and_restore_on_one(runs):
     resumed = root / "resumed_on_one"
     (resumed / "checkpoints").mkdir(parents=True)
     shutil.copytree(eight / "checkpoints" / "10", resumed / "checkpoints" / "10")
-    _train(resumed, _environment(cache, None))
+    _train(resumed, cpu_environment())
     _assert_same_state(_final_state(resumed), runs["reference"])
 
 
@@ -154,7 +139,7 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_two_processes_train_the_same_steps_as_one(runs):
     workdir = runs["root"] / "two_processes"
-    env = _environment(runs["cache"], None)
+    env = cpu_environment()
     address = f"127.0.0.1:{_free_port()}"
     processes = [
         subprocess.Popen(

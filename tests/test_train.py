@@ -8,7 +8,6 @@ the run folder after each phase.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -29,6 +28,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from configs import tiny  # noqa: E402  (the repository root must be importable first)
+from tests.cli import cpu_environment  # noqa: E402
 
 
 class SmallNet(nnx.Module):
@@ -250,19 +250,6 @@ OVERRIDES = [
 ]
 
 
-def _environment(cache_dir: pathlib.Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
-    env.update(
-        JAX_PLATFORMS="cpu",
-        JAX_COMPILATION_CACHE_DIR=str(cache_dir),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
 def _launch(workdir: pathlib.Path, env: dict[str, str]) -> subprocess.Popen:
     command = [
         sys.executable,
@@ -308,7 +295,7 @@ def _checkpoint_steps(workdir: pathlib.Path) -> list[int]:
 def interrupted_run(tmp_path_factory):
     """SIGTERM at ~step 30, restart, SIGKILL ~40 steps later, restart to the end."""
     workdir = tmp_path_factory.mktemp("run") / "digits_tiny"
-    env = _environment(tmp_path_factory.mktemp("jax_cache"))
+    env = dict(cpu_environment(), PYTHONUNBUFFERED="1")
     record = {"workdir": workdir}
 
     process = _launch(workdir, env)

@@ -2,8 +2,10 @@
 # The paper's CIFAR-10 run end to end on one machine (one or more GPUs): train, draw 50k
 # samples, report the likelihood bound and FID/IS/KID against the training set.
 #
-#   DATA_DIR=/data/tfds WORKDIR=runs/cifar10 bash experiments/recipes/cifar10.sh
+#   DATA_DIR=/data/tfds WORKDIR=runs/cifar10 bash experiments/recipes/cifar10.sh [--config.x=y ...]
 #
+# Arguments are passed to every command after the recipe's own (later flags win), e.g.
+# --config.training.num_steps=... or --config.sampling.method=tau_leaping.
 # Needs: a TFDS data_dir with cifar10 prepared (docs/data.md), the `fid` extra
 # (pip install -e ".[fid]") and the Inception weights file (docs/metrics.md).
 # Every step resumes where it stopped when the script is run again.
@@ -13,9 +15,9 @@ WORKDIR=${WORKDIR:-runs/cifar10}
 CONFIG=${CONFIG:-configs/cifar10.py}
 COMMON=(--config="$CONFIG" --workdir="$WORKDIR" --config.data.data_dir="$DATA_DIR")
 
-python -m blackout_jax.main "${COMMON[@]}" --mode=train
-python -m blackout_jax.main "${COMMON[@]}" --mode=sample \
-  --config.sampling.num_samples=50000 --config.sampling.num_steps=1000
-python -m blackout_jax.main "${COMMON[@]}" --mode=evaluate \
-  --config.sampling.num_samples=50000 --config.sampling.num_steps=1000
+SAMPLING=(--config.sampling.num_samples=50000 --config.sampling.num_steps=1000)
+
+python -m blackout_jax.main "${COMMON[@]}" --mode=train "$@"
+python -m blackout_jax.main "${COMMON[@]}" --mode=sample "${SAMPLING[@]}" "$@"
+python -m blackout_jax.main "${COMMON[@]}" --mode=evaluate "${SAMPLING[@]}" "$@"
 echo "metrics: $WORKDIR/eval/"

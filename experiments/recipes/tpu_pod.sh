@@ -8,6 +8,7 @@
 #     "cd blackout_jax && DATA_DIR=/mnt/shared/tfds WORKDIR=/mnt/shared/runs/cifar10 \
 #      bash experiments/recipes/tpu_pod.sh"
 #
+# Arguments are passed to every command after the recipe's own (later flags win).
 # DATA_DIR and WORKDIR must be the same shared file system on every host (e.g. a Filestore or
 # NFS mount); the run folder is written with ordinary file operations, so gs:// paths are not
 # supported.
@@ -17,6 +18,6 @@ set -euo pipefail
 : "${WORKDIR:?set WORKDIR to a run folder every host can write}"
 pip install -q -e ".[fid]" "jax[tpu]"
 COMMON=(--config=configs/cifar10.py --workdir="$WORKDIR" --config.data.data_dir="$DATA_DIR")
-python -m blackout_jax.main "${COMMON[@]}" --mode=train
-python -m blackout_jax.main "${COMMON[@]}" --mode=sample --config.sampling.num_samples=50000
-python -m blackout_jax.main "${COMMON[@]}" --mode=evaluate --config.sampling.num_samples=50000
+python -m blackout_jax.main "${COMMON[@]}" --mode=train "$@"
+python -m blackout_jax.main "${COMMON[@]}" --mode=sample --config.sampling.num_samples=50000 "$@"
+python -m blackout_jax.main "${COMMON[@]}" --mode=evaluate --config.sampling.num_samples=50000 "$@"
