@@ -345,3 +345,15 @@ def test_capped_poisson_scaled_paths_agree_in_law(scale, r, direct_rate, chi_squ
     assert chi_square_pvalue(sample, support, capped_poisson_pmf(rate, cap)) > 1e-3
     with pytest.raises(ValueError, match="direct_rate"):
         capped_poisson_scaled(jax.random.key(3), jnp.ones(3), 0.5, 4, 16, direct_rate=-1.0)
+
+
+def test_unrolled_start_gives_the_draws_of_the_loop_alone(monkeypatch):
+    keys = jax.random.split(jax.random.key(11), 3)
+    w = draws.fine_uniform(keys[0], (200_000,))
+    rate = jax.random.uniform(keys[1], (200_000,)) * 12.0
+    cap = jax.random.randint(keys[2], (200_000,), 0, 40)
+    unrolled = jax.jit(lambda *a: draws.capped_poisson_from_uniform(*a))(w, rate, cap)
+    monkeypatch.setattr(draws, "_UNROLLED_TERMS", 0)
+    loop_alone = jax.jit(lambda *a: draws.capped_poisson_from_uniform(*a))(w, rate, cap)
+    assert int(loop_alone.max()) > 20  # draws well past the unrolled terms
+    np.testing.assert_array_equal(unrolled, loop_alone)
