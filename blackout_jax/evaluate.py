@@ -330,6 +330,8 @@ def impute_run(
             max_count=model.max_count,
             method=str(config.sampling.method),
             resamples=int(config.sampling.impute_resamples),
+            progress=parallel.is_primary(),
+            sharding=_batch_sharding_for(len(piece)),
         )
         parts.append(parallel.to_host(completed))
     completed = np.concatenate(parts)

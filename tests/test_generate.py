@@ -58,7 +58,7 @@ def test_chunk_of_another_size_is_refused(tmp_path):
         raise AssertionError("a chunk of the wrong shape was accepted")
 
 
-def test_sharded_over_four_devices_equals_one_device():
+def test_samples_and_imputations_sharded_over_four_devices_equal_one_device():
     script = textwrap.dedent(
         """
         import json, jax, numpy as np
@@ -72,7 +72,14 @@ def test_sharded_over_four_devices_equals_one_device():
             times=bj.observation_times(40, 10.0), max_count=4, chunk_size=4,
             sharding=NamedSharding(mesh, P("data")))
         assert jax.device_count() == 4
+        counts = np.tile(data, (2, 1, 1, 1))[:8]
+        observed = np.arange(counts.size).reshape(counts.shape) % 3 == 0
+        imputed = bj.impute(
+            jax.random.key(8), bj.dataset_oracle(data), counts, observed,
+            bj.observation_times(40, 10.0), max_count=4, resamples=3,
+            sharding=NamedSharding(mesh, P("data")))
         print(json.dumps(out.ravel().tolist()))
+        print(json.dumps(np.asarray(imputed).ravel().tolist()))
         """
     )
     result = subprocess.run(
@@ -82,5 +89,17 @@ def test_sharded_over_four_devices_equals_one_device():
         text=True,
         check=True,
     )
-    sharded = np.array(json.loads(result.stdout.strip().splitlines()[-1]))
-    np.testing.assert_array_equal(sharded, _generate().ravel())
+    sampled, imputed = (np.array(json.loads(line)) for line in result.stdout.splitlines()[-2:])
+    np.testing.assert_array_equal(sampled, _generate().ravel())
+    counts = np.tile(DATA, (2, 1, 1, 1))[:8]
+    observed = np.arange(counts.size).reshape(counts.shape) % 3 == 0
+    one_device = bj.impute(
+        jax.random.key(8),
+        bj.dataset_oracle(DATA),
+        counts,
+        observed,
+        TIMES,
+        max_count=4,
+        resamples=3,
+    )
+    np.testing.assert_array_equal(imputed, np.asarray(one_device).ravel())
