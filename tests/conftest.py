@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 from scipy import stats
@@ -58,23 +56,15 @@ def shared_compilation_cache(tmp_path_factory):
     """One persistent XLA compilation cache for every child process the tests start.
 
     The end-to-end tests run the command line in subprocesses that compile the same small
-    programs; with the cache only the first compiles them. Set in this process's environment,
-    which the children inherit (this process's JAX has read its configuration already).
+    programs; with the cache, set in the environment that the children inherit, only the first
+    compiles them.
     """
     cache = tmp_path_factory.mktemp("xla_cache")
-    settings = {
-        "JAX_COMPILATION_CACHE_DIR": str(cache),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
-    }
-    saved = {name: os.environ.get(name) for name in settings}
-    os.environ.update(settings)
-    yield cache
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("JAX_COMPILATION_CACHE_DIR", str(cache))
+        patch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+        patch.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+        yield cache
 
 
 @pytest.fixture
