@@ -146,6 +146,7 @@ SCHEMA: dict[str, Check] = {
     "sampling.batch_size": _integer(1),
     "sampling.checkpoint_step": _integer(-1),
     "sampling.impute_resamples": _integer(1),
+    "sampling.impute_particles": _integer(1),
 }
 
 

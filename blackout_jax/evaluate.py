@@ -330,6 +330,7 @@ def impute_run(
             max_count=model.max_count,
             method=str(config.sampling.method),
             resamples=int(config.sampling.impute_resamples),
+            particles=int(config.sampling.impute_particles),
             progress=parallel.is_primary(),
             sharding=_batch_sharding_for(len(piece)),
         )

@@ -28,6 +28,7 @@ import functools
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +41,7 @@ PredictFn = Callable[[Array, Array], Array]
 
 METHODS = ("binomial_bridge", "tau_leaping")
 _PROGRESS_UPDATES = 50  # host callbacks per sampler run when progress is on
+_SMALLEST_TWIST_RATE = 1e-6  # floor of yhat in the particles' Poisson fit to the observations
 
 
 def sample(
@@ -87,6 +89,7 @@ def sample(
         max_count=int(max_count),
         method=method,
         resamples=1,
+        particles=1,
         progress=bool(progress),
         sharding=sharding,
     )
@@ -102,6 +105,7 @@ def impute(
     max_count: int,
     method: str = "binomial_bridge",
     resamples: int = 1,
+    particles: int = 1,
     progress: bool = False,
     sharding: jax.sharding.Sharding | None = None,
 ) -> Array:
@@ -124,10 +128,24 @@ def impute(
     quarter of the entries missing, U = 1 completes about half of the examples as the observed
     dataset member, U = 5 83% and U = 10 94%; with half or more missing the gain is smaller.
 
+    With ``particles = P > 1`` each example is grown as ``P`` particles instead (sequential Monte
+    Carlo, ``P`` network calls per step): at every step a particle is weighted by how well the
+    network's prediction fits the observations, the twist
+    ``prod_observed Poisson(x_obs - n_t; yhat)`` (the missing units of an entry taken as Poisson
+    with the predicted mean), relative to its previous step; the particles of an example are
+    resampled by these weights when their effective number falls below ``P / 2``, and one
+    particle per example is returned, drawn by its final weight (the last twist divided out).
+    Particles whose unobserved entries commit to something the observations contradict are
+    dropped early. The twist is an approximation, so this too is approximate; measured with the
+    oracle it beats resampling at the same cost, most when much is missing (half missing: 83%
+    members with P = 5 against 56% with U = 5). Use ``P >= 3``: two particles are never
+    resampled (their effective number cannot fall below 1).
+
     Args:
       counts: ``(B, ...)`` counts; only the observed entries are read.
       observed: boolean mask with the shape of ``counts``, ``True`` where a count is known.
       resamples: takes of each step (``>= 1``; 1 = no resampling).
+      particles: particles per example (``>= 1``; 1 = none); not together with ``resamples``.
       Other arguments as in :func:`sample`.
 
     Returns:
@@ -135,8 +153,14 @@ def impute(
     """
     counts_shape = tuple(np.shape(counts))
     _check_sampler_arguments(counts_shape, times, max_count, method)
-    if isinstance(resamples, bool) or not isinstance(resamples, int | np.integer) or resamples < 1:
-        raise ValueError(f"resamples must be an integer >= 1, got {resamples!r}")
+    for name, value in (("resamples", resamples), ("particles", particles)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if resamples > 1 and particles > 1:
+        raise ValueError(
+            f"use resamples or particles, not both (got resamples={resamples}, "
+            f"particles={particles})"
+        )
     if tuple(np.shape(observed)) != counts_shape:
         raise ValueError(
             f"observed must have the shape of counts {counts_shape}, got {np.shape(observed)}"
@@ -146,16 +170,18 @@ def impute(
         raise ValueError(f"observed must be a boolean mask, got dtype {observed_values.dtype}")
     observed_values = jnp.asarray(observed, bool)
     validation.check_counts("counts", jnp.where(observed_values, counts, 0), max_count)
+    particles = int(particles)
     return _run_sampler(
         key,
         functional.as_partial(predict_fn),
         jnp.asarray(times, jnp.float32),
-        jnp.asarray(counts).astype(jnp.int32),
-        observed_values,
-        shape=counts_shape,
+        jnp.repeat(jnp.asarray(counts).astype(jnp.int32), particles, axis=0),
+        jnp.repeat(observed_values, particles, axis=0),
+        shape=(counts_shape[0] * particles, *counts_shape[1:]),
         max_count=int(max_count),
         method=method,
         resamples=int(resamples),
+        particles=particles,
         progress=bool(progress),
         sharding=sharding,
     )
@@ -174,7 +200,15 @@ def _check_sampler_arguments(
 
 @functools.partial(
     jax.jit,
-    static_argnames=("shape", "max_count", "method", "resamples", "progress", "sharding"),
+    static_argnames=(
+        "shape",
+        "max_count",
+        "method",
+        "resamples",
+        "particles",
+        "progress",
+        "sharding",
+    ),
 )
 def _run_sampler(
     key: Array,
@@ -187,6 +221,7 @@ def _run_sampler(
     max_count: int,
     method: str,
     resamples: int,
+    particles: int,
     progress: bool,
     sharding: jax.sharding.Sharding | None,
 ) -> Array:
@@ -208,9 +243,14 @@ def _run_sampler(
         start = jnp.where(observed, observed_start, start)
     start = constrain(start)
 
+    def predict(counts: Array, t: Array) -> Array:
+        return predict_fn(counts, jnp.full((batch,), t, jnp.float32)).astype(jnp.float32)
+
     def reverse_step(key: Array, counts: Array, t: Array, s: Array) -> Array:
+        return advance(key, counts, predict(counts, t), t, s)
+
+    def advance(key: Array, counts: Array, pred: Array, t: Array, s: Array) -> Array:
         draw_key, observed_key = jax.random.split(key)
-        pred = predict_fn(counts, jnp.full((batch,), t, jnp.float32)).astype(jnp.float32)
         r = process.bridge_probability(s, t)
         if method == "binomial_bridge":
             room = (max_count - counts).astype(jnp.float32)
@@ -239,20 +279,57 @@ def _run_sampler(
         counts = jax.lax.fori_loop(0, resamples - 1, step_and_thin, counts)
         return reverse_step(jax.random.fold_in(key, resamples), counts, t, s)
 
-    def step(counts: Array, inputs: tuple[Array, Array, Array]) -> tuple[Array, None]:
+    num_examples = batch // particles
+
+    def log_twist(counts: Array, pred: Array) -> Array:
+        """``log prod_observed Poisson(x_obs - n_t; yhat)`` per particle, ``(B * P,)``."""
+        missing = (observed_counts - counts).astype(jnp.float32)
+        rate = jnp.maximum(pred, _SMALLEST_TWIST_RATE)
+        log_pmf = missing * jnp.log(rate) - rate - jax.scipy.special.gammaln(missing + 1.0)
+        return jnp.sum(jnp.where(observed, log_pmf, 0.0), axis=tuple(range(1, counts.ndim)))
+
+    def particle_step(
+        carry: tuple[Array, Array, Array], key: Array, t: Array, s: Array
+    ) -> tuple[Array, Array, Array]:
+        """Reweight by the change of the twist, resample when the ESS is below P / 2, advance."""
+        counts, log_weights, previous_twist = carry
+        draw_key, resample_key = jax.random.split(key)
+        pred = predict(counts, t)
+        twist = log_twist(counts, pred)
+        log_weights = log_weights + (twist - previous_twist).reshape(num_examples, particles)
+        weights = jax.nn.softmax(log_weights, axis=1)
+        degenerate = 1.0 / jnp.sum(weights**2, axis=1) < 0.5 * particles  # (B,)
+        drawn = jax.random.categorical(resample_key, log_weights, shape=(particles, num_examples))
+        chosen = jnp.where(degenerate[:, None], drawn.T, jnp.arange(particles)[None, :])
+        rows = (jnp.arange(num_examples)[:, None] * particles + chosen).reshape(-1)
+        counts, pred, twist = constrain(counts[rows]), pred[rows], twist[rows]
+        log_weights = jnp.where(degenerate[:, None], 0.0, log_weights)
+        return constrain(advance(draw_key, counts, pred, t, s)), log_weights, twist
+
+    def step(carry: Any, inputs: tuple[Array, Array, Array]) -> tuple[Any, None]:
         k, t, s = inputs
         key = jax.random.fold_in(loop_key, k)
-        if resamples > 1:
-            new_counts = resampled_step(key, counts, t, s)
+        if particles > 1:
+            new_carry = particle_step(carry, key, t, s)
+        elif resamples > 1:
+            new_carry = constrain(resampled_step(key, carry, t, s))
         else:
-            new_counts = reverse_step(key, counts, t, s)
+            new_carry = constrain(reverse_step(key, carry, t, s))
         if progress:
             _report_progress(num_steps - k + 1, num_steps)
-        return constrain(new_counts), None
+        return new_carry, None
 
     ks = jnp.arange(num_steps, 0, -1)
-    final, _ = jax.lax.scan(step, start, (ks, times[ks], times[ks - 1]))
-    return final
+    if particles == 1:
+        final, _ = jax.lax.scan(step, start, (ks, times[ks], times[ks - 1]))
+        return final
+    no_weights = jnp.zeros((num_examples, particles), jnp.float32)
+    carry = (start, no_weights, jnp.zeros((batch,), jnp.float32))
+    (final, log_weights, twist), _ = jax.lax.scan(step, carry, (ks, times[ks], times[ks - 1]))
+    # At s = 0 the observed entries equal x_obs: the twist has done its work and is divided out.
+    log_weights = log_weights - twist.reshape(num_examples, particles)
+    pick = jax.random.categorical(jax.random.fold_in(loop_key, 0), log_weights)
+    return final.reshape(num_examples, particles, *shape[1:])[jnp.arange(num_examples), pick]
 
 
 def _report_progress(steps_done: Array, total: int) -> None:

@@ -38,8 +38,10 @@ Fields (see ``blackout_jax.config_validation`` for the allowed values):
 * ``sampling``: ``num_samples``, ``num_steps`` (sampler steps; the evaluation grid uses them
   too), ``method`` ('binomial_bridge' | 'tau_leaping'), ``batch_size`` (samples drawn per
   compiled call), ``checkpoint_step`` (-1 = the latest checkpoint). For ``--mode=impute``:
-  ``impute_resamples`` (takes of each sampler step, the state thinned back by the forward
-  process between takes; 1 = none; each take is a network call).
+  ``impute_particles`` (particles per example, reweighted by their fit to the observations
+  and resampled; 1 = none), ``impute_resamples`` (takes of each sampler step, the state
+  thinned back by the forward process between takes; 1 = none); one of the two may exceed 1,
+  and each particle or take is a network call per step.
 """
 
 from __future__ import annotations
@@ -121,6 +123,7 @@ def get_config() -> ml_collections.ConfigDict:
     sampling.method = "binomial_bridge"
     sampling.batch_size = 64
     sampling.checkpoint_step = -1
-    sampling.impute_resamples = 5
+    sampling.impute_resamples = 1
+    sampling.impute_particles = 5
 
     return config

@@ -98,7 +98,7 @@ def test_impute_keeps_observed_counts(trained_run, tmp_path):
     mask = np.zeros(counts.shape, bool)
     mask[:, :5] = True
     np.savez(tmp_path / "observed.npz", counts=counts, mask=mask)
-    flags = ("--config.sampling.impute_resamples=3",)
+    flags = ("--config.sampling.impute_particles=3",)
     result = _mode(workdir, "impute", f"--input={tmp_path / 'observed.npz'}", *flags)
     assert result.returncode == 0, result.stderr
     with np.load(workdir / "imputed" / "imputed_6.npz") as archive:

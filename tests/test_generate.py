@@ -74,12 +74,15 @@ def test_samples_and_imputations_sharded_over_four_devices_equal_one_device():
         assert jax.device_count() == 4
         counts = np.tile(data, (2, 1, 1, 1))[:8]
         observed = np.arange(counts.size).reshape(counts.shape) % 3 == 0
-        imputed = bj.impute(
-            jax.random.key(8), bj.dataset_oracle(data), counts, observed,
-            bj.observation_times(40, 10.0), max_count=4, resamples=3,
-            sharding=NamedSharding(mesh, P("data")))
+        imputed = [
+            bj.impute(
+                jax.random.key(8), bj.dataset_oracle(data), counts, observed,
+                bj.observation_times(40, 10.0), max_count=4, **conditioning,
+                sharding=NamedSharding(mesh, P("data")))
+            for conditioning in ({"resamples": 3}, {"particles": 3})
+        ]
         print(json.dumps(out.ravel().tolist()))
-        print(json.dumps(np.asarray(imputed).ravel().tolist()))
+        print(json.dumps(np.concatenate(imputed).ravel().tolist()))
         """
     )
     result = subprocess.run(
@@ -93,13 +96,10 @@ def test_samples_and_imputations_sharded_over_four_devices_equal_one_device():
     np.testing.assert_array_equal(sampled, _generate().ravel())
     counts = np.tile(DATA, (2, 1, 1, 1))[:8]
     observed = np.arange(counts.size).reshape(counts.shape) % 3 == 0
-    one_device = bj.impute(
-        jax.random.key(8),
-        bj.dataset_oracle(DATA),
-        counts,
-        observed,
-        TIMES,
-        max_count=4,
-        resamples=3,
-    )
-    np.testing.assert_array_equal(imputed, np.asarray(one_device).ravel())
+    one_device = [
+        bj.impute(
+            jax.random.key(8), bj.dataset_oracle(DATA), counts, observed, TIMES, max_count=4, **kw
+        )
+        for kw in ({"resamples": 3}, {"particles": 3})
+    ]
+    np.testing.assert_array_equal(imputed, np.concatenate(one_device).ravel())

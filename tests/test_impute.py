@@ -110,10 +110,35 @@ def test_resampling_thins_by_the_exact_forward_process(resamples, chi_square_pva
     assert chi_square_pvalue(completed.ravel(), support, pmf) > 1e-3
 
 
-@pytest.mark.parametrize("resamples", [1, 3])
-def test_fully_observed_returns_the_input(digits, resamples):
+def test_particles_recover_members_from_half_missing(digits):
+    # Half missing: without conditioning help about 16% of the completions are dataset members,
+    # with five particles per example most are (experiments/RESULTS.md, 200 examples).
+    rng = np.random.default_rng(2)
+    truth = digits[rng.choice(len(digits), 40, replace=False)]
+    observed = rng.random(truth.shape) < 0.5
+    completed = _impute(digits, truth, observed, steps=100, particles=5)
+    assert completed.shape == truth.shape
+    np.testing.assert_array_equal(completed[observed], truth[observed])
+    assert _members(digits, completed).mean() >= 0.7
+    plain = _impute(digits, truth, observed, steps=100)
+    assert _members(digits, plain).mean() <= 0.4
+
+
+def test_particles_with_nothing_observed_still_sample_the_data(digits):
+    # No observation: the twist is 1, no particle is preferred, and the oracle's samples stay
+    # dataset members.
+    shape = (20, 8, 8, 1)
+    completed = _impute(
+        digits, np.zeros(shape, np.int32), np.zeros(shape, bool), steps=100, particles=3
+    )
+    assert completed.shape == shape
+    assert _members(digits, completed).mean() >= 0.95
+
+
+@pytest.mark.parametrize("conditioning", [{}, {"resamples": 3}, {"particles": 3}])
+def test_fully_observed_returns_the_input(digits, conditioning):
     truth = digits[:5]
-    completed = _impute(digits, truth, np.ones(truth.shape, bool), steps=50, resamples=resamples)
+    completed = _impute(digits, truth, np.ones(truth.shape, bool), steps=50, **conditioning)
     np.testing.assert_array_equal(completed, truth)
 
 
@@ -129,6 +154,9 @@ def test_impute_checks_its_inputs(digits):
         ValueError, match=r"counts must be <= max_count=16; found 17 at index \(1, 2, 3, 0\)"
     ):
         _impute(digits, bad, np.ones(truth.shape, bool))
-    for value in (0, 1.5):
-        with pytest.raises(ValueError, match=f"resamples must be an integer >= 1, got {value}"):
-            _impute(digits, truth, np.ones(truth.shape, bool), resamples=value)
+    for name in ("resamples", "particles"):
+        for value in (0, 1.5):
+            with pytest.raises(ValueError, match=f"{name} must be an integer >= 1, got {value}"):
+                _impute(digits, truth, np.ones(truth.shape, bool), **{name: value})
+    with pytest.raises(ValueError, match="use resamples or particles, not both"):
+        _impute(digits, truth, np.ones(truth.shape, bool), resamples=2, particles=2)
