@@ -31,6 +31,13 @@ def _impute(digits, truth, observed, seed=0, method="binomial_bridge", steps=300
     )
 
 
+def _masked_examples(digits, seed, observed_fraction):
+    """40 distinct dataset examples and a random mask observing each entry w.p. the fraction."""
+    rng = np.random.default_rng(seed)
+    truth = digits[rng.choice(len(digits), 40, replace=False)]
+    return truth, rng.random(truth.shape) < observed_fraction
+
+
 def _members(digits, examples):
     flat = examples.reshape(len(examples), -1)
     return (flat[:, None, :] == digits.reshape(1, len(digits), -1)).all(axis=-1).any(axis=-1)
@@ -38,9 +45,7 @@ def _members(digits, examples):
 
 @pytest.mark.parametrize("method", bj.METHODS)
 def test_observed_entries_are_kept_and_missing_recovered(digits, method):
-    rng = np.random.default_rng(1)
-    truth = digits[rng.choice(len(digits), 40, replace=False)]
-    observed = rng.random(truth.shape) < 0.97
+    truth, observed = _masked_examples(digits, 1, 0.97)
     completed = _impute(digits, truth, observed, method=method)
     assert completed.dtype == np.int32 and completed.min() >= 0 and completed.max() <= 16
     np.testing.assert_array_equal(completed[observed], truth[observed])
@@ -66,9 +71,7 @@ def test_resampling_recovers_members_from_a_quarter_missing(digits):
     # A quarter missing: without resampling about half of the completions are dataset members,
     # with ten takes per step over 90% (measured over 200 examples in experiments/RESULTS.md:
     # 48% and 94%; with 40 examples the standard error is about 0.08 and 0.04).
-    rng = np.random.default_rng(1)
-    truth = digits[rng.choice(len(digits), 40, replace=False)]
-    observed = rng.random(truth.shape) < 0.75
+    truth, observed = _masked_examples(digits, 1, 0.75)
     completed = _impute(digits, truth, observed, steps=100, resamples=10)
     np.testing.assert_array_equal(completed[observed], truth[observed])
     assert _members(digits, completed).mean() >= 0.8
@@ -113,9 +116,7 @@ def test_resampling_thins_by_the_exact_forward_process(resamples, chi_square_pva
 def test_particles_recover_members_from_half_missing(digits):
     # Half missing: without conditioning help about 16% of the completions are dataset members,
     # with five particles per example most are (experiments/RESULTS.md, 200 examples).
-    rng = np.random.default_rng(2)
-    truth = digits[rng.choice(len(digits), 40, replace=False)]
-    observed = rng.random(truth.shape) < 0.5
+    truth, observed = _masked_examples(digits, 2, 0.5)
     completed = _impute(digits, truth, observed, steps=100, particles=5)
     assert completed.shape == truth.shape
     np.testing.assert_array_equal(completed[observed], truth[observed])
