@@ -150,15 +150,7 @@ class CheckpointStore:
         Raises:
           FileNotFoundError: no checkpoint (or not the requested step) in the directory.
         """
-        if step is None:
-            step = self.latest_step()
-            if step is None:
-                raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        elif step not in self._manager.all_steps():
-            raise FileNotFoundError(
-                f"no checkpoint for step {step} in {self.directory}; "
-                f"available steps: {self.all_steps()}"
-            )
+        step = self._existing_step(step)
         restored = self._manager.restore(
             step,
             args=ocp.args.Composite(
@@ -175,6 +167,44 @@ class CheckpointStore:
             config=dict(restored["config"]),
             metadata=dict(restored["metadata"]),
         )
+
+    def restore_part(self, step: int | None, target: Any) -> tuple[int, Any]:
+        """Only the subtree ``target`` of the ``state`` item (e.g. ``{"ema_params": ...}``).
+
+        ``target`` has ``jax.ShapeDtypeStruct`` leaves with the wanted shardings; the other
+        arrays of the checkpoint (optimiser state, ...) are neither read nor checked, so
+        inference needs memory for the parameters it uses only.
+
+        Returns:
+          ``(step, tree)`` with the arrays of ``target``'s structure.
+
+        Raises:
+          FileNotFoundError: no checkpoint (or not the requested step) in the directory.
+        """
+        step = self._existing_step(step)
+        restore_args = jax.tree.map(
+            lambda leaf: ocp.ArrayRestoreArgs(sharding=leaf.sharding), target
+        )
+        with ocp.PyTreeCheckpointer() as checkpointer:
+            tree = checkpointer.restore(
+                os.path.join(os.path.abspath(self.directory), str(step), "state"),
+                args=ocp.args.PyTreeRestore(
+                    item=target, restore_args=restore_args, partial_restore=True
+                ),
+            )
+        return step, tree
+
+    def _existing_step(self, step: int | None) -> int:
+        if step is None:
+            step = self.latest_step()
+            if step is None:
+                raise FileNotFoundError(f"no checkpoint in {self.directory}")
+        elif step not in self._manager.all_steps():
+            raise FileNotFoundError(
+                f"no checkpoint for step {step} in {self.directory}; "
+                f"available steps: {self.all_steps()}"
+            )
+        return step
 
     def read_state(
         self, step: int | None = None, sharding: jax.sharding.Sharding | None = None

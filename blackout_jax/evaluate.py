@@ -18,22 +18,31 @@ Every process of a multi-host job calls these; process 0 writes the files.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from blackout_jax import checkpointing, generate, parallel, reporting, sampling, schedule, train
+from blackout_jax import (
+    checkpointing,
+    generate,
+    held_out,
+    likelihood,
+    models,
+    network,
+    parallel,
+    reporting,
+    sampling,
+    schedule,
+)
+from blackout_jax import config as config_lib
+from blackout_jax.config import ExperimentConfig
+from blackout_jax.streams import Stream, stream_key
+from blackout_jax.train import check_restored_metadata, write_json
 
-_SAMPLE_STREAM = 3  # folded into the seed's key for the sample command's draws
-_EVALUATE_STREAM = 4  # for the bound of the evaluate command
-_IMPUTE_STREAM = 5
 INCEPTION_DATASETS = ("cifar10", "celeba64")
 
 
@@ -45,104 +54,79 @@ class TrainedModel:
     predict_fn: jax.tree_util.Partial
     max_count: int
     image_shape: tuple[int, ...]
-    bound: Any  # bound(params, rest, batch, key) -> (B,) nats, jitted
-    params: Any
-    rest: Any
 
 
 def load_trained_model(
-    config: ml_collections.ConfigDict, workdir: str | os.PathLike[str], dataset: Any
+    config: ExperimentConfig, workdir: str | os.PathLike[str], dataset: Any
 ) -> TrainedModel:
-    """Restore the EMA parameters of checkpoint ``sampling.checkpoint_step`` (-1 = latest).
+    """The EMA parameters of checkpoint ``sampling.checkpoint_step`` (-1 = latest), and nothing
+    else: the restore target is the network's abstract parameters (``nnx.eval_shape``) and
+    only the checkpoint's ``ema_params`` are read (no optimiser state, no training copy).
 
     Raises:
       FileNotFoundError: no (such) checkpoint in ``WORKDIR/checkpoints``.
       ValueError: the checkpoint was trained on data of another ``max_count`` or shape.
     """
     replicated = parallel.replicated_sharding(parallel.create_mesh())
-    graphdef, state, rest = train.init_train_state(
-        config, dataset, train.make_optimizer(config.training), replicated
-    )
+    graphdef, abstract_params, rest = network.network_parts(config, dataset, replicated)
     store = checkpointing.CheckpointStore(
         os.path.join(os.fspath(workdir), "checkpoints"),
-        checkpoint_every=int(config.training.checkpoint_every),
-        keep_checkpoints=int(config.training.keep_checkpoints),
-        keep_every=int(config.training.keep_every),
+        checkpoint_every=1,
+        keep_checkpoints=1,
         async_save=False,
     )
     try:
-        wanted = int(config.sampling.checkpoint_step)
-        restored = store.restore(
-            None if wanted < 0 else wanted,
-            checkpointing.abstract_like(state.as_dict(), replicated),
+        wanted = config.sampling.checkpoint_step
+        step, restored = store.restore_part(
+            None if wanted < 0 else wanted, {"ema_params": abstract_params}
         )
+        metadata = store.read_json(step, "metadata")
     finally:
         store.close()
-    train.check_restored_metadata(restored.metadata, dataset, os.fspath(workdir))
-    _, bound, apply = train.make_eval_fns(
-        graphdef,
-        weighting=config.diffusion.weighting,
-        t_end=float(config.diffusion.t_end),
-        num_steps=int(config.diffusion.num_steps),
-        max_count=int(dataset.max_count),
-        num_time_samples=int(config.eval.num_time_samples),
-    )
-    ema = restored.state["ema_params"]
+    check_restored_metadata(metadata, dataset, os.fspath(workdir))
     return TrainedModel(
-        step=restored.step,
-        predict_fn=jax.tree_util.Partial(apply, ema, rest),
+        step=step,
+        predict_fn=models.make_predict_fn(graphdef, restored["ema_params"], rest),
         max_count=int(dataset.max_count),
         image_shape=tuple(int(d) for d in dataset.image_shape),
-        bound=bound,
-        params=ema,
-        rest=rest,
     )
 
 
-def _batch_sharding_for(size: int) -> jax.sharding.Sharding | None:
-    """Split a batch over every device when it divides evenly, else leave placement to XLA."""
+def draw_samples(
+    config: ExperimentConfig, workdir: str | os.PathLike[str], model: TrainedModel
+) -> np.ndarray:
+    """``sampling.num_samples`` samples of ``model`` (resumable chunks under ``samples/``)."""
+    sampler = config.sampling
+    chunk_dir = Path(
+        workdir,
+        "samples",
+        f"chunks_{model.step}_{sampler.method}_{sampler.num_steps}_{sampler.batch_size}",
+    )
+    return generate.generate_samples(
+        jax.random.fold_in(stream_key(config.seed, Stream.SAMPLE), model.step),
+        model.predict_fn,
+        num_samples=sampler.num_samples,
+        example_shape=model.image_shape,
+        times=schedule.observation_times(sampler.num_steps, config.diffusion.t_end),
+        max_count=model.max_count,
+        method=sampler.method,
+        chunk_size=sampler.batch_size,
+        chunk_dir=chunk_dir,
+        sharding=_state_sharding(sampler.batch_size),
+        progress=True,
+    )
+
+
+def _state_sharding(size: int) -> jax.sharding.Sharding | None:
+    """The sampler state split over every device when ``size`` divides evenly, else XLA's pick."""
     if size % jax.device_count() == 0:
         return parallel.batch_sharding(parallel.create_mesh())
     return None
 
 
-def _write_json(path: Path, payload: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(payload, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
-
-
-def draw_samples(
-    config: ml_collections.ConfigDict, workdir: str | os.PathLike[str], model: TrainedModel
-) -> np.ndarray:
-    """``sampling.num_samples`` samples of ``model`` (resumable chunks under ``samples/``)."""
-    sampling_config = config.sampling
-    num_steps = int(sampling_config.num_steps)
-    chunk = int(sampling_config.batch_size)
-    method = str(sampling_config.method)
-    chunk_dir = Path(workdir, "samples", f"chunks_{model.step}_{method}_{num_steps}_{chunk}")
-    seed_key = jax.random.fold_in(jax.random.key(int(config.seed)), _SAMPLE_STREAM)
-    samples = generate.generate_samples(
-        jax.random.fold_in(seed_key, model.step),
-        model.predict_fn,
-        num_samples=int(sampling_config.num_samples),
-        example_shape=model.image_shape,
-        times=schedule.observation_times(num_steps, float(config.diffusion.t_end)),
-        max_count=model.max_count,
-        method=method,
-        chunk_size=chunk,
-        chunk_dir=chunk_dir,
-        sharding=_batch_sharding_for(chunk),
-        progress=True,
-    )
-    return samples
-
-
-def sample_run(
-    config: ml_collections.ConfigDict, workdir: str | os.PathLike[str], dataset: Any
-) -> Path:
+def sample_run(config: Any, workdir: str | os.PathLike[str], dataset: Any) -> Path:
     """Draw ``sampling.num_samples`` samples and write ``samples/samples_<step>.npz`` + PNG."""
+    config = config_lib.parse(config)
     model = load_trained_model(config, workdir, dataset)
     samples = draw_samples(config, workdir, model)
     path = Path(workdir, "samples", f"samples_{model.step}.npz")
@@ -151,40 +135,16 @@ def sample_run(
             path,
             samples=samples,
             method=np.asarray(config.sampling.method),
-            num_steps=np.asarray(int(config.sampling.num_steps)),
+            num_steps=np.asarray(config.sampling.num_steps),
         )
         reporting.save_sample_grid(samples[:100], model.max_count, path.with_suffix(".png"))
     print(f"wrote {len(samples)} samples of step {model.step} to {path}")
     return path
 
 
-def likelihood_over(
-    model: TrainedModel, examples: np.ndarray, *, batch_size: int, key: jax.Array
-) -> np.ndarray:
-    """Per-example likelihood bound in nats over ``examples`` (padded batches, sharded)."""
-    examples = np.asarray(examples)
-    num = examples.shape[0]
-    padded = -(-num // batch_size) * batch_size
-    padding = np.zeros((padded - num, *examples.shape[1:]), examples.dtype)
-    batches = np.concatenate([examples, padding]).reshape(-1, batch_size, *examples.shape[1:])
-    sharding = _batch_sharding_for(batch_size) or parallel.replicated_sharding(
-        parallel.create_mesh()
-    )
-    nats = [
-        model.bound(
-            model.params,
-            model.rest,
-            parallel.shared_array(batch, sharding),
-            jax.random.fold_in(key, index),
-        )
-        for index, batch in enumerate(batches)
-    ]
-    return np.concatenate(parallel.to_host(nats))[:num]
-
-
-def sample_quality_kind(config: ml_collections.ConfigDict, dataset_name: str) -> str:
+def sample_quality_kind(config: ExperimentConfig, dataset_name: str) -> str:
     """Which sample metrics ``eval.sample_metrics`` selects: 'digits', 'inception' or 'none'."""
-    chosen = str(config.eval.sample_metrics)
+    chosen = config.eval.sample_metrics
     if chosen != "auto":
         return chosen
     if dataset_name == "digits":
@@ -192,41 +152,46 @@ def sample_quality_kind(config: ml_collections.ConfigDict, dataset_name: str) ->
     return "inception" if dataset_name in INCEPTION_DATASETS else "none"
 
 
-def evaluate_run(
-    config: ml_collections.ConfigDict, workdir: str | os.PathLike[str], dataset: Any
-) -> Path:
+def evaluate_run(config: Any, workdir: str | os.PathLike[str], dataset: Any) -> Path:
     """Likelihood bound over the held-out split and sample metrics → ``eval/metrics_<step>.json``.
 
     Raises:
       FileNotFoundError: Inception metrics were asked for and the weights file is missing
         (checked before any work).
     """
+    config = config_lib.parse(config)
     kind = sample_quality_kind(config, str(dataset.name))
     extractor = None
     if kind == "inception":
         from blackout_jax.metrics import inception
 
-        extractor = inception.TorchFidelityInception(str(config.eval.inception_weights) or None)
+        extractor = inception.TorchFidelityInception(config.eval.inception_weights or None)
     model = load_trained_model(config, workdir, dataset)
-    test = np.asarray(dataset.test_examples(None))
-    key = jax.random.fold_in(jax.random.key(int(config.seed)), _EVALUATE_STREAM)
-    nats = likelihood_over(model, test, batch_size=int(config.eval.batch_size), key=key)
+    nats = held_out.bound_over(
+        stream_key(config.seed, Stream.EVALUATE),
+        model.predict_fn,
+        np.asarray(dataset.test_examples(None)),
+        batch_size=config.eval.batch_size,
+        t_end=config.diffusion.t_end,
+        max_count=model.max_count,
+        num_time_samples=config.eval.num_time_samples,
+    )
     num_dims = math.prod(model.image_shape)
     half_width = 1.96 * float(np.std(nats, ddof=1)) / math.sqrt(len(nats)) if len(nats) > 1 else 0.0
     results: dict[str, Any] = {
         "step": model.step,
         "num_test_examples": len(nats),
-        "num_time_samples": int(config.eval.num_time_samples),
+        "num_time_samples": config.eval.num_time_samples,
         "nll_nats": float(np.mean(nats)),
         "nll_nats_ci95": half_width,
-        "bits_per_dim": float(np.mean(nats)) / (num_dims * math.log(2.0)),
-        "bits_per_dim_ci95": half_width / (num_dims * math.log(2.0)),
+        "bits_per_dim": float(likelihood.bits_per_dim(np.mean(nats), num_dims)),
+        "bits_per_dim_ci95": float(likelihood.bits_per_dim(half_width, num_dims)),
     }
     if kind != "none":
         samples = draw_samples(config, workdir, model)
         results["sampler"] = {
-            "method": str(config.sampling.method),
-            "num_steps": int(config.sampling.num_steps),
+            "method": config.sampling.method,
+            "num_steps": config.sampling.num_steps,
             "num_samples": len(samples),
         }
         if kind == "digits":
@@ -237,7 +202,8 @@ def evaluate_run(
             results["sample_metrics"] = _inception_metrics(config, dataset, samples, extractor)
     path = Path(workdir, "eval", f"metrics_{model.step}.json")
     if parallel.is_primary():
-        _write_json(path, results)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, results)
     print(
         f"step {model.step}: {results['bits_per_dim']:.4f} ± {results['bits_per_dim_ci95']:.4f} "
         f"bits/dim on {len(nats)} held-out examples; wrote {path}"
@@ -246,11 +212,11 @@ def evaluate_run(
 
 
 def _inception_metrics(
-    config: ml_collections.ConfigDict, dataset: Any, samples: np.ndarray, extractor: Any
+    config: ExperimentConfig, dataset: Any, samples: np.ndarray, extractor: Any
 ) -> dict[str, Any]:
     from blackout_jax.metrics import inception
 
-    cache_dir = str(config.eval.reference_cache_dir) or os.path.join(
+    cache_dir = config.eval.reference_cache_dir or os.path.join(
         os.path.expanduser("~"), ".cache", "blackout_jax", "reference"
     )
 
@@ -269,7 +235,7 @@ def _inception_metrics(
         reference,
         extractor,
         max_count=int(dataset.max_count),
-        kid_subset_size=min(int(config.eval.kid_subset_size), len(samples)),
+        kid_subset_size=min(config.eval.kid_subset_size, len(samples)),
     )
 
 
@@ -304,38 +270,45 @@ def read_imputation_input(path: str | os.PathLike[str], image_shape: tuple[int, 
 
 
 def impute_run(
-    config: ml_collections.ConfigDict,
+    config: Any,
     workdir: str | os.PathLike[str],
     dataset: Any,
     input_path: str | os.PathLike[str],
 ) -> Path:
-    """Complete the unobserved counts of ``input_path`` → ``imputed/imputed_<step>.npz`` + PNG."""
+    """Complete the unobserved counts of ``input_path`` → ``imputed/imputed_<step>.npz`` + PNG.
+
+    Chunk ``i`` of ``sampling.batch_size`` examples is imputed with ``fold_in(key, i)``
+    (:func:`blackout_jax.generate.run_in_chunks`), split over every device.
+    """
+    config = config_lib.parse(config)
     model = load_trained_model(config, workdir, dataset)
     counts, mask = read_imputation_input(input_path, model.image_shape)
-    times = schedule.observation_times(
-        int(config.sampling.num_steps), float(config.diffusion.t_end)
-    )
-    chunk = int(config.sampling.batch_size)
-    key = jax.random.fold_in(jax.random.key(int(config.seed)), _IMPUTE_STREAM)
-    parts = []
-    for start in range(0, len(counts), chunk):
-        piece, piece_mask = counts[start : start + chunk], mask[start : start + chunk]
-        observed_counts = np.where(piece_mask, piece, 0)
-        completed = sampling.impute(
-            jax.random.fold_in(key, start),
+    sampler = config.sampling
+    times = schedule.observation_times(sampler.num_steps, config.diffusion.t_end)
+
+    def complete(key: jax.Array, observed_counts: jax.Array, observed: jax.Array) -> jax.Array:
+        return sampling.impute(
+            key,
             model.predict_fn,
-            jnp.asarray(observed_counts),
-            jnp.asarray(piece_mask),
+            observed_counts,
+            observed,
             times,
             max_count=model.max_count,
-            method=str(config.sampling.method),
-            resamples=int(config.sampling.impute_resamples),
-            particles=int(config.sampling.impute_particles),
+            method=sampler.method,
+            resamples=sampler.impute_resamples,
+            particles=sampler.impute_particles,
             progress=parallel.is_primary(),
-            sharding=_batch_sharding_for(len(piece)),
+            sharding=_state_sharding(sampler.batch_size),
         )
-        parts.append(parallel.to_host(completed))
-    completed = np.concatenate(parts)
+
+    completed = generate.run_in_chunks(
+        stream_key(config.seed, Stream.IMPUTE),
+        complete,
+        num_examples=len(counts),
+        chunk_size=sampler.batch_size,
+        inputs=(np.where(mask, counts, 0), mask),
+        sharding=_state_sharding(sampler.batch_size),
+    )
     path = Path(workdir, "imputed", f"imputed_{model.step}.npz")
     if parallel.is_primary():
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,16 +1,20 @@
-"""Many samples in chunks: sharded over every device, resumable after an interruption.
+"""Work in chunks: sharded over every device, resumable after an interruption.
 
-``generate_samples`` draws ``num_samples`` examples in chunks of ``chunk_size``. Chunk ``i`` uses
-the key ``fold_in(key, i)``, so the result depends only on the key, the chunk size and the model,
-not on the number of devices or hosts, nor on whether the run was interrupted. With a
-``chunk_dir`` every finished chunk is written there (``chunk_00000.npy``, ...; by the primary
-host, atomically), and chunks already on disk are read back instead of being drawn again.
+:func:`run_in_chunks` is the one driver behind every batch of sampler calls of the run layer
+(the training-time sample grids, ``--mode=sample``, ``--mode=evaluate``'s samples and
+``--mode=impute``). Chunk ``i`` of ``chunk_size`` examples is computed from the key
+``fold_in(key, i)`` and rows ``[i chunk_size, (i + 1) chunk_size)`` of the inputs (the last chunk
+padded to full size, so one compilation serves all chunks, and cut after), so the result depends
+only on the key, the chunk size and the model, not on the number of devices or hosts, nor on
+whether the run was interrupted. With a ``chunk_dir`` every finished chunk is written there
+(``chunk_00000.npy``, ...; by the primary host, atomically) and chunks already on disk are read
+back instead of being computed again.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
@@ -20,6 +24,7 @@ from jax.experimental import multihost_utils
 from blackout_jax import sampling
 
 Array = jax.Array
+ChunkFn = Callable[..., Array]
 
 
 def _chunk_path(chunk_dir: Path, index: int) -> Path:
@@ -30,6 +35,90 @@ def _write_atomically(path: Path, array: np.ndarray) -> None:
     partial = path.with_suffix(".partial.npy")
     np.save(partial, array, allow_pickle=False)
     os.replace(partial, path)
+
+
+def _padded_rows(array: np.ndarray, start: int, size: int) -> np.ndarray:
+    rows = array[start : start + size]
+    if len(rows) == size:
+        return rows
+    padding = np.zeros((size - len(rows), *array.shape[1:]), array.dtype)
+    return np.concatenate([rows, padding])
+
+
+def run_in_chunks(
+    key: Array,
+    compute_chunk: ChunkFn,
+    *,
+    num_examples: int,
+    chunk_size: int,
+    inputs: Sequence[np.ndarray] = (),
+    chunk_dir: str | os.PathLike[str] | None = None,
+    sharding: jax.sharding.Sharding | None = None,
+    progress: bool = False,
+    description: str = "chunks",
+) -> np.ndarray:
+    """``compute_chunk(fold_in(key, i), *chunk_inputs)`` for every chunk ``i``, concatenated.
+
+    Args:
+      key: PRNG key; chunk ``i`` is computed with ``fold_in(key, i)``.
+      compute_chunk: returns the chunk's ``(chunk_size, ...)`` result; it receives the key and,
+        for each array of ``inputs``, that chunk's rows (padded with zeros to ``chunk_size``,
+        placed on ``sharding``).
+      num_examples: how many rows the result has (``>= 1``); the last chunk is cut.
+      chunk_size: rows per chunk; a multiple of the device count when ``sharding`` splits them.
+      inputs: per-example arrays with ``num_examples`` rows each (e.g. observed counts).
+      chunk_dir: where finished chunks are kept; chunks found there are reused (resume).
+      sharding: sharding of each chunk's inputs (e.g. ``NamedSharding(mesh, P("data"))``).
+      progress: a progress bar over the chunks on stderr (primary host only).
+      description: the bar's label.
+
+    Returns:
+      ``(num_examples, ...)`` NumPy array, the same on every host.
+
+    Raises:
+      ValueError: ``num_examples`` or ``chunk_size`` < 1, inputs of the wrong length, or a chunk
+        on disk of another shape (naming the file).
+    """
+    if num_examples < 1 or chunk_size < 1:
+        raise ValueError(
+            f"num_examples and chunk_size must be >= 1, got {num_examples} and {chunk_size}"
+        )
+    for position, array in enumerate(inputs):
+        if len(array) != num_examples:
+            raise ValueError(
+                f"inputs[{position}] has {len(array)} rows, expected num_examples={num_examples}"
+            )
+    num_chunks = -(-num_examples // chunk_size)
+    directory = Path(chunk_dir) if chunk_dir is not None else None
+    if directory is not None and jax.process_index() == 0:
+        directory.mkdir(parents=True, exist_ok=True)
+    indices: Sequence[int] = range(num_chunks)
+    if progress and jax.process_index() == 0:
+        from tqdm import tqdm
+
+        indices = tqdm(indices, desc=description, unit="chunk")
+    chunks: list[np.ndarray] = []
+    for index in indices:
+        path = _chunk_path(directory, index) if directory is not None else None
+        if path is not None and path.exists():
+            chunk = np.load(path, allow_pickle=False)
+            wanted = chunks[0].shape if chunks else (chunk_size, *chunk.shape[1:])
+            if chunk.shape != wanted:
+                raise ValueError(
+                    f"{path} holds shape {chunk.shape}, expected {wanted}: it was written "
+                    "with another chunk size or model; remove the folder"
+                )
+        else:
+            start = index * chunk_size
+            chunk_inputs = [_padded_rows(np.asarray(a), start, chunk_size) for a in inputs]
+            if sharding is not None:
+                chunk_inputs = [jax.device_put(a, sharding) for a in chunk_inputs]
+            result = compute_chunk(jax.random.fold_in(key, index), *chunk_inputs)
+            chunk = np.asarray(multihost_utils.process_allgather(result, tiled=True))
+            if path is not None and jax.process_index() == 0:
+                _write_atomically(path, chunk)
+        chunks.append(chunk)
+    return np.concatenate(chunks)[:num_examples]
 
 
 def generate_samples(
@@ -48,56 +137,31 @@ def generate_samples(
 ) -> np.ndarray:
     """Draw ``num_samples`` int32 samples of ``example_shape`` with :func:`blackout_jax.sample`.
 
-    Args:
-      key: PRNG key; chunk ``i`` is drawn with ``fold_in(key, i)``.
-      predict_fn: the model, as for :func:`blackout_jax.sample`.
-      num_samples: how many samples (``>= 1``); the last chunk is drawn whole and cut.
-      example_shape: shape of one example, e.g. ``(H, W, C)``.
-      times, max_count, method: as for :func:`blackout_jax.sample`.
-      chunk_size: samples per chunk; a multiple of the device count when ``sharding`` splits
-        the batch.
-      chunk_dir: where finished chunks are kept; chunks found there are reused (resume).
-      sharding: sharding of each chunk's batch (e.g. ``NamedSharding(mesh, P("data"))``).
-      progress: a progress bar over the chunks on stderr (primary host only).
+    Chunk ``i`` is ``sample(fold_in(key, i), predict_fn, (chunk_size, *example_shape), times,
+    ...)``; see :func:`run_in_chunks` for resuming and sharding.
 
     Returns:
       ``(num_samples, *example_shape)`` int32 array on every host.
     """
-    if num_samples < 1 or chunk_size < 1:
-        raise ValueError(
-            f"num_samples and chunk_size must be >= 1, got {num_samples} and {chunk_size}"
-        )
-    num_chunks = -(-num_samples // chunk_size)
-    directory = Path(chunk_dir) if chunk_dir is not None else None
-    if directory is not None and jax.process_index() == 0:
-        directory.mkdir(parents=True, exist_ok=True)
-    indices = range(num_chunks)
-    if progress and jax.process_index() == 0:
-        from tqdm import tqdm
 
-        indices = tqdm(indices, desc="sample chunks", unit="chunk")
-    chunks = []
-    for index in indices:
-        path = _chunk_path(directory, index) if directory is not None else None
-        if path is not None and path.exists():
-            chunk = np.load(path, allow_pickle=False)
-            if chunk.shape != (chunk_size, *example_shape):
-                raise ValueError(
-                    f"{path} holds shape {chunk.shape}, expected {(chunk_size, *example_shape)}: "
-                    "it was written with another chunk size or model; remove the folder"
-                )
-        else:
-            drawn = sampling.sample(
-                jax.random.fold_in(key, index),
-                predict_fn,
-                (chunk_size, *example_shape),
-                times,
-                max_count=max_count,
-                method=method,
-                sharding=sharding,
-            )
-            chunk = np.asarray(multihost_utils.process_allgather(drawn, tiled=True))
-            if path is not None and jax.process_index() == 0:
-                _write_atomically(path, chunk)
-        chunks.append(chunk)
-    return np.concatenate(chunks)[:num_samples].astype(np.int32)
+    def draw(chunk_key: Array) -> Array:
+        return sampling.sample(
+            chunk_key,
+            predict_fn,
+            (chunk_size, *example_shape),
+            times,
+            max_count=max_count,
+            method=method,
+            sharding=sharding,
+        )
+
+    samples = run_in_chunks(
+        key,
+        draw,
+        num_examples=num_samples,
+        chunk_size=chunk_size,
+        chunk_dir=chunk_dir,
+        progress=progress,
+        description="sample chunks",
+    )
+    return samples.astype(np.int32)

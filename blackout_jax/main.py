@@ -88,16 +88,16 @@ def main(argv: list[str]) -> None:
 
     import jax
 
-    from blackout_jax import config_validation, data, train
+    from blackout_jax import config as config_lib
+    from blackout_jax import data, network, train
 
-    config = _CONFIG.value
     workdir = _WORKDIR.value
     try:
-        config_validation.validate_config(config, jax.device_count(), jax.process_count())
+        config = config_lib.validate_config(_CONFIG.value, jax.device_count(), jax.process_count())
         dataset = data.load_dataset(
-            config.data, seed=int(config.seed), size_divisor=2 ** (len(config.model.ch_mult) - 1)
+            config.data, seed=config.seed, size_divisor=config.model.size_divisor
         )
-        train.abstract_model(config, dataset)
+        network.abstract_model(config, dataset)
     except (ValueError, FileNotFoundError) as error:
         _fail(str(error), EXIT_USAGE_ERROR)
     if os.path.exists(workdir) and not os.path.isdir(workdir):

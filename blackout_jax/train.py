@@ -4,7 +4,8 @@
 ``config.data`` and leaves in ``workdir``: ``checkpoints/``, ``metrics.jsonl``,
 ``tensorboard/``, ``samples/grid_<step>.png`` at each evaluation, ``loss_curve.png``,
 ``config.json`` and ``metadata.json``. Running it again on the same folder resumes from the
-latest checkpoint.
+latest checkpoint. It reads like the Flax examples: restore or initialise, then a loop of
+:meth:`Trainer.step` / :meth:`Trainer.log` / :meth:`Trainer.evaluate` / :meth:`Trainer.save`.
 
 One training step (:func:`make_train_step`) is a pure function compiled once with ``jax.jit``
 over a device mesh: the global batch is split over the devices, parameters, optimiser state and
@@ -15,58 +16,65 @@ EMA are replicated. At step ``s`` with base key ``k`` and global batch size ``B`
   dropout uses ``fold_in(step_key, DROPOUT_STREAM)``. With the partitionable threefry generator
   (JAX's default) no draw depends on how the batch is split, so N steps give the same
   parameters on 1 or 8 devices, up to float rounding of the gradient sum.
-* loss = mean over the batch of :func:`blackout_jax.training_loss`; gradients are clipped to
-  global norm ``training.grad_clip_norm`` and fed to Adam with a linear warm-up
-  ``lr * min(1, (u + 1) / warmup_steps)`` (``u`` = updates applied so far).
+* loss = mean over the batch of :func:`blackout_jax.training_loss`; the optimiser is
+  :func:`make_optimizer` wrapped in ``optax.apply_if_finite``: an update whose gradient is not
+  finite is skipped (parameters and optimiser state stay, the EMA too) and counted in the
+  optimiser state; after ``training.max_consecutive_nonfinite`` skipped updates in a row training
+  stops with :class:`NonFiniteTrainingError`, keeping the last checkpoint written before the run
+  went bad.
 * EMA: ``ema <- d ema + (1 - d) params`` with ``d = min(ema_decay, (1 + s) / (10 + s))``, so
   the average forgets the random initialisation quickly in short runs.
-* A non-finite loss or gradient norm skips the update (parameters, optimiser state and EMA
-  stay as they were) and counts it; after ``training.max_consecutive_nonfinite`` skipped
-  updates in a row training stops with :class:`NonFiniteTrainingError`, keeping the last
-  checkpoint written before the run went bad.
+
+Nothing crosses hosts or waits for the device on a step where nothing is logged, evaluated or
+saved: the metrics of a log period are fetched together at its end, and a multi-process job
+checks for a shutdown signal only at those boundaries (one process alone checks every step).
 
 Evaluation (every ``training.eval_every`` steps and at the end) uses the EMA parameters: the
 held-out loss (the training loss on the fixed held-out examples with a fixed key), the
-likelihood bound in bits/dim (:func:`blackout_jax.nll_bound`) and a PNG grid of samples.
+likelihood bound in bits/dim (:func:`blackout_jax.held_out.bound_over`) and a PNG grid of
+samples (:func:`blackout_jax.generate.generate_samples`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import signal
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import flax.struct
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from flax import nnx
 
 from blackout_jax import (
     checkpointing,
-    config_validation,
+    generate,
+    held_out,
     likelihood,
     losses,
+    models,
+    network,
     parallel,
     reporting,
     schedule,
 )
-from blackout_jax import sampling as sampling_lib
+from blackout_jax import config as config_lib
+from blackout_jax.config import ExperimentConfig, TrainingConfig
+from blackout_jax.streams import DROPOUT_STREAM, Stream, stream_key
 
-DROPOUT_STREAM = 0x64726F70  # folded into a step's key for the dropout masks
-_TRAINING_STREAM = 1  # folded into the seed's key for every draw of training
-_EVAL_STREAM = 2  # folded into the seed's key for the evaluation draws
 CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"
 SAMPLES_DIR = "samples"
 LOSS_CURVE_FILE = "loss_curve.png"
+# optax.apply_if_finite applies updates anyway after this many skipped in a row; training stops
+# long before (training.max_consecutive_nonfinite), so it never does.
+_NEVER_APPLY_NONFINITE = 2**31 - 1
 
 
 class NonFiniteTrainingError(RuntimeError):
@@ -80,22 +88,29 @@ class TrainState:
     Attributes:
       step: int32 scalar, training steps taken (skipped updates included).
       params: network parameters (``nnx.State`` of ``nnx.Param``), float32.
-      opt_state: optax state of the optimiser.
+      opt_state: state of ``optax.apply_if_finite(make_optimizer(...))``; it counts the skipped
+        updates (``notfinite_count`` in a row, ``total_notfinite``).
       ema_params: exponential moving average of ``params``.
       rng: uint32 key data of the base key of training draws.
-      consecutive_nonfinite: int32, skipped updates in a row up to now.
-      total_nonfinite: int32, skipped updates since the start of training.
       longest_nonfinite: int32, the longest run of skipped updates so far.
     """
 
     step: jax.Array
     params: Any
-    opt_state: Any
+    opt_state: optax.ApplyIfFiniteState
     ema_params: Any
     rng: jax.Array
-    consecutive_nonfinite: jax.Array
-    total_nonfinite: jax.Array
     longest_nonfinite: jax.Array
+
+    @property
+    def consecutive_nonfinite(self) -> jax.Array:
+        """Skipped updates in a row up to now."""
+        return self.opt_state.notfinite_count
+
+    @property
+    def total_nonfinite(self) -> jax.Array:
+        """Skipped updates since the start of training."""
+        return self.opt_state.total_notfinite
 
     def as_dict(self) -> dict[str, Any]:
         """The fields as a dict (the checkpoint layout)."""
@@ -129,16 +144,18 @@ def learning_rate_schedule(learning_rate: float, warmup_steps: int) -> optax.Sch
     return rate
 
 
-def make_optimizer(training_config: Mapping[str, Any]) -> optax.GradientTransformation:
+def make_optimizer(training: TrainingConfig) -> optax.GradientTransformation:
     """Gradient clipping to global norm (if ``grad_clip_norm > 0``), then Adam with warm-up."""
-    rate = learning_rate_schedule(
-        float(training_config["learning_rate"]), int(training_config["warmup_steps"])
-    )
+    rate = learning_rate_schedule(training.learning_rate, training.warmup_steps)
     adam = optax.adam(learning_rate=rate, b1=0.9, b2=0.999, eps=1e-8)
-    clip_norm = float(training_config["grad_clip_norm"])
-    if clip_norm > 0:
-        return optax.chain(optax.clip_by_global_norm(clip_norm), adam)
+    if training.grad_clip_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(training.grad_clip_norm), adam)
     return adam
+
+
+def skipping_nonfinite(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``optimizer`` that skips (and counts) every update whose gradient is not finite."""
+    return optax.apply_if_finite(optimizer, max_consecutive_errors=_NEVER_APPLY_NONFINITE)
 
 
 def ema_decay_at(step: jax.Array, ema_decay: float) -> jax.Array:
@@ -164,7 +181,7 @@ def make_train_step(
     Args:
       graphdef: the network's graph definition (``nnx.split``); ``rest`` holds its
         non-parameter variables (passed through unchanged).
-      optimizer: the optax transformation (see :func:`make_optimizer`).
+      optimizer: an ``optax.apply_if_finite`` transformation (see :func:`skipping_nonfinite`).
       weighting, t_end, num_steps: the loss (:func:`blackout_jax.training_loss`).
       global_batch_size: ``B``; example ``i`` of step ``s`` has global index ``s B + i``.
       ema_decay: the EMA's decay cap (see :func:`ema_decay_at`).
@@ -194,77 +211,41 @@ def make_train_step(
                 return model(counts, t, train=True, dropout_key=dropout_key)
 
             per_example = losses.training_loss(
-                example_keys,
-                predict,
-                batch,
-                weighting=weighting,
-                t_end=t_end,
-                num_steps=num_steps,
+                example_keys, predict, batch, weighting=weighting, t_end=t_end, num_steps=num_steps
             )
             return jnp.mean(per_example)
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
-        grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        # Zero non-finite gradients before the optimiser so no NaN enters its state, then
-        # keep the old state wholesale when the step is skipped.
-        safe_grads = jax.tree.map(lambda g: jnp.where(finite, g, jnp.zeros_like(g)), grads)
-        updates, new_opt_state = optimizer.update(safe_grads, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
+        applied_before = state.step - state.total_nonfinite
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)  # zero updates when skipped
+        finite = opt_state.last_finite
         decay = ema_decay_at(state.step, ema_decay)
-        new_ema = jax.tree.map(
-            lambda ema, p: decay * ema + (1.0 - decay) * p, state.ema_params, new_params
+        ema_params = jax.tree.map(
+            lambda ema, p: jnp.where(finite, decay * ema + (1.0 - decay) * p, ema),
+            state.ema_params,
+            params,
         )
-
-        def select(new: Any, old: Any) -> Any:
-            return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-
-        consecutive = jnp.where(finite, 0, state.consecutive_nonfinite + 1)
-        applied_updates = state.step - state.total_nonfinite
         new_state = state.replace(
             step=state.step + 1,
-            params=select(new_params, state.params),
-            opt_state=select(new_opt_state, state.opt_state),
-            ema_params=select(new_ema, state.ema_params),
-            consecutive_nonfinite=consecutive.astype(jnp.int32),
-            total_nonfinite=state.total_nonfinite + jnp.where(finite, 0, 1).astype(jnp.int32),
-            longest_nonfinite=jnp.maximum(state.longest_nonfinite, consecutive).astype(jnp.int32),
+            params=params,
+            opt_state=opt_state,
+            ema_params=ema_params,
+            longest_nonfinite=jnp.maximum(state.longest_nonfinite, opt_state.notfinite_count),
         )
         metrics = {
             "loss": loss.astype(jnp.float32),
-            "grad_norm": grad_norm.astype(jnp.float32),
-            "learning_rate": jnp.asarray(learning_rate(applied_updates), jnp.float32),
-            "finite": finite.astype(jnp.float32),
+            "grad_norm": optax.tree.norm(grads).astype(jnp.float32),
+            "learning_rate": jnp.asarray(learning_rate(applied_before), jnp.float32),
+            "finite": (finite & jnp.isfinite(loss)).astype(jnp.float32),
         }
         return new_state, metrics
 
     return train_step
 
 
-def _model_factory(config: ml_collections.ConfigDict, dataset: Any) -> Callable[[], nnx.Module]:
-    from blackout_jax import models
-
-    return functools.partial(
-        models.create_model,
-        config.model,
-        image_shape=tuple(int(d) for d in dataset.image_shape),
-        max_count=int(dataset.max_count),
-        t_end=float(config.diffusion.t_end),
-        num_steps=int(config.diffusion.num_steps),
-        seed=int(config.seed),
-    )
-
-
-def abstract_model(config: ml_collections.ConfigDict, dataset: Any) -> nnx.Module:
-    """The network of ``config`` with shapes only (``nnx.eval_shape``; no memory, no compute).
-
-    Building it checks the model fields against the data (errors name ``model.<field>``).
-    """
-    return nnx.eval_shape(_model_factory(config, dataset))
-
-
 def init_train_state(
-    config: ml_collections.ConfigDict,
+    config: ExperimentConfig,
     dataset: Any,
     optimizer: optax.GradientTransformation,
     sharding: jax.sharding.Sharding,
@@ -275,23 +256,19 @@ def init_train_state(
       ``(graphdef, state, rest)``: the network's graph definition, the :class:`TrainState` at
       step 0, and the network's non-parameter variables.
     """
-    factory = _model_factory(config, dataset)
+    factory = network.model_factory(config, dataset)
     graphdef, _, _ = nnx.split(nnx.eval_shape(factory), nnx.Param, ...)
-    training_key = jax.random.fold_in(jax.random.key(int(config.seed)), _TRAINING_STREAM)
-    rng = jax.random.key_data(training_key)
+    rng = jax.random.key_data(stream_key(config.seed, Stream.TRAINING))
 
     def build() -> tuple[TrainState, Any]:
         _, params, rest = nnx.split(factory(), nnx.Param, ...)
-        zero = jnp.zeros((), jnp.int32)
         state = TrainState(
-            step=zero,
+            step=jnp.zeros((), jnp.int32),
             params=params,
             opt_state=optimizer.init(params),
             ema_params=jax.tree.map(jnp.copy, params),
             rng=rng,
-            consecutive_nonfinite=zero,
-            total_nonfinite=zero,
-            longest_nonfinite=zero,
+            longest_nonfinite=jnp.zeros((), jnp.int32),
         )
         return state, rest
 
@@ -299,57 +276,8 @@ def init_train_state(
     return graphdef, state, rest
 
 
-def make_eval_fns(
-    graphdef: nnx.GraphDef,
-    *,
-    weighting: str,
-    t_end: float,
-    num_steps: int,
-    max_count: int,
-    num_time_samples: int,
-) -> tuple[Callable[..., jax.Array], Callable[..., jax.Array], Callable[..., jax.Array]]:
-    """Jitted evaluation functions of the network in eval mode (no dropout).
-
-    Returns:
-      ``held_out_loss(params, rest, batch, first_index, key) -> (B,)`` per-example training loss
-      (example ``i`` keyed by ``fold_in(key, first_index + i)``),
-      ``bound(params, rest, batch, key) -> (B,)`` likelihood bound in nats,
-      ``apply(params, rest, counts, t) -> yhat`` (for the sampler, via ``Partial``).
-    """
-
-    def apply(params: Any, rest: Any, counts: jax.Array, t: jax.Array) -> jax.Array:
-        return nnx.merge(graphdef, params, rest)(counts, t, train=False)
-
-    @jax.jit
-    def held_out_loss(
-        params: Any, rest: Any, batch: jax.Array, first_index: jax.Array, key: jax.Array
-    ) -> jax.Array:
-        indices = first_index.astype(jnp.uint32) + jnp.arange(batch.shape[0], dtype=jnp.uint32)
-        return losses.training_loss(
-            losses.example_keys(key, indices),
-            functools.partial(apply, params, rest),
-            batch,
-            weighting=weighting,
-            t_end=t_end,
-            num_steps=num_steps,
-        )
-
-    @jax.jit
-    def bound(params: Any, rest: Any, batch: jax.Array, key: jax.Array) -> jax.Array:
-        return likelihood.nll_bound(
-            key,
-            functools.partial(apply, params, rest),
-            batch,
-            t_end=t_end,
-            max_count=max_count,
-            num_time_samples=num_time_samples,
-        )
-
-    return held_out_loss, bound, apply
-
-
 class _ShutdownFlag:
-    """Set by SIGTERM/SIGINT while installed; training saves and exits at the next step."""
+    """Set by SIGTERM/SIGINT while installed (a context manager); training saves and exits."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -361,108 +289,86 @@ class _ShutdownFlag:
         self.requested = True
         self.signal_name = signal.Signals(signum).name
 
-    def install(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers can only be set from the main thread
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            self._previous[signum] = signal.signal(signum, self._handle)
+    def __enter__(self) -> _ShutdownFlag:
+        if threading.current_thread() is threading.main_thread():  # else handlers can't be set
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
 
-    def uninstall(self) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
 
 
-def _write_json(path: str, payload: Mapping[str, Any]) -> None:
-    temporary = f"{path}.tmp"
+def write_json(path: str | os.PathLike[str], payload: Any) -> None:
+    """Write ``payload`` as indented JSON through a temporary file and an atomic rename."""
+    temporary = f"{os.fspath(path)}.tmp"
     with open(temporary, "w", encoding="utf-8") as file:
         json.dump(payload, file, indent=2, sort_keys=True)
         file.write("\n")
     os.replace(temporary, path)
 
 
-class _Evaluator:
+class Evaluator:
     """Held-out loss, bits/dim and a sample grid with the EMA parameters."""
 
     def __init__(
-        self,
-        config: ml_collections.ConfigDict,
-        dataset: Any,
-        graphdef: nnx.GraphDef,
-        mesh: jax.sharding.Mesh,
+        self, config: ExperimentConfig, dataset: Any, graphdef: nnx.GraphDef, rest: Any
     ) -> None:
         self.config = config
+        self.graphdef, self.rest = graphdef, rest
         self.max_count = int(dataset.max_count)
         self.image_shape = tuple(int(d) for d in dataset.image_shape)
-        self.batch_sharding = parallel.batch_sharding(mesh)
-        num_examples = int(config.eval.num_examples)
-        examples = np.asarray(dataset.test_examples(num_examples if num_examples > 0 else None))
-        self.num_examples = int(examples.shape[0])
-        batch_size = int(config.eval.batch_size)
-        padded = -(-self.num_examples // batch_size) * batch_size
-        padding = np.zeros((padded - self.num_examples,) + examples.shape[1:], examples.dtype)
-        self.batches = np.concatenate([examples, padding]).reshape(
-            (-1, batch_size) + examples.shape[1:]
-        )
-        self.held_out_loss, self.bound, apply = make_eval_fns(
-            graphdef,
-            weighting=config.diffusion.weighting,
-            t_end=float(config.diffusion.t_end),
-            num_steps=int(config.diffusion.num_steps),
-            max_count=self.max_count,
-            num_time_samples=int(config.eval.num_time_samples),
-        )
-        self.apply = apply
-        self.key = jax.random.fold_in(jax.random.key(int(config.seed)), _EVAL_STREAM)
-        self.times = schedule.observation_times(
-            int(config.sampling.num_steps), float(config.diffusion.t_end)
-        )
+        self.examples = np.asarray(dataset.test_examples(config.eval.num_examples or None))
+        self.key = stream_key(config.seed, Stream.EVAL)
+        self.times = schedule.observation_times(config.sampling.num_steps, config.diffusion.t_end)
 
-    def metrics(self, params: Any, rest: Any) -> dict[str, float]:
+    def metrics(self, ema_params: Any) -> dict[str, float]:
         """Held-out loss and the likelihood bound (nats and bits/dim) on the fixed examples."""
-        loss_key = jax.random.fold_in(self.key, 0)
-        bound_key = jax.random.fold_in(self.key, 1)
-        loss_values, nats_values = [], []
-        batch_size = self.batches.shape[1]
-        for index, batch in enumerate(self.batches):
-            device_batch = parallel.shared_array(batch, self.batch_sharding)
-            first = jnp.asarray(index * batch_size, jnp.uint32)
-            loss_values.append(self.held_out_loss(params, rest, device_batch, first, loss_key))
-            nats_values.append(
-                self.bound(params, rest, device_batch, jax.random.fold_in(bound_key, index))
-            )
-        loss = np.concatenate(parallel.to_host(loss_values))[: self.num_examples]
-        nats = np.concatenate(parallel.to_host(nats_values))[: self.num_examples]
+        config = self.config
+        predict_fn = models.make_predict_fn(self.graphdef, ema_params, self.rest)
+        loss = held_out.loss_over(
+            jax.random.fold_in(self.key, 0),
+            predict_fn,
+            self.examples,
+            batch_size=config.eval.batch_size,
+            weighting=config.diffusion.weighting,
+            t_end=config.diffusion.t_end,
+            num_steps=config.diffusion.num_steps,
+        )
+        nats = held_out.bound_over(
+            jax.random.fold_in(self.key, 1),
+            predict_fn,
+            self.examples,
+            batch_size=config.eval.batch_size,
+            t_end=config.diffusion.t_end,
+            max_count=self.max_count,
+            num_time_samples=config.eval.num_time_samples,
+        )
         num_dims = int(np.prod(self.image_shape))
         return {
             "loss": float(np.mean(loss)),
             "nll_nats": float(np.mean(nats)),
-            "bits_per_dim": float(np.mean(nats) / (num_dims * np.log(2.0))),
-            "num_examples": self.num_examples,
+            "bits_per_dim": float(likelihood.bits_per_dim(np.mean(nats), num_dims)),
+            "num_examples": len(nats),
         }
 
-    def samples(self, params: Any, rest: Any, step: int) -> np.ndarray:
+    def samples(self, ema_params: Any, step: int) -> np.ndarray:
         """``eval.num_grid_samples`` samples ``(N, H, W, C)`` int32 from the EMA network."""
-        total = int(self.config.eval.num_grid_samples)
-        chunk = int(self.config.sampling.batch_size)
-        predict_fn = jax.tree_util.Partial(self.apply, params, rest)
-        key = jax.random.fold_in(jax.random.fold_in(self.key, 2), step)
-        parts = []
-        for start in range(0, total, chunk):
-            size = min(chunk, total - start)
-            drawn = sampling_lib.sample(
-                jax.random.fold_in(key, start),
-                predict_fn,
-                (size, *self.image_shape),
-                self.times,
-                max_count=self.max_count,
-                method=self.config.sampling.method,
-            )
-            parts.append(parallel.to_host(drawn))
-        return np.concatenate(parts)
+        return generate.generate_samples(
+            jax.random.fold_in(jax.random.fold_in(self.key, 2), step),
+            models.make_predict_fn(self.graphdef, ema_params, self.rest),
+            num_samples=self.config.eval.num_grid_samples,
+            example_shape=self.image_shape,
+            times=self.times,
+            max_count=self.max_count,
+            method=self.config.sampling.method,
+            chunk_size=self.config.sampling.batch_size,
+        )
 
 
-def check_restored_metadata(metadata: Mapping[str, Any], dataset: Any, workdir: str) -> None:
+def check_restored_metadata(metadata: dict[str, Any], dataset: Any, workdir: str) -> None:
     """Raise ``ValueError`` when a checkpoint's ``max_count`` or ``image_shape`` differ from
     ``dataset``'s (the checkpoint was trained on other data)."""
     for name, current in (
@@ -477,11 +383,226 @@ def check_restored_metadata(metadata: Mapping[str, Any], dataset: Any, workdir: 
             )
 
 
+def open_checkpoints(workdir: str, training: TrainingConfig) -> checkpointing.CheckpointStore:
+    """The run's checkpoint store, with the keep policy of ``training``."""
+    return checkpointing.CheckpointStore(
+        os.path.join(workdir, "checkpoints"),
+        checkpoint_every=training.checkpoint_every,
+        keep_checkpoints=training.keep_checkpoints,
+        keep_every=training.keep_every,
+    )
+
+
+class Trainer:
+    """One training run in ``workdir``: its state, data stream, checkpoints and reports.
+
+    Build it with :meth:`restore_or_init`; :func:`train_and_evaluate` drives it.
+    """
+
+    def __init__(self, config: ExperimentConfig, workdir: str, dataset: Any) -> None:
+        self.config, self.workdir, self.dataset = config, workdir, dataset
+        training = config.training
+        self.primary = parallel.is_primary()
+        mesh = parallel.create_mesh()
+        self.replicated = parallel.replicated_sharding(mesh)
+        self.batch_sharding = parallel.batch_sharding(mesh)
+        optimizer = skipping_nonfinite(make_optimizer(training))
+        self.graphdef, self.state, self.rest = init_train_state(
+            config, dataset, optimizer, self.replicated
+        )
+        self.iterator = dataset.train_iterator(
+            global_batch_size=training.batch_size,
+            seed=config.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        )
+        self.store = open_checkpoints(workdir, training)
+        self.metadata = {
+            "dataset": str(dataset.name),
+            "max_count": int(dataset.max_count),
+            "image_shape": [int(d) for d in dataset.image_shape],
+            "num_train": int(dataset.num_train),
+            "num_devices": jax.device_count(),
+            "num_processes": jax.process_count(),
+        }
+        self.start_step = 0
+        self.train_step = jax.jit(
+            make_train_step(
+                self.graphdef,
+                optimizer,
+                weighting=config.diffusion.weighting,
+                t_end=config.diffusion.t_end,
+                num_steps=config.diffusion.num_steps,
+                global_batch_size=training.batch_size,
+                ema_decay=training.ema_decay,
+                learning_rate=learning_rate_schedule(training.learning_rate, training.warmup_steps),
+                batch_sharding=self.batch_sharding,
+            ),
+            in_shardings=(self.replicated, self.replicated, self.batch_sharding),
+            out_shardings=(self.replicated, self.replicated),
+            donate_argnums=(0,),
+        )
+        self.evaluator = Evaluator(config, dataset, self.graphdef, self.rest)
+        self.pending_metrics: list[dict[str, jax.Array]] = []
+        self.writer: reporting.MetricsWriter | None = None
+        self.progress: reporting.ProgressReporter | None = None
+        self.longest_at_start = 0
+
+    @classmethod
+    def restore_or_init(cls, config: ExperimentConfig, workdir: str, dataset: Any) -> Trainer:
+        """A fresh run, or the latest checkpoint in ``workdir`` with its data-stream position."""
+        trainer = cls(config, workdir, dataset)
+        latest = trainer.store.latest_step()
+        if latest is not None:
+            target = checkpointing.abstract_like(trainer.state.as_dict(), trainer.replicated)
+            restored = trainer.store.restore(latest, target)
+            check_restored_metadata(restored.metadata, dataset, workdir)
+            trainer.state = TrainState(**restored.state)
+            trainer.iterator.set_state(restored.data_iterator)
+            trainer.start_step = restored.step
+        trainer.longest_at_start = trainer.counters()["longest_nonfinite"]
+        trainer._open_reports()
+        return trainer
+
+    def _open_reports(self) -> None:
+        if self.primary:
+            os.makedirs(os.path.join(self.workdir, SAMPLES_DIR), exist_ok=True)
+            write_json(os.path.join(self.workdir, CONFIG_FILE), self.config.to_dict())
+            write_json(os.path.join(self.workdir, METADATA_FILE), self.metadata)
+            self.writer = reporting.MetricsWriter(self.workdir, resume_step=self.start_step)
+        self.progress = reporting.ProgressReporter(
+            self.config.training.num_steps, self.start_step, enabled=self.primary
+        )
+        if self.start_step:
+            self.progress.message(
+                f"resumed from the checkpoint of step {self.start_step} in {self.workdir}"
+            )
+
+    def step(self) -> None:
+        """One training step on the next global batch (asynchronous: nothing is fetched)."""
+        batch = parallel.global_batch(next(self.iterator), self.batch_sharding)
+        self.state, metrics = self.train_step(self.state, self.rest, batch)
+        self.pending_metrics.append(metrics)
+
+    def counters(self) -> dict[str, int]:
+        """The skipped-update counters of the current state (waits for the device)."""
+        values = parallel.to_host(
+            (
+                self.state.consecutive_nonfinite,
+                self.state.total_nonfinite,
+                self.state.longest_nonfinite,
+            )
+        )
+        names = ("consecutive_nonfinite", "total_nonfinite", "longest_nonfinite")
+        return {name: int(value) for name, value in zip(names, values, strict=True)}
+
+    def log(self, step: int) -> dict[str, int]:
+        """Fetch the period's metrics, write one row (``loss`` = mean over applied updates);
+        returns the counters."""
+        fetched = parallel.to_host(self.pending_metrics)
+        self.pending_metrics = []
+        finite = np.array([m["finite"] for m in fetched]) > 0
+        step_losses = np.array([m["loss"] for m in fetched])
+        counts = self.counters()
+        row = {
+            "loss": float(np.mean(step_losses[finite])) if finite.any() else float("nan"),
+            "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
+            "learning_rate": float(fetched[-1]["learning_rate"]),
+            "skipped_updates": counts["total_nonfinite"],
+        }
+        row["steps_per_second"] = self.progress.log(step, row)
+        if self.writer is not None:
+            self.writer.write(step, row, split="train")
+        return counts
+
+    def check_nonfinite(self, step: int, counts: dict[str, int]) -> None:
+        """Raise :class:`NonFiniteTrainingError` after too many skipped updates in a row."""
+        limit = self.config.training.max_consecutive_nonfinite
+        new_longest = counts["longest_nonfinite"] > self.longest_at_start
+        if counts["consecutive_nonfinite"] >= limit or (
+            new_longest and counts["longest_nonfinite"] >= limit
+        ):
+            self.store.wait()
+            latest = self.store.latest_step()
+            kept = (
+                f"The last checkpoint (step {latest}) holds the last good state."
+                if latest is not None
+                else "No checkpoint was written before it."
+            )
+            raise NonFiniteTrainingError(
+                f"training stopped at step {step}: {counts['longest_nonfinite']} updates in a "
+                "row had a non-finite loss or gradient (limit "
+                f"training.max_consecutive_nonfinite={limit}); those updates were skipped. "
+                f"{kept} Lower training.learning_rate or check the data."
+            )
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Held-out loss, bound and a sample grid with the EMA parameters; one eval row."""
+        results = self.evaluator.metrics(self.state.ema_params)
+        if self.config.eval.num_grid_samples > 0:
+            grid = self.evaluator.samples(self.state.ema_params, step)
+            if self.primary:
+                path = os.path.join(self.workdir, SAMPLES_DIR, f"grid_{step}.png")
+                reporting.save_sample_grid(grid, self.evaluator.max_count, path)
+        if self.writer is not None:
+            self.writer.write(step, results, split="eval")
+            reporting.plot_loss_curve(
+                reporting.read_metrics(self.writer.path),
+                os.path.join(self.workdir, LOSS_CURVE_FILE),
+            )
+        self.progress.message(
+            f"eval at step {step}: held-out loss {results['loss']:.4f}, "
+            f"bound {results['bits_per_dim']:.4f} bits/dim on {results['num_examples']} examples"
+        )
+        self.progress.reset_clock(step)
+        return results
+
+    def save(self, step: int, *, force: bool) -> bool:
+        """Checkpoint ``step`` unless inside a run of skipped updates; returns whether saved."""
+        counts = self.counters()
+        if counts["consecutive_nonfinite"]:
+            return False
+        return self.store.save(
+            step,
+            self.state.as_dict(),
+            data_iterator=self.iterator.get_state(),
+            config=self.config.to_dict(),
+            metadata={**self.metadata, **counts, "step": step},
+            force=force,
+        )
+
+    def shut_down(self, step: int, signal_name: str) -> None:
+        """Save ``step`` (if the state is good) after a shutdown signal, and say so."""
+        reason = f"{signal_name or 'shutdown request'} received"
+        if self.save(step, force=True) or step in self.store.all_steps():
+            self.progress.message(
+                f"{reason}: saved the checkpoint of step {step} in {self.workdir}; run the "
+                "same command again to resume"
+            )
+        else:
+            self.store.wait()
+            self.progress.message(
+                f"{reason} at step {step}, in a run of skipped non-finite updates: kept the "
+                f"checkpoint of step {self.store.latest_step()} in {self.workdir}"
+            )
+
+    def close(self) -> None:
+        """Finish pending saves; close the reports."""
+        self.store.close()
+        if self.progress is not None:
+            self.progress.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _load_data(config: ExperimentConfig) -> Any:
+    from blackout_jax import data
+
+    return data.load_dataset(config.data, seed=config.seed, size_divisor=config.model.size_divisor)
+
+
 def train_and_evaluate(
-    config: ml_collections.ConfigDict,
-    workdir: str | os.PathLike[str],
-    *,
-    dataset: Any | None = None,
+    config: Any, workdir: str | os.PathLike[str], *, dataset: Any | None = None
 ) -> TrainResult:
     """Train (or resume training) the experiment ``config`` in ``workdir``.
 
@@ -490,7 +611,8 @@ def train_and_evaluate(
     and JSON files, orbax coordinates the checkpoints.
 
     Args:
-      config: the experiment config (see ``configs/default.py``); validated here.
+      config: the experiment config (a ConfigDict from ``configs/`` or an
+        :class:`~blackout_jax.config.ExperimentConfig`); checked here.
       workdir: the run folder; created if missing. A checkpoint in it is resumed.
       dataset: an already loaded :class:`blackout_jax.data.CountDataset` (default: load
         ``config.data``).
@@ -502,213 +624,46 @@ def train_and_evaluate(
       ValueError: a bad config field, or a checkpoint in ``workdir`` made for other data.
       NonFiniteTrainingError: ``training.max_consecutive_nonfinite`` skipped updates in a row.
     """
-    config_validation.validate_config(config, jax.device_count(), jax.process_count())
+    config = config_lib.validate_config(config, jax.device_count(), jax.process_count())
     if not jax.config.jax_threefry_partitionable:
         raise ValueError(
             "training needs jax_threefry_partitionable=True (JAX's default) so that random "
             "draws do not depend on how the batch is split over devices"
         )
-    if dataset is None:
-        from blackout_jax import data
-
-        dataset = data.load_dataset(
-            config.data, seed=int(config.seed), size_divisor=2 ** (len(config.model.ch_mult) - 1)
-        )
-    workdir = os.fspath(workdir)
-    primary = parallel.is_primary()
+    dataset = dataset if dataset is not None else _load_data(config)
     training = config.training
-    num_steps = int(training.num_steps)
-    global_batch_size = int(training.batch_size)
-
-    mesh = parallel.create_mesh()
-    replicated = parallel.replicated_sharding(mesh)
-    batch_sharding = parallel.batch_sharding(mesh)
-    optimizer = make_optimizer(training)
-    graphdef, state, rest = init_train_state(config, dataset, optimizer, replicated)
-
-    iterator = dataset.train_iterator(
-        global_batch_size=global_batch_size,
-        seed=int(config.seed),
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-    )
-    store = checkpointing.CheckpointStore(
-        os.path.join(workdir, "checkpoints"),
-        checkpoint_every=int(training.checkpoint_every),
-        keep_checkpoints=int(training.keep_checkpoints),
-        keep_every=int(training.keep_every),
-    )
-    metadata = {
-        "dataset": str(dataset.name),
-        "max_count": int(dataset.max_count),
-        "image_shape": [int(d) for d in dataset.image_shape],
-        "num_train": int(dataset.num_train),
-        "num_devices": jax.device_count(),
-        "num_processes": jax.process_count(),
-    }
-    config_dict = json.loads(config.to_json())
-
-    start_step = 0
-    latest = store.latest_step()
-    if latest is not None:
-        restored = store.restore(latest, checkpointing.abstract_like(state.as_dict(), replicated))
-        check_restored_metadata(restored.metadata, dataset, workdir)
-        state = TrainState(**restored.state)
-        iterator.set_state(restored.data_iterator)
-        start_step = restored.step
-
-    if primary:
-        os.makedirs(os.path.join(workdir, SAMPLES_DIR), exist_ok=True)
-        _write_json(os.path.join(workdir, CONFIG_FILE), config_dict)
-        _write_json(os.path.join(workdir, METADATA_FILE), metadata)
-    writer = reporting.MetricsWriter(workdir, resume_step=start_step) if primary else None
-    progress = reporting.ProgressReporter(num_steps, start_step, enabled=primary)
-    if start_step:
-        progress.message(f"resumed from the checkpoint of step {start_step} in {workdir}")
-
-    train_step = jax.jit(
-        make_train_step(
-            graphdef,
-            optimizer,
-            weighting=config.diffusion.weighting,
-            t_end=float(config.diffusion.t_end),
-            num_steps=int(config.diffusion.num_steps),
-            global_batch_size=global_batch_size,
-            ema_decay=float(training.ema_decay),
-            learning_rate=learning_rate_schedule(
-                float(training.learning_rate), int(training.warmup_steps)
-            ),
-            batch_sharding=batch_sharding,
-        ),
-        in_shardings=(replicated, replicated, batch_sharding),
-        out_shardings=(replicated, replicated),
-        donate_argnums=(0,),
-    )
-    evaluator = _Evaluator(config, dataset, graphdef, mesh)
-
-    def counters(current: TrainState) -> dict[str, int]:
-        values = parallel.to_host(
-            (current.consecutive_nonfinite, current.total_nonfinite, current.longest_nonfinite)
-        )
-        return {
-            "consecutive_nonfinite": int(values[0]),
-            "total_nonfinite": int(values[1]),
-            "longest_nonfinite": int(values[2]),
-        }
-
-    def save(step: int, current: TrainState, *, force: bool) -> bool:
-        return store.save(
-            step,
-            current.as_dict(),
-            data_iterator=iterator.get_state(),
-            config=config_dict,
-            metadata={**metadata, **counters(current), "step": step},
-            force=force,
-        )
-
-    def evaluate(step: int, current: TrainState) -> dict[str, float]:
-        results = evaluator.metrics(current.ema_params, rest)
-        if int(config.eval.num_grid_samples) > 0:
-            grid = evaluator.samples(current.ema_params, rest, step)
-            if primary:
-                reporting.save_sample_grid(
-                    grid,
-                    evaluator.max_count,
-                    os.path.join(workdir, SAMPLES_DIR, f"grid_{step}.png"),
-                )
-        if writer is not None:
-            writer.write(step, results, split="eval")
-            reporting.plot_loss_curve(
-                reporting.read_metrics(writer.path), os.path.join(workdir, LOSS_CURVE_FILE)
-            )
-        progress.message(
-            f"eval at step {step}: held-out loss {results['loss']:.4f}, "
-            f"bound {results['bits_per_dim']:.4f} bits/dim on {results['num_examples']} examples"
-        )
-        return results
-
-    shutdown = _ShutdownFlag()
-    shutdown.install()
-    pending_metrics: list[dict[str, jax.Array]] = []
-    last_eval: dict[str, float] = {}
-    stopped_by_signal = False
-    step = start_step
-    max_nonfinite = int(training.max_consecutive_nonfinite)
-    longest_at_start = counters(state)["longest_nonfinite"]  # runs before a resume do not count
+    trainer = Trainer.restore_or_init(config, os.fspath(workdir), dataset)
+    step, last_eval, stopped = trainer.start_step, {}, False
+    one_process = jax.process_count() == 1
     try:
-        if start_step >= num_steps:
-            progress.message(
-                f"training already reached step {start_step} (training.num_steps={num_steps})"
+        if step >= training.num_steps:
+            trainer.progress.message(
+                f"training already reached step {step} (training.num_steps={training.num_steps})"
             )
-        while step < num_steps:
-            local_batch = next(iterator)
-            batch = parallel.global_batch(local_batch, batch_sharding)
-            state, step_metrics = train_step(state, rest, batch)
-            step += 1
-            pending_metrics.append(step_metrics)
-            progress.update(step)
-            if step == start_step + 1:
-                progress.reset_clock(step)  # steps/s without the compilation of the first step
-            last = step == num_steps
-
-            if step % int(training.log_every) == 0 or last:
-                fetched = parallel.to_host(pending_metrics)
-                pending_metrics = []
-                finite = np.array([m["finite"] for m in fetched]) > 0
-                losses_seen = np.array([m["loss"] for m in fetched])
-                state_counts = counters(state)
-                row = {
-                    "loss": float(np.mean(losses_seen[finite])) if finite.any() else float("nan"),
-                    "grad_norm": float(np.mean([m["grad_norm"] for m in fetched])),
-                    "learning_rate": float(fetched[-1]["learning_rate"]),
-                    "skipped_updates": state_counts["total_nonfinite"],
-                }
-                row["steps_per_second"] = progress.log(step, row)
-                if writer is not None:
-                    writer.write(step, row, split="train")
-                new_longest = state_counts["longest_nonfinite"] > longest_at_start
-                if state_counts["consecutive_nonfinite"] >= max_nonfinite or (
-                    new_longest and state_counts["longest_nonfinite"] >= max_nonfinite
+        with _ShutdownFlag() as shutdown:
+            while step < training.num_steps:
+                trainer.step()
+                step += 1
+                trainer.progress.update(step)
+                if step == trainer.start_step + 1:
+                    trainer.progress.reset_clock(step)  # steps/s without the first compilation
+                last = step == training.num_steps
+                at_log = step % training.log_every == 0 or last
+                at_checkpoint = step % training.checkpoint_every == 0 or last
+                if at_log:
+                    trainer.check_nonfinite(step, trainer.log(step))
+                if step % training.eval_every == 0 or last:
+                    last_eval = trainer.evaluate(step)
+                if at_checkpoint:
+                    trainer.save(step, force=last)
+                # One process checks its own flag every step; a multi-process job agrees on it
+                # (a collective) only where the hosts synchronise anyway.
+                if (one_process or at_log or at_checkpoint) and parallel.any_process(
+                    shutdown.requested
                 ):
-                    store.wait()
-                    raise NonFiniteTrainingError(
-                        f"training stopped at step {step}: {state_counts['longest_nonfinite']} "
-                        "updates in a row had a non-finite loss or gradient (limit "
-                        f"training.max_consecutive_nonfinite={max_nonfinite}); those updates "
-                        "were skipped. The last checkpoint "
-                        f"(step {store.latest_step()}) holds the last good state. Lower "
-                        "training.learning_rate or check the data."
-                    )
-
-            if step % int(training.eval_every) == 0 or last:
-                last_eval = evaluate(step, state)
-                progress.reset_clock(step)
-
-            # Checkpoint, but not in the middle of a run of skipped updates.
-            checkpoint_due = step % int(training.checkpoint_every) == 0 or last
-            if checkpoint_due and counters(state)["consecutive_nonfinite"] == 0:
-                save(step, state, force=last)
-
-            if parallel.any_process(shutdown.requested):
-                stopped_by_signal = True
-                reason = f"{shutdown.signal_name or 'shutdown request'} received"
-                if counters(state)["consecutive_nonfinite"] == 0:
-                    save(step, state, force=True)
-                    progress.message(
-                        f"{reason}: saved the checkpoint of step {step} in {workdir}; run the "
-                        "same command again to resume"
-                    )
-                else:
-                    store.wait()
-                    progress.message(
-                        f"{reason} at step {step}, in a run of skipped non-finite updates: kept "
-                        f"the checkpoint of step {store.latest_step()} in {workdir}"
-                    )
-                break
+                    trainer.shut_down(step, shutdown.signal_name)
+                    stopped = True
+                    break
     finally:
-        shutdown.uninstall()
-        store.close()
-        progress.close()
-        if writer is not None:
-            writer.close()
-    return TrainResult(step=step, stopped_by_signal=stopped_by_signal, last_eval=last_eval)
+        trainer.close()
+    return TrainResult(step=step, stopped_by_signal=stopped, last_eval=last_eval)

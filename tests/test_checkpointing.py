@@ -105,3 +105,18 @@ def test_restore_of_a_missing_step_names_the_available_ones(tmp_path):
 def test_bad_options_name_the_option(tmp_path, option, value):
     with pytest.raises(ValueError, match=option):
         _store(tmp_path, **{option: value})
+
+
+def test_restore_part_reads_only_the_requested_subtree(tmp_path):
+    store = _store(tmp_path / "checkpoints")
+    _save(store, 4, force=True)
+    store.wait()
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    kernel = jax.ShapeDtypeStruct((3, 2), jnp.float32, sharding=sharding)
+    step, part = store.restore_part(None, {"params": {"dense": {"kernel": kernel}}})
+    assert step == 4
+    assert set(part) == {"params"}
+    np.testing.assert_array_equal(part["params"]["dense"]["kernel"], np.full((3, 2), 4))
+    with pytest.raises(FileNotFoundError, match="available steps: \\[4\\]"):
+        store.restore_part(6, {"params": {"dense": {"kernel": kernel}}})
+    store.close()

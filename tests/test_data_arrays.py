@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import re
 
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
 
+from blackout_jax.config import DataConfig
 from blackout_jax.data import arrays, load_dataset, validation
 
 
-def counts_config(path, **overrides) -> ml_collections.ConfigDict:
+def counts_config(path, **overrides) -> DataConfig:
     fields = {
         "name": "counts",
         "data_dir": "",
@@ -23,7 +23,7 @@ def counts_config(path, **overrides) -> ml_collections.ConfigDict:
         "random_flip": False,
         "prefetch": 0,
     }
-    return ml_collections.ConfigDict(fields | overrides)
+    return DataConfig(**(fields | overrides))
 
 
 def random_counts(shape=(20, 4, 4, 2), high=9, seed=0) -> np.ndarray:

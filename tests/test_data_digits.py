@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import ml_collections
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
+from blackout_jax.config import DataConfig
 from blackout_jax.data import digits, load_dataset
 
 
-def digits_config(**overrides) -> ml_collections.ConfigDict:
+def digits_config(**overrides) -> DataConfig:
     fields = {
         "name": "digits",
         "data_dir": "",
@@ -21,7 +21,7 @@ def digits_config(**overrides) -> ml_collections.ConfigDict:
         "random_flip": False,
         "prefetch": 2,
     }
-    return ml_collections.ConfigDict(fields | overrides)
+    return DataConfig(**(fields | overrides))
 
 
 def test_default_split_is_1500_train_297_test_covering_every_digit_once():

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import re
 
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
+from blackout_jax.config import DataConfig
 from blackout_jax.data import MissingDatasetError, load_dataset, tfds_source
 
 NUM_MOCK_EXAMPLES = 12
 
 
-def tfds_config(name: str, data_dir, **overrides) -> ml_collections.ConfigDict:
+def tfds_config(name: str, data_dir, **overrides) -> DataConfig:
     fields = {
         "name": name,
         "data_dir": str(data_dir),
@@ -26,7 +26,7 @@ def tfds_config(name: str, data_dir, **overrides) -> ml_collections.ConfigDict:
         "random_flip": True,
         "prefetch": 2,
     }
-    return ml_collections.ConfigDict(fields | overrides)
+    return DataConfig(**(fields | overrides))
 
 
 def mock_images(tfds_name: str, split: str, indices) -> np.ndarray:

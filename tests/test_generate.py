@@ -58,6 +58,34 @@ def test_chunk_of_another_size_is_refused(tmp_path):
         raise AssertionError("a chunk of the wrong shape was accepted")
 
 
+def test_run_in_chunks_pads_keys_and_trims():
+    inputs = np.arange(10 * 3).reshape(10, 3)
+    key = jax.random.key(3)
+
+    def compute(chunk_key, rows):
+        noise = jax.random.randint(chunk_key, (rows.shape[0], 1), 0, 1000)
+        return rows * 2 + 1000 * noise
+
+    out = generate.run_in_chunks(key, compute, num_examples=10, chunk_size=4, inputs=(inputs,))
+    assert out.shape == (10, 3)
+    for index in range(3):
+        rows = slice(4 * index, min(4 * index + 4, 10))
+        noise = np.asarray(jax.random.randint(jax.random.fold_in(key, index), (4, 1), 0, 1000))
+        expected = inputs[rows] * 2 + 1000 * noise[: len(inputs[rows])]
+        np.testing.assert_array_equal(out[rows], expected)
+
+
+def test_run_in_chunks_refuses_inputs_of_another_length():
+    try:
+        generate.run_in_chunks(
+            jax.random.key(0), lambda k, x: x, num_examples=5, chunk_size=2, inputs=(np.ones(4),)
+        )
+    except ValueError as error:
+        assert "inputs[0] has 4 rows" in str(error)
+    else:
+        raise AssertionError("inputs of the wrong length were accepted")
+
+
 def test_samples_and_imputations_sharded_over_four_devices_equal_one_device():
     script = textwrap.dedent(
         """

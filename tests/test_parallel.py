@@ -8,6 +8,7 @@ checkpoint, and in two processes on localhost joined by ``jax.distributed``.
 
 from __future__ import annotations
 
+import json
 import pathlib
 import shutil
 import socket
@@ -175,3 +176,57 @@ def test_two_processes_train_the_same_steps_as_one(runs):
         workdir / "checkpoints", checkpoint_every=10, keep_checkpoints=2
     ).read_json(NUM_STEPS, "metadata")
     assert metadata["num_processes"] == 2
+
+
+_COUNT_COLLECTIVES = """
+import json, sys
+from jax.experimental import multihost_utils
+from blackout_jax import parallel
+parallel.initialize_distributed(
+    coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
+calls = []
+gather = multihost_utils.process_allgather
+def counted(*args, **kwargs):
+    calls.append(1)
+    return gather(*args, **kwargs)
+multihost_utils.process_allgather = counted
+from blackout_jax import train
+from configs import tiny
+counts = {}
+for num_steps in (4, 12):
+    config = tiny.get_config()
+    config.training.num_steps = num_steps
+    config.training.log_every = num_steps
+    config.training.checkpoint_every = num_steps
+    config.training.eval_every = 1000
+    config.eval.num_grid_samples = 0
+    calls.clear()
+    train.train_and_evaluate(config, f"{sys.argv[3]}/run_{num_steps}")
+    counts[num_steps] = len(calls)
+print(json.dumps(counts))
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_cross_hosts_only_where_something_is_logged_or_saved(tmp_path):
+    """12 steps make as many host collectives as 4 when both log, evaluate and save once: no
+    step in between waits for the other host."""
+    address = f"127.0.0.1:{_free_port()}"
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", _COUNT_COLLECTIVES, address, str(index), str(tmp_path)],
+            cwd=REPO_ROOT,
+            env=cpu_environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for index in range(2)
+    ]
+    outputs = [process.communicate(timeout=900) for process in processes]
+    for process, (_, stderr) in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, stderr[-3000:]
+    for stdout, _ in outputs:
+        counts = json.loads(stdout.strip().splitlines()[-1])
+        assert counts["4"] > 0  # the log row, the evaluation and the save do cross hosts
+        assert counts["12"] == counts["4"]

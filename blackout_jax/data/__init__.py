@@ -15,7 +15,6 @@ stream (:class:`TrainIterator`) is described in :mod:`blackout_jax.data.pipeline
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from blackout_jax.data import arrays, digits, tfds_source, validation
@@ -34,7 +33,6 @@ from blackout_jax.data.tfds_source import TFDS_DATASETS, MissingDatasetError
 DATASET_NAMES = ("digits", "cifar10", "binarized_mnist", "celeba64", "counts")
 # The held-out split of own counts is fixed by the data, not by the run's seed.
 COUNTS_SPLIT_SEED = 0
-DEFAULT_PREFETCH = 2
 
 __all__ = [
     "DATASET_NAMES",
@@ -52,20 +50,6 @@ __all__ = [
 ]
 
 
-def _field(section: Mapping[str, Any] | Any, name: str, default: Any) -> Any:
-    getter = getattr(section, "get", None)
-    if getter is not None:
-        return getter(name, default)
-    return getattr(section, name, default)
-
-
-def _integer(section: Mapping[str, Any] | Any, name: str, default: int, minimum: int) -> int:
-    value = _field(section, name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"data.{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 def _check_fixed_max_count(name: str, declared: int, fixed: int) -> None:
     if declared not in (0, fixed):
         raise ValueError(
@@ -74,15 +58,14 @@ def _check_fixed_max_count(name: str, declared: int, fixed: int) -> None:
         )
 
 
-def load_dataset(
-    data_config: Mapping[str, Any] | Any, *, seed: int, size_divisor: int = 1
-) -> CountDataset:
+def load_dataset(data_config: Any, *, seed: int, size_divisor: int = 1) -> CountDataset:
     """Loads and validates the dataset of a ``config.data`` section.
 
     Args:
-      data_config: the ``data`` section (a ``ConfigDict`` or mapping) with ``name``,
-        ``data_dir``, ``path``, ``array_key``, ``max_count``, ``num_test``, ``random_flip``,
-        ``prefetch``.
+      data_config: the ``data`` section, read by attribute (the run layer's typed
+        ``DataConfig``, or a ``ConfigDict``): ``name``, ``data_dir``, ``path``, ``array_key``,
+        ``max_count``, ``num_test``, ``random_flip``, ``prefetch``; their types and bounds are
+        checked by the run layer's config (:mod:`blackout_jax.config`).
       seed: the default seed of the training stream (the held-out splits do not depend on it).
       size_divisor: H and W must be multiples of it (``2 ** (len(model.ch_mult) - 1)``).
 
@@ -94,17 +77,15 @@ def load_dataset(
       FileNotFoundError: a missing ``data.path``; :class:`MissingDatasetError` (a subclass)
         for a TFDS dataset that is not prepared under ``data.data_dir``.
     """
-    name = _field(data_config, "name", "digits")
+    name = data_config.name
     if name not in DATASET_NAMES:
         raise ValueError(f"data.name must be one of {list(DATASET_NAMES)}, got {name!r}")
-    declared_max = _integer(data_config, "max_count", 0, 0)
-    prefetch = _integer(data_config, "prefetch", DEFAULT_PREFETCH, 0)
-    random_flip = bool(_field(data_config, "random_flip", False))
-    common = {"seed": int(seed), "prefetch": prefetch}
+    declared_max = data_config.max_count
+    common = {"seed": seed, "prefetch": data_config.prefetch}
 
     if name == "digits":
         _check_fixed_max_count(name, declared_max, digits.MAX_COUNT)
-        num_test = _integer(data_config, "num_test", digits.DEFAULT_NUM_TEST, 0)
+        num_test = data_config.num_test
         validation.check_image_size(digits.IMAGE_SHAPE, size_divisor, source=digits.SOURCE)
         train, test = digits.load_digits_split(num_test)
         dataset = CountDataset(
@@ -117,18 +98,16 @@ def load_dataset(
             **common,
         )
     elif name == "counts":
-        path = str(_field(data_config, "path", ""))
+        path = data_config.path
         if not path:
             raise ValueError(
                 "data.path must name your counts file (.npy/.npz) or PNG folder when "
                 "data.name is 'counts', got ''"
             )
-        loaded = arrays.load_counts(
-            path, array_key=str(_field(data_config, "array_key", "")), max_count=declared_max
-        )
+        loaded = arrays.load_counts(path, array_key=data_config.array_key, max_count=declared_max)
         image_shape = tuple(int(d) for d in loaded.counts.shape[1:])
         validation.check_image_size(image_shape, size_divisor, source=loaded.source)
-        num_test = _integer(data_config, "num_test", 0, 0)
+        num_test = data_config.num_test
         train_indices, test_indices = fixed_split(
             len(loaded.counts), num_test, source=loaded.source, split_seed=COUNTS_SPLIT_SEED
         )
@@ -148,7 +127,7 @@ def load_dataset(
         validation.check_image_size(
             spec.image_shape, size_divisor, source=f"{name} (TFDS {spec.tfds_name!r})"
         )
-        data_dir = str(_field(data_config, "data_dir", ""))
+        data_dir = data_config.data_dir
         spec, train, test = tfds_source.load_tfds_splits(name, data_dir)
         dataset = CountDataset(
             name=name,
@@ -157,7 +136,7 @@ def load_dataset(
             train_source=train,
             test_source=test,
             origin=tfds_source.resolve_data_dir(data_dir),
-            random_flip=random_flip and spec.random_flip,
+            random_flip=data_config.random_flip and spec.random_flip,
             **common,
         )
     return dataset

@@ -54,7 +54,6 @@ INPUT_TRANSFORMS = ("reference", "scaled")
 OUTPUT_TRANSFORMS = ("softplus", "bounded_sigmoid")
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 NONLINEARITIES = tuple(layers.ACTIVATIONS)
-NORMALIZATIONS = ("GroupNorm",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,8 +61,8 @@ class NCSNppConfig:
     """Every setting of the network; the defaults are the CIFAR-10 reference network.
 
     Fields as in the ``model`` section of the experiment config (``configs/default.py``);
-    ``nonlinearity`` and ``normalization`` are fixed to the reference (swish, GroupNorm) unless
-    given.
+    ``nonlinearity`` is fixed to the reference (swish) unless given; the normalisation is always
+    GroupNorm, as in the reference.
     """
 
     name: str = "ncsnpp"
@@ -89,7 +88,6 @@ class NCSNppConfig:
     output_transform: str = "softplus"
     dtype: str = "float32"
     nonlinearity: str = "swish"
-    normalization: str = "GroupNorm"
 
     @property
     def num_levels(self) -> int:
@@ -192,7 +190,6 @@ def parse_config(model_config: Mapping[str, Any] | NCSNppConfig) -> NCSNppConfig
     _check_choice("output_transform", cfg["output_transform"], OUTPUT_TRANSFORMS)
     _check_choice("dtype", cfg["dtype"], tuple(COMPUTE_DTYPES))
     _check_choice("nonlinearity", cfg["nonlinearity"], NONLINEARITIES)
-    _check_choice("normalization", cfg["normalization"], NORMALIZATIONS)
     for field in ("skip_rescale", "resamp_with_conv", "fir"):
         if not isinstance(cfg[field], (bool, np.bool_)):
             _fail(field, "True or False", cfg[field])

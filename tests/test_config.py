@@ -1,7 +1,9 @@
-"""Tests of the experiment configs (configs/*.py) and blackout_jax.config_validation."""
+"""Tests of the experiment configs (configs/*.py) and the typed config of blackout_jax.config."""
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import importlib
 import pathlib
 import sys
@@ -9,7 +11,8 @@ import types
 
 import pytest
 
-from blackout_jax import config_validation, models, train
+from blackout_jax import config as config_lib
+from blackout_jax import models, network
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -42,16 +45,54 @@ def test_every_config_loads_and_validates(name):
     config = _config(name)
     if name == "counts":
         with pytest.raises(ValueError, match="data.path"):
-            config_validation.validate_config(config)
+            config_lib.validate_config(config)
         config.data.path = "/data/my_counts.npz"
-    config_validation.validate_config(config, device_count=1)
-    assert set(config_validation.flatten_config(config)) == set(config_validation.SCHEMA)
+    typed = config_lib.validate_config(config, device_count=1)
+    assert isinstance(typed, config_lib.ExperimentConfig)
+    # Every field the file sets arrives in the typed config unchanged.
+    for section, values in config.to_dict().items():
+        if section == "seed":
+            assert typed.seed == values
+            continue
+        for key, value in values.items():
+            got = getattr(getattr(typed, section), key)
+            assert got == (tuple(value) if isinstance(value, list) else value), (section, key)
 
 
-def test_the_schema_is_exactly_the_default_config():
-    assert set(config_validation.flatten_config(_config("default"))) == set(
-        config_validation.SCHEMA
-    )
+def test_the_default_config_is_every_typed_field():
+    default = _config("default").to_dict()
+    typed = config_lib.ExperimentConfig()
+    for section, values in default.items():
+        if section == "seed":
+            continue
+        declared = {f.name for f in dataclasses.fields(getattr(typed, section))}
+        assert set(values) == declared - {"nonlinearity"}, section
+
+
+def _attribute_names_read(root: pathlib.Path, skip: set[str]) -> set[str]:
+    names = set()
+    for path in root.rglob("*.py"):
+        if path.name in skip:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Load):
+                names.add(node.attr)
+    return names
+
+
+def test_every_config_field_is_read_by_the_code():
+    """No field is defined that nothing reads: each name is read as an attribute somewhere in
+    the package other than where it is declared."""
+    read = _attribute_names_read(REPO_ROOT / "blackout_jax", skip={"config.py"})
+    typed = config_lib.ExperimentConfig()
+    unread = [
+        f"{section.name}.{field.name}"
+        for section in dataclasses.fields(typed)
+        if dataclasses.is_dataclass(getattr(typed, section.name))
+        for field in dataclasses.fields(getattr(typed, section.name))
+        if field.name not in read
+    ]
+    assert unread == []
 
 
 def test_digits_is_the_default():
@@ -76,7 +117,9 @@ def test_reference_settings():
 def test_cifar10_network_has_the_reference_parameter_count():
     config = _config("cifar10")
     data = types.SimpleNamespace(image_shape=(32, 32, 3), max_count=255)
-    abstract = train.abstract_model(config, data)  # shapes only, no 62M initialisation
+    abstract = network.abstract_model(
+        config_lib.parse(config), data
+    )  # shapes only, no 62M initialisation
     assert models.count_parameters(abstract) == 62_693_251
 
 
@@ -104,27 +147,53 @@ def test_impossible_values_name_the_field(field, value, message):
     section, _, key = field.rpartition(".")
     (config[section] if section else config)[key] = value
     with pytest.raises(ValueError, match=message):
-        config_validation.validate_config(config)
+        config_lib.validate_config(config)
 
 
 def test_batch_must_split_over_the_devices():
     config = _config("default")
     config.training.batch_size = 12
-    config_validation.validate_config(config, device_count=4)
+    config_lib.validate_config(config, device_count=4)
     with pytest.raises(ValueError, match="training.batch_size must be divisible by the device"):
-        config_validation.validate_config(config, device_count=8)
+        config_lib.validate_config(config, device_count=8)
     config.training.batch_size = 16
     config.eval.batch_size = 20
     with pytest.raises(ValueError, match="eval.batch_size must be divisible by the device"):
-        config_validation.validate_config(config, device_count=8)
+        config_lib.validate_config(config, device_count=8)
 
 
 def test_unknown_and_missing_fields_are_named():
     config = _config("default").to_dict()
     config["training"]["lr"] = 1e-3
     with pytest.raises(ValueError, match="training.lr is unknown"):
-        config_validation.validate_config(config)
+        config_lib.validate_config(config)
+    config = _config("default").to_dict()
+    config["optimiser"] = {}
+    with pytest.raises(ValueError, match="optimiser is unknown"):
+        config_lib.validate_config(config)
+
+
+def test_missing_fields_take_their_defaults_and_the_typed_config_is_frozen():
     config = _config("default").to_dict()
     del config["eval"]["num_grid_samples"]
-    with pytest.raises(ValueError, match="eval.num_grid_samples is missing"):
-        config_validation.validate_config(config)
+    typed = config_lib.parse(config)
+    assert typed.eval.num_grid_samples == config_lib.EvalConfig().num_grid_samples
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        typed.eval.num_grid_samples = 3  # type: ignore[misc]
+    assert config_lib.parse(typed) is typed
+
+
+def test_describe_lists_every_field_with_its_value():
+    text = config_lib.describe(config_lib.parse(_config("tiny")))
+    assert "training.num_steps = 6  # training steps" in text
+    assert "model.nf = 8" in text
+    assert (
+        len(text.splitlines())
+        == len(config_lib.ExperimentConfig().to_dict()["model"])
+        + sum(
+            len(v)
+            for k, v in config_lib.ExperimentConfig().to_dict().items()
+            if k != "model" and isinstance(v, dict)
+        )
+        + 1
+    )

@@ -1,0 +1,341 @@
+"""The experiment config, typed: one frozen dataclass per section, the single source of truth.
+
+Every field, its type, its default (the digits run) and its allowed values are declared here
+once. ``configs/default.py`` turns the defaults into an ``ml_collections.ConfigDict``; the other
+files in ``configs/`` override it; the command line overrides them again
+(``--config.training.num_steps=2000``). :func:`parse` then builds an :class:`ExperimentConfig`
+from the ConfigDict, checking every field, and the run layer reads only that typed object.
+
+Sections: ``data`` (:class:`DataConfig`), ``diffusion`` (:class:`DiffusionConfig`), ``model``
+(the network's own :class:`blackout_jax.models.NCSNppConfig`, checked by
+:func:`blackout_jax.models.parse_config`), ``training`` (:class:`TrainingConfig`), ``eval``
+(:class:`EvalConfig`), ``sampling`` (:class:`SamplingConfig`) and the top-level ``seed``.
+:func:`describe` prints every field with its value and meaning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from blackout_jax.data import DATASET_NAMES
+from blackout_jax.losses import WEIGHTINGS
+from blackout_jax.models import NCSNppConfig, parse_config
+from blackout_jax.models.ncsnpp import CIFAR10_REFERENCE
+from blackout_jax.sampling import METHODS
+
+SAMPLE_METRICS = ("auto", "digits", "inception", "none")
+
+
+def setting(
+    default: Any,
+    doc: str,
+    *,
+    choices: tuple[str, ...] | None = None,
+    minimum: float | None = None,
+    strictly_above: float | None = None,
+    below: float | None = None,
+) -> Any:
+    """A config field: its default, its meaning and the bounds :func:`parse` checks."""
+    metadata = {
+        "doc": doc,
+        "choices": choices,
+        "minimum": minimum,
+        "strictly_above": strictly_above,
+        "below": below,
+    }
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the counts come from (:func:`blackout_jax.data.load_dataset`)."""
+
+    name: str = setting("digits", "the dataset", choices=DATASET_NAMES)
+    data_dir: str = setting("", "TFDS data directory ('' = $TFDS_DATA_DIR or TFDS's default)")
+    path: str = setting("", "own counts: an .npy/.npz file or a PNG folder (data.name 'counts')")
+    array_key: str = setting("", "the array in an .npz file ('' = the first one)")
+    max_count: int = setting(
+        16, "largest count N; 0 = infer from the data ('counts' only)", minimum=0
+    )
+    num_test: int = setting(297, "held-out examples split off ('digits' and 'counts')", minimum=0)
+    random_flip: bool = setting(False, "random left-right flips in training (cifar10, celeba64)")
+    prefetch: int = setting(2, "training batches prepared ahead", minimum=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionConfig:
+    """The death process and the training loss (DESIGN §2)."""
+
+    t_end: float = setting(10.0, "end time of the death process", strictly_above=0.0)
+    num_steps: int = setting(1000, "T, observation times of the reference grid", minimum=1)
+    weighting: str = setting("elbo", "loss weighting w(t)", choices=WEIGHTINGS)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """The optimiser, the EMA and the loop's periods."""
+
+    num_steps: int = setting(1000, "training steps", minimum=1)
+    batch_size: int = setting(128, "global batch size", minimum=1)
+    learning_rate: float = setting(1e-3, "Adam learning rate", strictly_above=0.0)
+    warmup_steps: int = setting(
+        200, "linear learning-rate warm-up over this many updates (0 = none)", minimum=0
+    )
+    grad_clip_norm: float = setting(
+        1.0, "clip gradients to this global norm (0 = no clipping)", minimum=0.0
+    )
+    ema_decay: float = setting(
+        0.999,
+        "EMA decay cap; update s uses min(ema_decay, (1 + s) / (10 + s))",
+        minimum=0.0,
+        below=1.0,
+    )
+    log_every: int = setting(50, "steps between metrics rows", minimum=1)
+    eval_every: int = setting(500, "steps between evaluations (and at the end)", minimum=1)
+    checkpoint_every: int = setting(250, "steps between checkpoints (and at the end)", minimum=1)
+    keep_checkpoints: int = setting(3, "how many of the latest checkpoints to keep", minimum=1)
+    keep_every: int = setting(0, "also keep every K-th step's checkpoint (0 = off)", minimum=0)
+    max_consecutive_nonfinite: int = setting(
+        20, "stop after this many skipped non-finite updates in a row", minimum=1
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """The held-out loss, the likelihood bound and the sample metrics."""
+
+    num_examples: int = setting(
+        0, "held-out examples evaluated during training (0 = the whole split)", minimum=0
+    )
+    num_time_samples: int = setting(16, "stratified time draws per example (bound)", minimum=1)
+    batch_size: int = setting(256, "examples per evaluation batch", minimum=1)
+    num_grid_samples: int = setting(64, "samples in the PNG grid of each evaluation", minimum=0)
+    sample_metrics: str = setting(
+        "auto",
+        "--mode=evaluate: auto = digits classifier for digits, Inception for images, none else",
+        choices=SAMPLE_METRICS,
+    )
+    inception_weights: str = setting(
+        "", "local Inception weights file ('' = $BLACKOUT_JAX_INCEPTION_WEIGHTS or default)"
+    )
+    reference_cache_dir: str = setting(
+        "", "cached training-set statistics ('' = ~/.cache/blackout_jax/reference)"
+    )
+    kid_subset_size: int = setting(1000, "KID subset size", minimum=2)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """The sampler of the sample/evaluate/impute commands and of the training-time grids."""
+
+    num_samples: int = setting(64, "samples drawn by --mode=sample/evaluate", minimum=1)
+    num_steps: int = setting(100, "sampler steps K", minimum=1)
+    method: str = setting("binomial_bridge", "sampler", choices=METHODS)
+    batch_size: int = setting(64, "samples per compiled call (one chunk)", minimum=1)
+    checkpoint_step: int = setting(-1, "checkpoint to use (-1 = the latest)", minimum=-1)
+    impute_resamples: int = setting(
+        1, "--mode=impute: takes of each step, thinned back between takes", minimum=1
+    )
+    impute_particles: int = setting(
+        5, "--mode=impute: particles per example, reweighted and resampled", minimum=1
+    )
+
+
+DIGITS_MODEL = dataclasses.replace(
+    CIFAR10_REFERENCE,
+    nf=32,
+    ch_mult=(1, 2, 2),
+    num_res_blocks=1,
+    attn_resolutions=(4,),
+)
+"""The network of the digits run: the reference NCSN++ at width 32, three levels, one block."""
+
+_SECTION_TYPES: dict[str, type] = {
+    "data": DataConfig,
+    "diffusion": DiffusionConfig,
+    "model": NCSNppConfig,
+    "training": TrainingConfig,
+    "eval": EvalConfig,
+    "sampling": SamplingConfig,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """A whole experiment; build it with :func:`parse`."""
+
+    seed: int = setting(0, "seeds the initialisation, the data order and every draw", minimum=0)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
+    model: NCSNppConfig = dataclasses.field(default_factory=lambda: DIGITS_MODEL)
+    training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict (JSON-ready; tuples become lists in JSON)."""
+        return dataclasses.asdict(self)
+
+
+# Network fields that no config file sets: they stay at the reference values.
+_FIXED_MODEL_FIELDS = ("nonlinearity",)
+
+
+def default_dict() -> dict[str, Any]:
+    """Every config field with its default, as nested dicts (``configs/default.py`` uses it)."""
+    values = ExperimentConfig().to_dict()
+    for name in _FIXED_MODEL_FIELDS:
+        del values["model"][name]
+    return values
+
+
+def _fail(field: str, requirement: str, value: Any) -> None:
+    raise ValueError(f"config field {field} must be {requirement}, got {value!r}")
+
+
+def _check_value(name: str, field: dataclasses.Field, value: Any) -> Any:
+    """Check one scalar field against its annotation and bounds; return it normalised."""
+    kind = _ANNOTATIONS[field.type]
+    meta = field.metadata
+    if kind is bool:
+        if not isinstance(value, bool):
+            _fail(name, "True or False", value)
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            _fail(name, "a string", value)
+        if meta["choices"] is not None and value not in meta["choices"]:
+            _fail(name, f"one of {meta['choices']}", value)
+        return value
+    numeric = (int,) if kind is int else (int, float)
+    parts = ["an int" if kind is int else "a finite number"]
+    if meta["minimum"] is not None:
+        parts.append(f">= {meta['minimum']}")
+    if meta["strictly_above"] is not None:
+        parts.append(f"> {meta['strictly_above']}")
+    if meta["below"] is not None:
+        parts.append(f"< {meta['below']}")
+    requirement = " ".join(parts)
+    if isinstance(value, bool) or not isinstance(value, numeric):
+        _fail(name, requirement, value)
+    if (
+        not math.isfinite(value)
+        or (meta["minimum"] is not None and value < meta["minimum"])
+        or (meta["strictly_above"] is not None and value <= meta["strictly_above"])
+        or (meta["below"] is not None and value >= meta["below"])
+    ):
+        _fail(name, requirement, value)
+    return kind(value)
+
+
+_ANNOTATIONS = {"int": int, "float": float, "bool": bool, "str": str}
+
+
+def _plain(config: Any) -> dict[str, Any]:
+    if hasattr(config, "to_dict"):
+        return dict(config.to_dict())
+    if isinstance(config, Mapping):
+        return dict(config)
+    raise ValueError(f"config must be a ConfigDict or a mapping, got {type(config).__name__}")
+
+
+def _build_section(section: str, cls: type, values: Mapping[str, Any]) -> Any:
+    known = {field.name: field for field in dataclasses.fields(cls)}
+    for key in values:
+        if key not in known:
+            raise ValueError(
+                f"config field {section}.{key} is unknown; the fields of {section} are "
+                f"{sorted(known)} (see blackout_jax/config.py)"
+            )
+    kwargs = {key: _check_value(f"{section}.{key}", known[key], v) for key, v in values.items()}
+    return cls(**kwargs)
+
+
+def parse(config: Any) -> ExperimentConfig:
+    """The typed :class:`ExperimentConfig` of a ConfigDict or nested mapping, every field checked.
+
+    Missing fields take their defaults; an :class:`ExperimentConfig` is returned unchanged.
+
+    Raises:
+      ValueError: an unknown field, a value of the wrong type or out of range; the message
+        names the field (``training.batch_size``) and the value.
+    """
+    if isinstance(config, ExperimentConfig):
+        return config
+    values = _plain(config)
+    for key in values:
+        if key != "seed" and key not in _SECTION_TYPES:
+            raise ValueError(
+                f"config field {key} is unknown; the config sections are "
+                f"{sorted(_SECTION_TYPES)} and seed"
+            )
+    sections: dict[str, Any] = {}
+    for section, cls in _SECTION_TYPES.items():
+        given = values.get(section, {})
+        if not isinstance(given, Mapping) and not hasattr(given, "to_dict"):
+            raise ValueError(f"config field {section} must be a section, got {given!r}")
+        given = _plain(given)
+        if cls is NCSNppConfig:
+            sections[section] = parse_config(dataclasses.asdict(DIGITS_MODEL) | given)
+        else:
+            sections[section] = _build_section(section, cls, given)
+    seed_field = next(f for f in dataclasses.fields(ExperimentConfig) if f.name == "seed")
+    seed = _check_value("seed", seed_field, values.get("seed", 0))
+    experiment = ExperimentConfig(seed=seed, **sections)
+    _check_across_fields(experiment)
+    return experiment
+
+
+def _check_across_fields(config: ExperimentConfig) -> None:
+    data = config.data
+    if data.name == "counts" and not data.path:
+        raise ValueError(
+            "config field data.path must name your counts file (.npy/.npz) or PNG folder "
+            "when data.name is 'counts', got ''"
+        )
+    if data.max_count == 0 and data.name != "counts":
+        raise ValueError(
+            "config field data.max_count must be >= 1 (0 = infer from the data is only for "
+            f"data.name 'counts'), got 0 for data.name {data.name!r}"
+        )
+
+
+def check_devices(config: ExperimentConfig, device_count: int, process_count: int) -> None:
+    """The global training and evaluation batches must split evenly over devices and processes.
+
+    Raises:
+      ValueError: naming the batch-size field, the count and the value.
+    """
+    for name, value in (
+        ("training.batch_size", config.training.batch_size),
+        ("eval.batch_size", config.eval.batch_size),
+    ):
+        for count, what in ((device_count, "device count"), (process_count, "process count")):
+            if value % count:
+                raise ValueError(
+                    f"config field {name} must be divisible by the {what} {count}, got {value}"
+                )
+
+
+def validate_config(config: Any, device_count: int = 1, process_count: int = 1) -> ExperimentConfig:
+    """:func:`parse` plus :func:`check_devices`; returns the typed config."""
+    experiment = parse(config)
+    check_devices(experiment, device_count, process_count)
+    return experiment
+
+
+def describe(config: ExperimentConfig) -> str:
+    """Every field as ``section.field = value  # meaning``, one per line."""
+    lines = []
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if not dataclasses.is_dataclass(value):
+            lines.append(f"{field.name} = {value!r}  # {field.metadata['doc']}")
+            continue
+        for inner in dataclasses.fields(value):
+            doc = inner.metadata.get("doc", "the network (blackout_jax.models.NCSNppConfig)")
+            lines.append(f"{field.name}.{inner.name} = {getattr(value, inner.name)!r}  # {doc}")
+    return "\n".join(lines)

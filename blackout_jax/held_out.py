@@ -1,0 +1,129 @@
+"""Per-example quantities over a whole dataset: the likelihood bound and the held-out loss.
+
+:func:`map_over_batches` is the one loop that pads, batches, shards and trims; the training
+evaluations and ``--mode=evaluate`` both compute the bound through :func:`bound_over`, and the
+held-out loss through :func:`loss_over`.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from blackout_jax import likelihood, losses, parallel
+
+Array = jax.Array
+
+
+def batch_sharding_for(size: int) -> jax.sharding.Sharding:
+    """Split a batch of ``size`` over every device when it divides evenly, else replicate it."""
+    mesh = parallel.create_mesh()
+    if size % jax.device_count() == 0:
+        return parallel.batch_sharding(mesh)
+    return parallel.replicated_sharding(mesh)
+
+
+def map_over_batches(
+    compute_batch: Callable[[Array, int], Array], examples: np.ndarray, *, batch_size: int
+) -> np.ndarray:
+    """``compute_batch(batch, index) -> (batch_size,)`` over ``examples`` in batches, trimmed.
+
+    ``examples`` (every host holds all of them) is cut into batches of ``batch_size``, the last
+    padded with zeros; batch ``index`` covers rows ``[index B, (index + 1) B)`` and is split over
+    the devices (:func:`batch_sharding_for`).
+
+    Returns:
+      ``(len(examples),)`` NumPy array of per-example values (padding dropped).
+    """
+    examples = np.asarray(examples)
+    num = examples.shape[0]
+    padded = -(-num // batch_size) * batch_size
+    padding = np.zeros((padded - num, *examples.shape[1:]), examples.dtype)
+    batches = np.concatenate([examples, padding]).reshape(-1, batch_size, *examples.shape[1:])
+    sharding = batch_sharding_for(batch_size)
+    values = [
+        compute_batch(parallel.shared_array(batch, sharding), index)
+        for index, batch in enumerate(batches)
+    ]
+    return np.concatenate(parallel.to_host(values))[:num]
+
+
+def bound_over(
+    key: Array,
+    predict_fn: Callable[[Array, Array], Array],
+    examples: np.ndarray,
+    *,
+    batch_size: int,
+    t_end: float,
+    max_count: int,
+    num_time_samples: int,
+) -> np.ndarray:
+    """:func:`blackout_jax.nll_bound` (nats) of every example; batch ``i`` keyed ``fold_in(key, i)``.
+
+    Returns:
+      ``(len(examples),)`` float array of bounds in nats (:func:`blackout_jax.bits_per_dim`
+      turns them into bits per count).
+    """
+
+    def bound(batch: Array, index: int) -> Array:
+        return likelihood.nll_bound(
+            jax.random.fold_in(key, index),
+            predict_fn,
+            batch,
+            t_end=t_end,
+            max_count=max_count,
+            num_time_samples=num_time_samples,
+        )
+
+    return map_over_batches(bound, examples, batch_size=batch_size)
+
+
+@functools.partial(jax.jit, static_argnames=("weighting", "t_end", "num_steps"))
+def _batch_loss(
+    key: Array,
+    predict_fn: Callable[[Array, Array], Array],
+    batch: Array,
+    first_index: Array,
+    *,
+    weighting: str,
+    t_end: float,
+    num_steps: int,
+) -> Array:
+    indices = first_index.astype(jnp.uint32) + jnp.arange(batch.shape[0], dtype=jnp.uint32)
+    return losses.training_loss(
+        losses.example_keys(key, indices),
+        predict_fn,
+        batch,
+        weighting=weighting,
+        t_end=t_end,
+        num_steps=num_steps,
+    )
+
+
+def loss_over(
+    key: Array,
+    predict_fn: jax.tree_util.Partial,
+    examples: np.ndarray,
+    *,
+    batch_size: int,
+    weighting: str,
+    t_end: float,
+    num_steps: int,
+) -> np.ndarray:
+    """:func:`blackout_jax.training_loss` of every example; example ``g`` keyed ``fold_in(key, g)``.
+
+    ``predict_fn`` must be a pytree (:func:`blackout_jax.models.make_predict_fn`), so one
+    compilation serves every parameter value.
+    """
+
+    def loss(batch: Array, index: int) -> Array:
+        first = jnp.asarray(index * batch_size, jnp.uint32)
+        return _batch_loss(
+            key, predict_fn, batch, first, weighting=weighting, t_end=t_end, num_steps=num_steps
+        )
+
+    return map_over_batches(loss, examples, batch_size=batch_size)

@@ -1,0 +1,60 @@
+"""The network of an experiment: built from the typed config and the data's shape.
+
+The run layer's one place that turns ``config.model`` + the dataset into an NCSN++
+(:func:`model_factory`), into its shapes only (:func:`abstract_model`, no memory, no compute),
+or into the parts a restore needs (:func:`network_parts`).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+from flax import nnx
+
+from blackout_jax import models
+from blackout_jax.config import ExperimentConfig
+
+
+def model_factory(config: ExperimentConfig, dataset: Any) -> Callable[[], nnx.Module]:
+    """A no-argument function building the network of ``config`` for ``dataset``'s examples."""
+    return functools.partial(
+        models.create_model,
+        config.model,
+        image_shape=tuple(int(d) for d in dataset.image_shape),
+        max_count=int(dataset.max_count),
+        t_end=config.diffusion.t_end,
+        num_steps=config.diffusion.num_steps,
+        seed=config.seed,
+    )
+
+
+def abstract_model(config: ExperimentConfig, dataset: Any) -> nnx.Module:
+    """The network with shapes only (``nnx.eval_shape``); building it checks the model fields
+    against the data (errors name ``model.<field>``)."""
+    return nnx.eval_shape(model_factory(config, dataset))
+
+
+def network_parts(
+    config: ExperimentConfig, dataset: Any, sharding: jax.sharding.Sharding
+) -> tuple[nnx.GraphDef, Any, Any]:
+    """``(graphdef, abstract_params, rest)`` without initialising the parameters.
+
+    ``abstract_params`` are ``jax.ShapeDtypeStruct`` leaves on ``sharding`` (a restore target);
+    ``rest`` holds the network's non-parameter variables (e.g. fixed Fourier features), computed
+    by a compiled initialisation from which XLA drops the unused parameter draws.
+    """
+    factory = model_factory(config, dataset)
+    graphdef, abstract_params, _ = nnx.split(nnx.eval_shape(factory), nnx.Param, ...)
+    abstract_params = jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+        abstract_params,
+    )
+
+    def build_rest() -> Any:
+        return nnx.split(factory(), nnx.Param, ...)[2]
+
+    rest = jax.jit(build_rest, out_shardings=sharding)()
+    return graphdef, abstract_params, rest

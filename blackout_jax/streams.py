@@ -1,0 +1,30 @@
+"""The random streams of a run: every key of the run layer derives from ``seed`` through here.
+
+``stream_key(seed, Stream.X) = fold_in(key(seed), X)``; each command and each part of training
+draws from its own stream, so adding draws to one never changes another's.
+"""
+
+from __future__ import annotations
+
+import enum
+
+import jax
+
+
+class Stream(enum.IntEnum):
+    """Streams folded into the seed's key."""
+
+    TRAINING = 1  # every draw of the training steps (times, n_t, dropout)
+    EVAL = 2  # the evaluations during training (held-out loss, bound, sample grids)
+    SAMPLE = 3  # --mode=sample (and the samples of --mode=evaluate)
+    EVALUATE = 4  # the bound of --mode=evaluate
+    IMPUTE = 5  # --mode=impute
+
+
+DROPOUT_STREAM = 0x64726F70
+"""Folded into a training step's key for the dropout masks."""
+
+
+def stream_key(seed: int, stream: Stream) -> jax.Array:
+    """``fold_in(key(seed), stream)``: the base key of one stream."""
+    return jax.random.fold_in(jax.random.key(seed), int(stream))
