@@ -62,7 +62,7 @@ def bound_over(
     max_count: int,
     num_time_samples: int,
 ) -> np.ndarray:
-    """:func:`blackout_jax.nll_bound` (nats) of every example; batch ``i`` keyed ``fold_in(key, i)``.
+    """:func:`blackout_jax.nll_bound` (nats) per example; batch ``i`` keyed ``fold_in(key, i)``.
 
     Returns:
       ``(len(examples),)`` float array of bounds in nats (:func:`blackout_jax.bits_per_dim`
