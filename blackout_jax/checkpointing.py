@@ -48,6 +48,21 @@ def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
+def check_metadata(metadata: dict[str, Any], dataset: Any, workdir: str) -> None:
+    """Raise ``ValueError`` when a checkpoint's ``max_count`` or ``image_shape`` differ from
+    ``dataset``'s (the checkpoint was trained on other data)."""
+    for name, current in (
+        ("max_count", int(dataset.max_count)),
+        ("image_shape", [int(d) for d in dataset.image_shape]),
+    ):
+        saved = metadata.get(name)
+        if saved is not None and saved != current:
+            raise ValueError(
+                f"the checkpoint in {workdir} was trained with {name}={saved}, but the data now "
+                f"has {name}={current}; use a new --workdir for different data"
+            )
+
+
 def _registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
     """Which orbax handler reads and writes each item."""
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()

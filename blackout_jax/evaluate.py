@@ -41,7 +41,6 @@ from blackout_jax import (
 from blackout_jax import config as config_lib
 from blackout_jax.config import ExperimentConfig
 from blackout_jax.streams import Stream, stream_key
-from blackout_jax.train import check_restored_metadata, write_json
 
 INCEPTION_DATASETS = ("cifar10", "celeba64")
 
@@ -83,7 +82,7 @@ def load_trained_model(
         metadata = store.read_json(step, "metadata")
     finally:
         store.close()
-    check_restored_metadata(metadata, dataset, os.fspath(workdir))
+    checkpointing.check_metadata(metadata, dataset, os.fspath(workdir))
     return TrainedModel(
         step=step,
         predict_fn=models.make_predict_fn(graphdef, restored["ema_params"], rest),
@@ -203,7 +202,7 @@ def evaluate_run(config: Any, workdir: str | os.PathLike[str], dataset: Any) -> 
     path = Path(workdir, "eval", f"metrics_{model.step}.json")
     if parallel.is_primary():
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_json(path, results)
+        reporting.write_json(path, results)
     print(
         f"step {model.step}: {results['bits_per_dim']:.4f} ± {results['bits_per_dim_ci95']:.4f} "
         f"bits/dim on {len(nats)} held-out examples; wrote {path}"

@@ -51,6 +51,15 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def write_json(path: str | os.PathLike[str], payload: Any) -> None:
+    """Write ``payload`` as indented JSON through a temporary file and an atomic rename."""
+    temporary = f"{os.fspath(path)}.tmp"
+    with open(temporary, "w", encoding="utf-8") as file:
+        json.dump(payload, file, indent=2, sort_keys=True)
+        file.write("\n")
+    os.replace(temporary, path)
+
+
 class MetricsWriter:
     """Append metrics rows to ``WORKDIR/metrics.jsonl`` and TensorBoard; resume-aware.
 

@@ -38,7 +38,6 @@ samples (:func:`blackout_jax.generate.generate_samples`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import signal
 import threading
@@ -301,15 +300,6 @@ class _ShutdownFlag:
         self._previous.clear()
 
 
-def write_json(path: str | os.PathLike[str], payload: Any) -> None:
-    """Write ``payload`` as indented JSON through a temporary file and an atomic rename."""
-    temporary = f"{os.fspath(path)}.tmp"
-    with open(temporary, "w", encoding="utf-8") as file:
-        json.dump(payload, file, indent=2, sort_keys=True)
-        file.write("\n")
-    os.replace(temporary, path)
-
-
 class Evaluator:
     """Held-out loss, bits/dim and a sample grid with the EMA parameters."""
 
@@ -366,21 +356,6 @@ class Evaluator:
             method=self.config.sampling.method,
             chunk_size=self.config.sampling.batch_size,
         )
-
-
-def check_restored_metadata(metadata: dict[str, Any], dataset: Any, workdir: str) -> None:
-    """Raise ``ValueError`` when a checkpoint's ``max_count`` or ``image_shape`` differ from
-    ``dataset``'s (the checkpoint was trained on other data)."""
-    for name, current in (
-        ("max_count", int(dataset.max_count)),
-        ("image_shape", [int(d) for d in dataset.image_shape]),
-    ):
-        saved = metadata.get(name)
-        if saved is not None and saved != current:
-            raise ValueError(
-                f"the checkpoint in {workdir} was trained with {name}={saved}, but the data now "
-                f"has {name}={current}; use a new --workdir for different data"
-            )
 
 
 def open_checkpoints(workdir: str, training: TrainingConfig) -> checkpointing.CheckpointStore:
@@ -456,7 +431,7 @@ class Trainer:
         if latest is not None:
             target = checkpointing.abstract_like(trainer.state.as_dict(), trainer.replicated)
             restored = trainer.store.restore(latest, target)
-            check_restored_metadata(restored.metadata, dataset, workdir)
+            checkpointing.check_metadata(restored.metadata, dataset, workdir)
             trainer.state = TrainState(**restored.state)
             trainer.iterator.set_state(restored.data_iterator)
             trainer.start_step = restored.step
@@ -467,8 +442,8 @@ class Trainer:
     def _open_reports(self) -> None:
         if self.primary:
             os.makedirs(os.path.join(self.workdir, SAMPLES_DIR), exist_ok=True)
-            write_json(os.path.join(self.workdir, CONFIG_FILE), self.config.to_dict())
-            write_json(os.path.join(self.workdir, METADATA_FILE), self.metadata)
+            reporting.write_json(os.path.join(self.workdir, CONFIG_FILE), self.config.to_dict())
+            reporting.write_json(os.path.join(self.workdir, METADATA_FILE), self.metadata)
             self.writer = reporting.MetricsWriter(self.workdir, resume_step=self.start_step)
         self.progress = reporting.ProgressReporter(
             self.config.training.num_steps, self.start_step, enabled=self.primary
