@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 import blackout_jax as bj
-from blackout_jax import reporting
+from blackout_jax.run import reporting
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from blackout_jax import functional, losses, process, schedule, validation
+from blackout_jax import argument_checks, functional, losses, process, schedule
 
 Array = jax.Array
 PredictFn = Callable[[Array, Array], Array]
@@ -35,15 +35,15 @@ def prior_sample(key: Array, shape: tuple[int, ...], *, t_end: float, max_count:
 
     With the reference ``t_end = 15`` the rate is ``~ 4e-5`` per count: almost always zeros.
     """
-    validation.check_max_count(max_count)
-    validation.check_positive_scalar("t_end", t_end)
+    argument_checks.check_max_count(max_count)
+    argument_checks.check_positive_scalar("t_end", t_end)
     draws = jax.random.poisson(key, prior_rate(t_end=t_end, max_count=max_count), shape)
     return jnp.minimum(draws, max_count).astype(jnp.int32)
 
 
 def prior_log_prob(n: Array, *, t_end: float, max_count: int) -> Array:
     """Elementwise ``log Poisson(n; c p_{t_end})`` (float32, ``-inf`` off the support)."""
-    validation.check_max_count(max_count)
+    argument_checks.check_max_count(max_count)
     rate = prior_rate(t_end=t_end, max_count=max_count)
     n = jnp.asarray(n, jnp.float32)
     log_prob = jax.scipy.special.xlogy(n, rate) - rate - process.log_factorial(jnp.maximum(n, 0.0))
@@ -59,9 +59,9 @@ def prior_kl(n0: Array, *, t_end: float, max_count: int) -> Array:
     Raises:
       ValueError: (concrete inputs) ``n0`` invalid or above ``max_count``; ``t_end <= 0``.
     """
-    validation.check_max_count(max_count)
-    validation.check_counts("n0", n0, max_count)
-    validation.check_positive_scalar("t_end", t_end)
+    argument_checks.check_max_count(max_count)
+    argument_checks.check_counts("n0", n0, max_count)
+    argument_checks.check_positive_scalar("t_end", t_end)
     return _prior_kl(jnp.asarray(n0, jnp.float32), jnp.asarray(t_end, jnp.float32), max_count)
 
 
@@ -103,9 +103,9 @@ def nll_bound(
       max_count: largest count ``N``; the prior rate is ``(N / 2) p_{t_end}``.
       num_time_samples: Monte Carlo draws of ``u`` per example.
     """
-    validation.check_max_count(max_count)
-    validation.check_counts("n0", n0, max_count)
-    validation.check_positive_scalar("t_end", t_end)
+    argument_checks.check_max_count(max_count)
+    argument_checks.check_counts("n0", n0, max_count)
+    argument_checks.check_positive_scalar("t_end", t_end)
     if not isinstance(num_time_samples, int) or num_time_samples < 1:
         raise ValueError(f"num_time_samples must be an int >= 1, got {num_time_samples!r}")
     if isinstance(t_end, jax.core.Tracer):  # a traced end time cannot key the cache

@@ -13,7 +13,7 @@ Modes: ``train`` (default) trains or resumes; ``sample`` writes
 ``WORKDIR/eval/metrics_<step>.json``; ``impute`` completes the unobserved counts of an ``.npz``
 with arrays ``counts`` and ``mask`` (True = observed) into ``WORKDIR/imputed/``. The last three
 use the EMA parameters of checkpoint ``sampling.checkpoint_step`` (-1 = the latest); see
-:mod:`blackout_jax.evaluate`.
+:mod:`blackout_jax.run.inference`.
 
 Running the same command again resumes from the latest checkpoint in the run folder. Any config
 field can be overridden with ``--config.<section>.<field>=<value>``. Multi-host jobs start one
@@ -75,7 +75,7 @@ def main(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # keep the console for progress lines
 
-    from blackout_jax import parallel
+    from blackout_jax.run import parallel
 
     try:
         parallel.initialize_distributed(
@@ -88,8 +88,9 @@ def main(argv: list[str]) -> None:
 
     import jax
 
-    from blackout_jax import config as config_lib
-    from blackout_jax import data, network, train
+    from blackout_jax import data
+    from blackout_jax.run import config as config_lib
+    from blackout_jax.run import network, train
 
     workdir = _WORKDIR.value
     try:
@@ -112,7 +113,7 @@ def main(argv: list[str]) -> None:
             _fail(str(error), EXIT_TRAINING_FAILED)
         return
 
-    from blackout_jax import evaluate
+    from blackout_jax.run import inference
 
     if mode == "impute" and not _INPUT.value:
         _fail(
@@ -123,11 +124,11 @@ def main(argv: list[str]) -> None:
         _fail(f"no checkpoints in {workdir}: train first (--mode=train)", EXIT_USAGE_ERROR)
     try:
         if mode == "sample":
-            evaluate.sample_run(config, workdir, dataset)
+            inference.sample_run(config, workdir, dataset)
         elif mode == "evaluate":
-            evaluate.evaluate_run(config, workdir, dataset)
+            inference.evaluate_run(config, workdir, dataset)
         else:
-            evaluate.impute_run(config, workdir, dataset, _INPUT.value)
+            inference.impute_run(config, workdir, dataset, _INPUT.value)
     except (ValueError, FileNotFoundError) as error:
         _fail(str(error), EXIT_USAGE_ERROR)
 

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from blackout_jax import process, validation
+from blackout_jax import argument_checks, process
 
 Array = jax.Array
 _VIOLATION_PENALTY = 1.0e4  # nats per count above an example's value
@@ -37,7 +37,7 @@ def dataset_oracle(data: Array) -> Callable[[Array, Array], Array]:
       A ``jax.tree_util.Partial`` (the dataset travels as an argument, not a compiled constant).
       Memory per call is ``O(B * J * D)``, fine for thousands of small examples.
     """
-    validation.check_counts("data", data)
+    argument_checks.check_counts("data", data)
     data = jnp.asarray(data, jnp.float32)
     if data.ndim < 2 or data.shape[0] < 1:
         raise ValueError(f"data must have shape (J, ...) with J >= 1, got {data.shape}")

@@ -14,7 +14,7 @@ Every ``1 - exp(-x)`` is evaluated as ``-expm1(-x)``, so float32 stays accurate 
 Dtype rules: counts may be any integer or float dtype holding whole numbers; ``t`` and ``s``
 broadcast against them. Log-probabilities and rates are float32; samples keep the dtype of the
 counts they are drawn from (``n0``). Inputs are checked only when concrete (see
-:mod:`blackout_jax.validation`).
+:mod:`blackout_jax.argument_checks`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from blackout_jax import validation
+from blackout_jax import argument_checks
 
 Array = jax.Array
 
@@ -76,9 +76,9 @@ def forward_log_prob(nt: Array, n0: Array, t: Array) -> Array:
     Raises:
       ValueError: (concrete inputs) counts negative, non-whole or non-finite, or ``t < 0``.
     """
-    validation.check_counts("nt", nt)
-    validation.check_counts("n0", n0)
-    validation.check_times("t", t)
+    argument_checks.check_counts("nt", nt)
+    argument_checks.check_counts("n0", n0)
+    argument_checks.check_times("t", t)
     t = jnp.asarray(t, jnp.float32)
     return binomial_log_prob(nt, n0, -t, log_one_minus_survival(t))
 
@@ -89,8 +89,8 @@ def forward_sample(key: Array, n0: Array, t: Array) -> Array:
     Raises:
       ValueError: (concrete inputs) ``n0`` negative, non-whole or non-finite, or ``t < 0``.
     """
-    validation.check_counts("n0", n0)
-    validation.check_times("t", t)
+    argument_checks.check_counts("n0", n0)
+    argument_checks.check_times("t", t)
     n0 = jnp.asarray(n0)
     p = survival_probability(t)
     shape = jnp.broadcast_shapes(n0.shape, p.shape)
@@ -136,9 +136,9 @@ def bridge_log_prob(ns: Array, nt: Array, n0: Array, s: Array, t: Array) -> Arra
       ValueError: (concrete inputs) counts invalid, ``s < 0`` or ``s >= t``.
     """
     for name, counts in (("ns", ns), ("nt", nt), ("n0", n0)):
-        validation.check_counts(name, counts)
-    validation.check_times("s", s)
-    validation.check_earlier(s, t)
+        argument_checks.check_counts(name, counts)
+    argument_checks.check_times("s", s)
+    argument_checks.check_earlier(s, t)
     log_r, log_one_minus_r = _bridge_log_probabilities(s, t)
     ns = jnp.asarray(ns, jnp.float32)
     nt = jnp.asarray(nt, jnp.float32)
@@ -154,13 +154,13 @@ def bridge_sample(key: Array, nt: Array, n0: Array, s: Array, t: Array) -> Array
     Raises:
       ValueError: (concrete inputs) counts invalid, ``n_t > n_0``, ``s < 0`` or ``s >= t``.
     """
-    validation.check_counts("nt", nt)
-    validation.check_counts("n0", n0)
-    nt_values, n0_values = validation.concrete_value(nt), validation.concrete_value(n0)
+    argument_checks.check_counts("nt", nt)
+    argument_checks.check_counts("n0", n0)
+    nt_values, n0_values = argument_checks.concrete_value(nt), argument_checks.concrete_value(n0)
     if nt_values is not None and n0_values is not None:
-        validation.check_counts("n0 - nt", n0_values.astype(float) - nt_values.astype(float))
-    validation.check_times("s", s)
-    validation.check_earlier(s, t)
+        argument_checks.check_counts("n0 - nt", n0_values.astype(float) - nt_values.astype(float))
+    argument_checks.check_times("s", s)
+    argument_checks.check_earlier(s, t)
     nt = jnp.asarray(nt)
     r = bridge_probability(s, t)
     missing = jnp.asarray(n0, jnp.float32) - nt.astype(jnp.float32)

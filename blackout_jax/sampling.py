@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from blackout_jax import draws, functional, likelihood, process, validation
+from blackout_jax import argument_checks, draws, functional, likelihood, process
 
 Array = jax.Array
 PredictFn = Callable[[Array, Array], Array]
@@ -165,11 +165,11 @@ def impute(
         raise ValueError(
             f"observed must have the shape of counts {counts_shape}, got {np.shape(observed)}"
         )
-    observed_values = validation.concrete_value(observed)
+    observed_values = argument_checks.concrete_value(observed)
     if observed_values is not None and observed_values.dtype != np.bool_:
         raise ValueError(f"observed must be a boolean mask, got dtype {observed_values.dtype}")
     observed_values = jnp.asarray(observed, bool)
-    validation.check_counts("counts", jnp.where(observed_values, counts, 0), max_count)
+    argument_checks.check_counts("counts", jnp.where(observed_values, counts, 0), max_count)
     particles = int(particles)
     return _run_sampler(
         key,
@@ -192,10 +192,10 @@ def _check_sampler_arguments(
 ) -> None:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    validation.check_max_count(max_count)
+    argument_checks.check_max_count(max_count)
     if len(shape) < 1 or any(int(d) < 1 for d in shape):
         raise ValueError(f"shape must be a non-empty tuple of positive sizes, got {shape!r}")
-    validation.check_time_grid(times)
+    argument_checks.check_time_grid(times)
 
 
 @functools.partial(

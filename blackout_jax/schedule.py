@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from blackout_jax import validation
+from blackout_jax import argument_checks
 
 Array = jax.Array
 
@@ -57,7 +57,7 @@ def observation_times(num_steps: int, t_end: float) -> Array:
             raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     else:
         raise ValueError(f"num_steps must be a Python int, got {type(num_steps).__name__}")
-    validation.check_positive_scalar("t_end", t_end)
+    argument_checks.check_positive_scalar("t_end", t_end)
     if num_steps == 1:
         u = jnp.ones((1,), jnp.float32)
     else:

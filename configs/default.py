@@ -1,7 +1,7 @@
 """The default experiment: Blackout Diffusion on sklearn's digits (8x8, counts 0..16).
 
 Every config field, with its default, its meaning and its allowed values, is declared once in
-the typed sections of ``blackout_jax/config.py``; this file turns those defaults into the
+the typed sections of ``blackout_jax/run/config.py``; this file turns those defaults into the
 ``ml_collections.ConfigDict`` that the other files in ``configs/`` override. The digits data ships
 with scikit-learn, so this run needs no download and trains on a laptop CPU in minutes:
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from blackout_jax import config as config_lib
+from blackout_jax.run import config as config_lib
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -24,8 +24,9 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from blackout_jax import data, evaluate, generate, schedule
+from blackout_jax import data, schedule
 from blackout_jax.metrics import digits_features
+from blackout_jax.run import generate, inference
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config of the run.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder with checkpoints.")
@@ -68,9 +69,9 @@ def main(argv: list[str]) -> None:
     )
     if dataset.name != "digits":
         raise app.UsageError("the few-step study's quality metric is defined for digits runs")
-    model = evaluate.load_trained_model(config, _WORKDIR.value, dataset)
+    model = inference.load_trained_model(config, _WORKDIR.value, dataset)
     test = np.asarray(dataset.test_examples(None))
-    nats = evaluate.likelihood_over(
+    nats = inference.likelihood_over(
         model, test, batch_size=int(config.eval.batch_size), key=jax.random.key(0)
     )
     bits_per_dim = float(np.mean(nats)) / (math.prod(model.image_shape) * math.log(2.0))

@@ -1,4 +1,4 @@
-"""Tests of blackout_jax.checkpointing (orbax CheckpointManager with a keep policy)."""
+"""Tests of blackout_jax.run.checkpointing (orbax CheckpointManager with a keep policy)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from blackout_jax import checkpointing
+from blackout_jax.run import checkpointing
 
 
 def _state(value: float) -> dict:

@@ -1,4 +1,4 @@
-"""Tests of the experiment configs (configs/*.py) and the typed config of blackout_jax.config."""
+"""Tests of the experiment configs (configs/*.py) and the typed config (blackout_jax.run.config)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import types
 
 import pytest
 
-from blackout_jax import config as config_lib
-from blackout_jax import models, network
+from blackout_jax import models
+from blackout_jax.run import config as config_lib
+from blackout_jax.run import network
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:

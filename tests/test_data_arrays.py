@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from blackout_jax.config import DataConfig
-from blackout_jax.data import arrays, load_dataset, validation
+from blackout_jax.data import arrays, count_checks, load_dataset
+from blackout_jax.run.config import DataConfig
 
 
 def counts_config(path, **overrides) -> DataConfig:
@@ -262,11 +262,11 @@ def test_only_the_first_bad_value_is_named_with_a_count_of_the_rest():
     values[1, 0, 1, 0] = -1
     values[2, 1, 1, 0] = -5
     with pytest.raises(ValueError, match=r"x\[1, 0, 1, 0\] = .*-1.*\(1 more such values\)"):
-        validation.check_count_values(values, source="x")
+        count_checks.check_count_values(values, source="x")
 
 
 def test_check_count_values_returns_int32_with_channel_axis():
-    counts = validation.check_count_values(np.ones((2, 3, 4)), source="x", max_count=1)
+    counts = count_checks.check_count_values(np.ones((2, 3, 4)), source="x", max_count=1)
     assert counts.dtype == np.int32 and counts.shape == (2, 3, 4, 1)
 
 
@@ -274,4 +274,4 @@ def test_huge_counts_without_a_declared_max_are_refused():
     values = np.zeros((1, 2, 2, 1), np.int64)
     values[0, 1, 0, 0] = 2**40
     with pytest.raises(ValueError, match=r"x\[0, 1, 0, 0\].*int32"):
-        validation.check_count_values(values, source="x")
+        count_checks.check_count_values(values, source="x")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from blackout_jax.config import DataConfig
 from blackout_jax.data import digits, load_dataset
+from blackout_jax.run.config import DataConfig
 
 
 def digits_config(**overrides) -> DataConfig:

@@ -9,8 +9,8 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from blackout_jax.config import DataConfig
 from blackout_jax.data import MissingDatasetError, load_dataset, tfds_source
+from blackout_jax.run.config import DataConfig
 
 NUM_MOCK_EXAMPLES = 12
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from blackout_jax import train
+from blackout_jax.run import train
 from configs import tiny
 from tests.cli import run_main
 

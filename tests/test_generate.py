@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 import blackout_jax as bj
-from blackout_jax import generate
+from blackout_jax.run import generate
 from tests.cli import cpu_environment
 
 DATA = np.random.default_rng(5).integers(0, 5, size=(6, 2, 2, 1))
@@ -92,7 +92,7 @@ def test_samples_and_imputations_sharded_over_four_devices_equal_one_device():
         import json, jax, numpy as np
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
         import blackout_jax as bj
-        from blackout_jax import generate
+        from blackout_jax.run import generate
         data = np.random.default_rng(5).integers(0, 5, size=(6, 2, 2, 1))
         mesh = Mesh(np.array(jax.devices()), ("data",))
         out = generate.generate_samples(

@@ -10,14 +10,7 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from blackout_jax import (
-    METHODS,
-    dataset_oracle,
-    nll_bound,
-    observation_times,
-    prior_kl,
-    sample,
-)
+from blackout_jax import METHODS, dataset_oracle, nll_bound, observation_times, prior_kl, sample
 
 MAX_COUNT = 16
 T_END = 15.0

@@ -1,4 +1,4 @@
-"""Tests of blackout_jax.parallel and of training's independence from the device layout.
+"""Tests of blackout_jax.run.parallel and of training's independence from the device layout.
 
 20 training steps of ``configs/tiny.py`` through ``python -m blackout_jax.main`` give the same
 parameters (to float tolerance) on 1 device, on 8 forced host devices
@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 
-from blackout_jax import checkpointing, parallel, reporting
+from blackout_jax.run import checkpointing, parallel, reporting
 from tests.cli import cpu_environment
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -181,7 +181,7 @@ def test_two_processes_train_the_same_steps_as_one(runs):
 _COUNT_COLLECTIVES = """
 import json, sys
 from jax.experimental import multihost_utils
-from blackout_jax import parallel
+from blackout_jax.run import parallel
 parallel.initialize_distributed(
     coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
 calls = []
@@ -190,7 +190,7 @@ def counted(*args, **kwargs):
     calls.append(1)
     return gather(*args, **kwargs)
 multihost_utils.process_allgather = counted
-from blackout_jax import train
+from blackout_jax.run import train
 from configs import tiny
 counts = {}
 for num_steps in (4, 12):

@@ -1,4 +1,4 @@
-"""Tests of blackout_jax.reporting: metrics.jsonl, TensorBoard files, console lines, PNGs."""
+"""Tests of blackout_jax.run.reporting: metrics.jsonl, TensorBoard files, console lines, PNGs."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from blackout_jax import reporting
+from blackout_jax.run import reporting
 
 
 def _steps(rows: list[dict]) -> list[tuple[int, str]]:

@@ -8,14 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from blackout_jax import (
-    METHODS,
-    dataset_oracle,
-    impute,
-    observation_times,
-    sample,
-    subgrid,
-)
+from blackout_jax import METHODS, dataset_oracle, impute, observation_times, sample, subgrid
 
 MAX_COUNT = 16
 T_END = 15.0

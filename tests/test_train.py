@@ -1,4 +1,4 @@
-"""Tests of blackout_jax.train: the step, the EMA, skipped updates, and runs through main.
+"""Tests of blackout_jax.run.train: the step, the EMA, skipped updates, and runs through main.
 
 The end-to-end test drives ``python -m blackout_jax.main`` with ``configs/tiny.py`` through a
 SIGTERM (saves and exits 0), a restart, a SIGKILL and a second restart that finishes, and checks
@@ -21,8 +21,9 @@ import optax
 import pytest
 from flax import nnx
 
-from blackout_jax import checkpointing, data, reporting, train
-from blackout_jax.config import TrainingConfig
+from blackout_jax import data
+from blackout_jax.run import checkpointing, reporting, train
+from blackout_jax.run.config import TrainingConfig
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from blackout_jax.data import arrays, digits, tfds_source, validation
+from blackout_jax.data import arrays, count_checks, digits, tfds_source
 from blackout_jax.data.pipeline import (
     ArraySource,
     CountDataset,
@@ -65,7 +65,7 @@ def load_dataset(data_config: Any, *, seed: int, size_divisor: int = 1) -> Count
       data_config: the ``data`` section, read by attribute (the run layer's typed
         ``DataConfig``, or a ``ConfigDict``): ``name``, ``data_dir``, ``path``, ``array_key``,
         ``max_count``, ``num_test``, ``random_flip``, ``prefetch``; their types and bounds are
-        checked by the run layer's config (:mod:`blackout_jax.config`).
+        checked by the run layer's config (:mod:`blackout_jax.run.config`).
       seed: the default seed of the training stream (the held-out splits do not depend on it).
       size_divisor: H and W must be multiples of it (``2 ** (len(model.ch_mult) - 1)``).
 
@@ -86,7 +86,7 @@ def load_dataset(data_config: Any, *, seed: int, size_divisor: int = 1) -> Count
     if name == "digits":
         _check_fixed_max_count(name, declared_max, digits.MAX_COUNT)
         num_test = data_config.num_test
-        validation.check_image_size(digits.IMAGE_SHAPE, size_divisor, source=digits.SOURCE)
+        count_checks.check_image_size(digits.IMAGE_SHAPE, size_divisor, source=digits.SOURCE)
         train, test = digits.load_digits_split(num_test)
         dataset = CountDataset(
             name=name,
@@ -106,7 +106,7 @@ def load_dataset(data_config: Any, *, seed: int, size_divisor: int = 1) -> Count
             )
         loaded = arrays.load_counts(path, array_key=data_config.array_key, max_count=declared_max)
         image_shape = tuple(int(d) for d in loaded.counts.shape[1:])
-        validation.check_image_size(image_shape, size_divisor, source=loaded.source)
+        count_checks.check_image_size(image_shape, size_divisor, source=loaded.source)
         num_test = data_config.num_test
         train_indices, test_indices = fixed_split(
             len(loaded.counts), num_test, source=loaded.source, split_seed=COUNTS_SPLIT_SEED
@@ -124,7 +124,7 @@ def load_dataset(data_config: Any, *, seed: int, size_divisor: int = 1) -> Count
     else:
         spec = TFDS_DATASETS[name]
         _check_fixed_max_count(name, declared_max, spec.max_count)
-        validation.check_image_size(
+        count_checks.check_image_size(
             spec.image_shape, size_divisor, source=f"{name} (TFDS {spec.tfds_name!r})"
         )
         data_dir = data_config.data_dir

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from blackout_jax.data import validation
+from blackout_jax.data import count_checks
 
 ARRAY_SUFFIXES = (".npy", ".npz")
 PNG_MAX_COUNT = 255
@@ -168,7 +168,7 @@ def load_counts(
         (NaN or inf, non-integer, negative, above the declared ``max_count``), a wrong rank,
         an empty array, an unreadable file or an unusable PNG.
     """
-    validation.check_declared_max_count(max_count)
+    count_checks.check_declared_max_count(max_count)
     declared = int(max_count) if max_count > 0 else None
     if Path(path).is_dir():
         if array_key:
@@ -181,12 +181,12 @@ def load_counts(
         def locate(index: tuple[int, ...]) -> str:
             return f"{files[index[0]]}[{', '.join(str(i) for i in index[1:])}]"
 
-        counts = validation.check_count_values(
+        counts = count_checks.check_count_values(
             pixels, source=str(path), max_count=declared, locate=locate
         )
         return LoadedCounts(counts, declared or PNG_MAX_COUNT, False, str(path))
     values, source = read_array_file(path, array_key)
-    counts = validation.check_count_values(values, source=source, max_count=declared)
+    counts = count_checks.check_count_values(values, source=source, max_count=declared)
     if declared is not None:
         return LoadedCounts(counts, declared, False, source)
-    return LoadedCounts(counts, validation.infer_max_count(counts), True, source)
+    return LoadedCounts(counts, count_checks.infer_max_count(counts), True, source)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from blackout_jax.data import pipeline, validation
+from blackout_jax.data import count_checks, pipeline
 
 MAX_COUNT = 16
 IMAGE_SHAPE = (8, 8, 1)
@@ -25,7 +25,7 @@ def load_digit_counts() -> np.ndarray:
     from sklearn.datasets import load_digits
 
     images = load_digits().images  # float64 (1797, 8, 8), whole numbers 0..16
-    return validation.check_count_values(images, source=SOURCE, max_count=MAX_COUNT)
+    return count_checks.check_count_values(images, source=SOURCE, max_count=MAX_COUNT)
 
 
 def split_indices(num_examples: int, num_test: int) -> tuple[np.ndarray, np.ndarray]:

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from blackout_jax.data import validation
+from blackout_jax.data import count_checks
 
 _UINT64_MASK = (1 << 64) - 1
 _PERMUTATION_STREAM = 0x5045524D  # separates the epoch permutations from other seeded draws
@@ -86,7 +86,7 @@ def fixed_split(
     Raises:
       ValueError: ``num_test >= num_examples`` (naming ``source``) or ``num_test < 0``.
     """
-    validation.check_num_test(num_test, num_examples, source=source)
+    count_checks.check_num_test(num_test, num_examples, source=source)
     order = np.random.default_rng(split_seed).permutation(num_examples)
     return order[: num_examples - num_test], order[num_examples - num_test :]
 

@@ -3,8 +3,8 @@
 Writes a checkpoint of the CIFAR-10 reference network (62.7M parameters, Adam state, EMA) once,
 then loads it in fresh processes two ways and reports wall time and peak resident memory:
 
-* ``ema_only``: :func:`blackout_jax.evaluate.load_trained_model` (abstract network as the target,
-  only ``ema_params`` read from the checkpoint);
+* ``ema_only``: :func:`blackout_jax.run.inference.load_trained_model` (the abstract network as
+  the target, only ``ema_params`` read from the checkpoint);
 * ``whole_state``: initialise the whole train state (parameters, Adam moments, EMA) and restore
   every array of the checkpoint, then keep the EMA (what inference did before).
 
@@ -26,8 +26,8 @@ import types
 
 import jax
 
-from blackout_jax import config as config_lib
-from blackout_jax import evaluate, parallel, train
+from blackout_jax.run import config as config_lib
+from blackout_jax.run import inference, parallel, train
 
 MODES = ("ema_only", "whole_state")
 
@@ -58,7 +58,7 @@ def load(config_name: str, workdir: str, mode: str) -> dict[str, float]:
     config, dataset = _setup(config_name)
     start = time.perf_counter()
     if mode == "ema_only":
-        model = evaluate.load_trained_model(config, workdir, dataset)
+        model = inference.load_trained_model(config, workdir, dataset)
         leaves = jax.tree.leaves(model.predict_fn)
     else:
         replicated = parallel.replicated_sharding(parallel.create_mesh())

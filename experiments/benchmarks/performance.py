@@ -21,7 +21,7 @@ Prints one Markdown table (and progress lines on stderr). The rows:
    grid. The reference also keeps float64 tables of ``(T + 1) x 256 x 256`` entries on the
    device; their size is given by arithmetic beside the ``(N + 1)^2`` float32 table that
    blackout_jax builds inside each step.
-4. Training step: the exact step of :func:`blackout_jax.train.make_train_step`, jitted as
+4. Training step: the exact step of :func:`blackout_jax.run.train.make_train_step`, jitted as
    training jits it, for the ``configs/cifar10.py`` network at ``--train-batch`` (default 256
    on an accelerator, 4 on a CPU) in float32 and bfloat16 compute: compile time, images/s and
    achieved TFLOP/s from XLA's cost analysis (``compiled.cost_analysis()["flops"]``), and the
@@ -66,7 +66,8 @@ from network_speed import flops_of  # noqa: E402
 from sampler_overhead import median_seconds  # noqa: E402
 
 import blackout_jax as bj  # noqa: E402
-from blackout_jax import draws, models, parallel, train  # noqa: E402
+from blackout_jax import draws, models  # noqa: E402
+from blackout_jax.run import parallel, train  # noqa: E402
 from configs import cifar10 as cifar10_config  # noqa: E402
 from configs import digits as digits_config  # noqa: E402
 

@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from blackout_jax import likelihood, losses, parallel
+from blackout_jax import likelihood, losses
+from blackout_jax.run import parallel
 
 Array = jax.Array
 

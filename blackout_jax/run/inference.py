@@ -26,21 +26,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from blackout_jax import (
-    checkpointing,
-    generate,
-    held_out,
-    likelihood,
-    models,
-    network,
-    parallel,
-    reporting,
-    sampling,
-    schedule,
-)
-from blackout_jax import config as config_lib
-from blackout_jax.config import ExperimentConfig
-from blackout_jax.streams import Stream, stream_key
+from blackout_jax import likelihood, models, sampling, schedule
+from blackout_jax.run import checkpointing, generate, held_out, network, parallel, reporting
+from blackout_jax.run import config as config_lib
+from blackout_jax.run.config import ExperimentConfig
+from blackout_jax.run.streams import Stream, stream_key
 
 INCEPTION_DATASETS = ("cifar10", "celeba64")
 
@@ -277,7 +267,7 @@ def impute_run(
     """Complete the unobserved counts of ``input_path`` → ``imputed/imputed_<step>.npz`` + PNG.
 
     Chunk ``i`` of ``sampling.batch_size`` examples is imputed with ``fold_in(key, i)``
-    (:func:`blackout_jax.generate.run_in_chunks`), split over every device.
+    (:func:`blackout_jax.run.generate.run_in_chunks`), split over every device.
     """
     config = config_lib.parse(config)
     model = load_trained_model(config, workdir, dataset)

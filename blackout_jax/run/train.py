@@ -31,8 +31,8 @@ checks for a shutdown signal only at those boundaries (one process alone checks 
 
 Evaluation (every ``training.eval_every`` steps and at the end) uses the EMA parameters: the
 held-out loss (the training loss on the fixed held-out examples with a fixed key), the
-likelihood bound in bits/dim (:func:`blackout_jax.held_out.bound_over`) and a PNG grid of
-samples (:func:`blackout_jax.generate.generate_samples`).
+likelihood bound in bits/dim (:func:`blackout_jax.run.held_out.bound_over`) and a PNG grid of
+samples (:func:`blackout_jax.run.generate.generate_samples`).
 """
 
 from __future__ import annotations
@@ -51,21 +51,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from blackout_jax import (
-    checkpointing,
-    generate,
-    held_out,
-    likelihood,
-    losses,
-    models,
-    network,
-    parallel,
-    reporting,
-    schedule,
-)
-from blackout_jax import config as config_lib
-from blackout_jax.config import ExperimentConfig, TrainingConfig
-from blackout_jax.streams import DROPOUT_STREAM, Stream, stream_key
+from blackout_jax import likelihood, losses, models, schedule
+from blackout_jax.run import checkpointing, generate, held_out, network, parallel, reporting
+from blackout_jax.run import config as config_lib
+from blackout_jax.run.config import ExperimentConfig, TrainingConfig
+from blackout_jax.run.streams import DROPOUT_STREAM, Stream, stream_key
 
 CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"
@@ -582,12 +572,12 @@ def train_and_evaluate(
     """Train (or resume training) the experiment ``config`` in ``workdir``.
 
     Every process of a multi-host job calls this with the same arguments (after
-    :func:`blackout_jax.parallel.initialize_distributed`); process 0 writes the metrics, images
+    :func:`blackout_jax.run.parallel.initialize_distributed`); process 0 writes the metrics, images
     and JSON files, orbax coordinates the checkpoints.
 
     Args:
       config: the experiment config (a ConfigDict from ``configs/`` or an
-        :class:`~blackout_jax.config.ExperimentConfig`); checked here.
+        :class:`~blackout_jax.run.config.ExperimentConfig`); checked here.
       workdir: the run folder; created if missing. A checkpoint in it is resumed.
       dataset: an already loaded :class:`blackout_jax.data.CountDataset` (default: load
         ``config.data``).

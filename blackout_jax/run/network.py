@@ -15,7 +15,7 @@ import jax
 from flax import nnx
 
 from blackout_jax import models
-from blackout_jax.config import ExperimentConfig
+from blackout_jax.run.config import ExperimentConfig
 
 
 def model_factory(config: ExperimentConfig, dataset: Any) -> Callable[[], nnx.Module]:

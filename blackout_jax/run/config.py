@@ -248,7 +248,7 @@ def _build_section(section: str, cls: type, values: Mapping[str, Any]) -> Any:
         if key not in known:
             raise ValueError(
                 f"config field {section}.{key} is unknown; the fields of {section} are "
-                f"{sorted(known)} (see blackout_jax/config.py)"
+                f"{sorted(known)} (see blackout_jax/run/config.py)"
             )
     kwargs = {key: _check_value(f"{section}.{key}", known[key], v) for key, v in values.items()}
     return cls(**kwargs)
