@@ -91,6 +91,7 @@ def main(argv: list[str]) -> None:
     from blackout_jax import data
     from blackout_jax.run import config as config_lib
     from blackout_jax.run import network, train
+    from blackout_jax.run.lock import RunFolderInUseError
 
     workdir = _WORKDIR.value
     try:
@@ -106,11 +107,14 @@ def main(argv: list[str]) -> None:
 
     mode = _MODE.value
     if mode == "train":
-        os.makedirs(workdir, exist_ok=True)
         try:
-            train.train_and_evaluate(config, workdir, dataset=dataset)
+            result = train.train_and_evaluate(config, workdir, dataset=dataset)
         except train.NonFiniteTrainingError as error:
             _fail(str(error), EXIT_TRAINING_FAILED)
+        except (ValueError, OSError, RunFolderInUseError) as error:
+            _fail(str(error), EXIT_USAGE_ERROR)
+        if result.stopped_by_signal:
+            sys.exit(config.training.preempted_exit_code)
         return
 
     from blackout_jax.run import inference

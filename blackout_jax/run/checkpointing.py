@@ -19,13 +19,30 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any
+import shutil
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 ITEM_NAMES = ("state", "data_iterator", "config", "metadata")
+DAMAGED_SUFFIX = ".damaged"
+_T = TypeVar("_T")
+
+
+class NoUsableCheckpointError(FileNotFoundError):
+    """Every checkpoint of a run folder failed to restore."""
+
+
+def failure_reason(error: BaseException) -> str:
+    """One short line saying why a restore failed: the error's type and first line."""
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else ""
+    text = text if len(text) <= 160 else text[:157] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +78,15 @@ def check_metadata(metadata: dict[str, Any], dataset: Any, workdir: str) -> None
                 f"the checkpoint in {workdir} was trained with {name}={saved}, but the data now "
                 f"has {name}={current}; use a new --workdir for different data"
             )
+
+
+def remove_unfinished(directory: str | os.PathLike[str]) -> None:
+    """Delete the temporary folders of saves that did not finish (``*.orbax-checkpoint-tmp*``)."""
+    if not os.path.isdir(directory):
+        return
+    for name in os.listdir(directory):
+        if ".orbax-checkpoint-tmp" in name:
+            shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
 
 
 def _registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
@@ -208,6 +234,58 @@ class CheckpointStore:
                 ),
             )
         return step, tree
+
+    def restore_newest_usable(
+        self,
+        restore: Callable[[int], _T],
+        *,
+        set_aside: bool,
+        warn: Callable[[str], None],
+    ) -> _T | None:
+        """``restore(step)`` for the newest checkpoint that restores; ``None`` if there is none.
+
+        A checkpoint whose restore raises (a truncated or corrupt array file, an emptied JSON
+        item, a missing manifest or item folder, an empty step folder) is reported by ``warn``
+        in one line naming the step and why; with ``set_aside`` its folder is renamed to
+        ``<step>.damaged`` (never deleted; by the primary process, the others wait for it) so
+        that later runs skip it too. Then the next older one is tried.
+
+        Raises:
+          NoUsableCheckpointError: there are checkpoints and none restores.
+        """
+        steps = self.all_steps()
+        for step in reversed(steps):
+            try:
+                return restore(step)
+            except Exception as error:  # noqa: BLE001 - orbax, tensorstore, zstd, json, OS errors
+                reason = failure_reason(error)
+            folder = os.path.join(self.directory, str(step))
+            if set_aside:
+                self._set_aside(folder)
+                warn(
+                    f"warning: checkpoint {step} in {self.directory} does not restore "
+                    f"({reason}); moved it to {folder}{DAMAGED_SUFFIX}"
+                )
+            else:
+                warn(f"warning: checkpoint {step} in {self.directory} does not restore ({reason})")
+        if steps:
+            raise NoUsableCheckpointError(
+                f"none of the checkpoints in {self.directory} (steps {steps}) restores; see the "
+                "warnings above"
+            )
+        return None
+
+    def _set_aside(self, folder: str) -> None:
+        if jax.process_index() == 0:
+            target = folder + DAMAGED_SUFFIX
+            index = 1
+            while os.path.exists(target):
+                index += 1
+                target = f"{folder}{DAMAGED_SUFFIX}{index}"
+            os.rename(folder, target)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"set aside {folder}")
+        self._manager.reload()
 
     def _existing_step(self, step: int | None) -> int:
         if step is None:

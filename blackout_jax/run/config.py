@@ -101,6 +101,12 @@ class TrainingConfig:
     max_consecutive_nonfinite: int = setting(
         20, "stop after this many skipped non-finite updates in a row", minimum=1
     )
+    preempted_exit_code: int = setting(
+        75,
+        "exit status after a SIGTERM/SIGINT saved the run (resume by rerunning; 0 if a "
+        "scheduler must read it as finished)",
+        minimum=0,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -339,3 +345,69 @@ def describe(config: ExperimentConfig) -> str:
             doc = inner.metadata.get("doc", "the network (blackout_jax.models.NCSNppConfig)")
             lines.append(f"{field.name}.{inner.name} = {getattr(value, inner.name)!r}  # {doc}")
     return "\n".join(lines)
+
+
+RESUMABLE_FIELDS = (
+    "training.num_steps",
+    "training.log_every",
+    "training.eval_every",
+    "training.checkpoint_every",
+    "training.keep_checkpoints",
+    "training.keep_every",
+    "training.max_consecutive_nonfinite",
+    "training.preempted_exit_code",
+    "data.data_dir",
+    "data.path",
+    "data.prefetch",
+    "eval.*",
+    "sampling.*",
+)
+"""Fields that may differ between a run folder's stored config and a run resuming it."""
+
+INFERENCE_FIELDS = ("seed", "data.data_dir", "data.path", "eval.*", "sampling.*")
+"""Fields that the sample/evaluate/impute commands take from the command line; every other field
+comes from the config stored in the run folder."""
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"training.batch_size": 128, ...}`` from nested dicts; lists become tuples."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = tuple(value) if isinstance(value, list) else value
+    return flat
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(name == p or (p.endswith(".*") and name.startswith(p[:-1])) for p in patterns)
+
+
+def changed_fields(
+    stored: Mapping[str, Any], config: ExperimentConfig, *, allowed: tuple[str, ...]
+) -> list[str]:
+    """``["model.nf: 8 -> 16", ...]``: fields of ``config`` that differ from the ``stored`` dict
+    (a run folder's ``config.json``) and are not ``allowed`` to; fields the stored config lacks
+    are not compared."""
+    old, new = flatten(stored), flatten(config.to_dict())
+    return [
+        f"{name}: {old[name]!r} -> {value!r}"
+        for name, value in new.items()
+        if name in old and old[name] != value and not _matches(name, allowed)
+    ]
+
+
+def with_stored_fields(stored: Mapping[str, Any], config: ExperimentConfig) -> ExperimentConfig:
+    """``config`` with every field outside :data:`INFERENCE_FIELDS` taken from ``stored``."""
+    merged = config.to_dict()
+    for name, value in flatten(stored).items():
+        if _matches(name, INFERENCE_FIELDS) or name not in flatten(merged):
+            continue
+        *sections, key = name.split(".")
+        target = merged
+        for section in sections:
+            target = target[section]
+        target[key] = value
+    return parse(merged)

@@ -14,6 +14,7 @@ back instead of being computed again.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -35,6 +36,21 @@ def _write_atomically(path: Path, array: np.ndarray) -> None:
     partial = path.with_suffix(".partial.npy")
     np.save(partial, array, allow_pickle=False)
     os.replace(partial, path)
+
+
+def _read_chunk(path: Path) -> np.ndarray | None:
+    """A finished chunk, or ``None`` (with a warning naming it) when the file is damaged: the
+    chunk is then computed again, with the same key, so the result does not change."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as error:
+        print(
+            f"warning: {path} cannot be read ({type(error).__name__}: {error}); drawing that "
+            "chunk again",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
 
 
 def _padded_rows(array: np.ndarray, start: int, size: int) -> np.ndarray:
@@ -100,8 +116,8 @@ def run_in_chunks(
     chunks: list[np.ndarray] = []
     for index in indices:
         path = _chunk_path(directory, index) if directory is not None else None
-        if path is not None and path.exists():
-            chunk = np.load(path, allow_pickle=False)
+        chunk = _read_chunk(path) if path is not None and path.exists() else None
+        if chunk is not None:
             wanted = chunks[0].shape if chunks else (chunk_size, *chunk.shape[1:])
             if chunk.shape != wanted:
                 raise ValueError(

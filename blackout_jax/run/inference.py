@@ -18,8 +18,11 @@ Every process of a multi-host job calls these; process 0 writes the files.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
+import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ import jax
 import numpy as np
 
 from blackout_jax import likelihood, models, sampling, schedule
+from blackout_jax.data import count_checks
 from blackout_jax.run import checkpointing, generate, held_out, network, parallel, reporting
 from blackout_jax.run import config as config_lib
 from blackout_jax.run.config import ExperimentConfig
@@ -61,15 +65,26 @@ def load_trained_model(
     store = checkpointing.CheckpointStore(
         os.path.join(os.fspath(workdir), "checkpoints"),
         checkpoint_every=1,
-        keep_checkpoints=1,
+        keep_checkpoints=2**31 - 1,  # inference never saves; no keep policy may remove anything
         async_save=False,
     )
+    target = {"ema_params": abstract_params}
+
+    def restore(step: int) -> tuple[int, Any, dict[str, Any]]:
+        step, restored = store.restore_part(step, target)
+        return step, restored, store.read_json(step, "metadata")
+
     try:
         wanted = config.sampling.checkpoint_step
-        step, restored = store.restore_part(
-            None if wanted < 0 else wanted, {"ema_params": abstract_params}
-        )
-        metadata = store.read_json(step, "metadata")
+        if wanted >= 0:
+            step, restored, metadata = restore(wanted)
+        else:
+            found = store.restore_newest_usable(
+                restore, set_aside=False, warn=functools.partial(print, file=sys.stderr)
+            )
+            if found is None:
+                raise FileNotFoundError(f"no checkpoint in {store.directory}: train first")
+            step, restored, metadata = found
     finally:
         store.close()
     checkpointing.check_metadata(metadata, dataset, os.fspath(workdir))
@@ -228,18 +243,46 @@ def _inception_metrics(
     )
 
 
-def read_imputation_input(path: str | os.PathLike[str], image_shape: tuple[int, ...]) -> tuple:
-    """Read ``counts`` and ``mask`` from an ``.npz``; shapes ``(N, H, W, C)`` or ``(N, H, W)``.
+def _read_arrays(path: str | os.PathLike[str], names: tuple[str, ...]) -> list[np.ndarray]:
+    """The named arrays of an ``.npz`` (no pickled objects); errors name the file and array."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--input {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            if not hasattr(archive, "files"):
+                raise ValueError(f"{path} is a single .npy array; expected an .npz with {names}")
+            missing = [name for name in names if name not in archive.files]
+            if missing:
+                raise ValueError(f"{path} has no array {missing[0]!r} (found {archive.files})")
+            arrays = []
+            for name in names:
+                try:
+                    arrays.append(archive[name])
+                except ValueError as error:  # object arrays need pickle, which is refused
+                    raise ValueError(f"{path}[{name!r}] cannot be read: {error}") from None
+            return arrays
+    except (EOFError, OSError, zipfile.BadZipFile) as error:
+        raise ValueError(f"{path} is not a readable .npz file ({error})") from None
+
+
+def read_imputation_input(
+    path: str | os.PathLike[str], image_shape: tuple[int, ...], max_count: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Read and check ``counts`` and ``mask`` of an ``.npz`` before any work is done.
+
+    Shapes ``(N, H, W, C)`` or ``(N, H, W)`` (one channel); ``mask`` is boolean or 0/1
+    (``True`` = observed), ``counts`` whole numbers in ``0..max_count`` where observed (the
+    unobserved entries are ignored).
+
+    Returns:
+      ``(counts int32, mask bool)``, both ``(N, *image_shape)``.
 
     Raises:
-      ValueError: a missing array, a shape that does not match the model's examples, or a mask
-        that is not boolean or 0/1 (messages name the file and the array).
+      ValueError: naming the file, the array, the global index and the value of the first
+        problem (or the two lengths when they differ).
     """
-    with np.load(path, allow_pickle=False) as archive:
-        for name in ("counts", "mask"):
-            if name not in archive.files:
-                raise ValueError(f"{path} has no array {name!r} (found {archive.files})")
-        counts, mask = archive["counts"], archive["mask"]
+    counts, mask = _read_arrays(path, ("counts", "mask"))
+    arrays = {}
     for name, array in (("counts", counts), ("mask", mask)):
         if array.ndim == len(image_shape) and image_shape[-1] == 1:
             array = array[..., None]
@@ -247,14 +290,27 @@ def read_imputation_input(path: str | os.PathLike[str], image_shape: tuple[int, 
             raise ValueError(
                 f"{path}[{name!r}] has shape {array.shape}; expected (N, *{tuple(image_shape)})"
             )
-        if name == "counts":
-            counts = array
-        else:
-            mask = array
+        arrays[name] = array
+    counts, mask = arrays["counts"], arrays["mask"]
+    if len(counts) != len(mask):
+        raise ValueError(f"{path}: 'counts' has {len(counts)} examples but 'mask' has {len(mask)}")
     if mask.dtype != np.bool_:
-        if not np.isin(mask, (0, 1)).all():
-            raise ValueError(f"{path}['mask'] must be boolean or 0/1")
+        if mask.dtype.kind not in "biuf":
+            raise ValueError(f"{path}['mask'] must be boolean or 0/1, got dtype {mask.dtype}")
+        bad = ~np.isin(mask, (0, 1))
+        if bad.any():
+            index = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(
+                f"{path}['mask'][{', '.join(map(str, index))}] = {mask[index].item()!r}: the "
+                "mask must be boolean or 0/1"
+            )
         mask = mask.astype(bool)
+    if counts.dtype.kind not in "biuf":
+        raise ValueError(f"{path}['counts'] must hold numbers, got dtype {counts.dtype}")
+    observed = np.where(mask, counts, 0)
+    counts = count_checks.check_count_values(
+        observed, source=f"{path}['counts']", max_count=max_count
+    )
     return counts, mask
 
 
@@ -270,8 +326,9 @@ def impute_run(
     (:func:`blackout_jax.run.generate.run_in_chunks`), split over every device.
     """
     config = config_lib.parse(config)
+    image_shape = tuple(int(d) for d in dataset.image_shape)
+    counts, mask = read_imputation_input(input_path, image_shape, int(dataset.max_count))
     model = load_trained_model(config, workdir, dataset)
-    counts, mask = read_imputation_input(input_path, model.image_shape)
     sampler = config.sampling
     times = schedule.observation_times(sampler.num_steps, config.diffusion.t_end)
 
@@ -295,7 +352,7 @@ def impute_run(
         complete,
         num_examples=len(counts),
         chunk_size=sampler.batch_size,
-        inputs=(np.where(mask, counts, 0), mask),
+        inputs=(counts, mask),
         sharding=_state_sharding(sampler.batch_size),
     )
     path = Path(workdir, "imputed", f"imputed_{model.step}.npz")

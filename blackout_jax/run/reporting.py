@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -25,6 +26,18 @@ import numpy as np
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+
+
+def remove_later_grids(samples_dir: str | os.PathLike[str], step: int) -> None:
+    """Delete ``grid_<k>.png`` with ``k > step``: images of a run that did not keep those steps
+    (a crash or a failed run after the checkpoint training restarts from)."""
+    if not os.path.isdir(samples_dir):
+        return
+    for name in os.listdir(samples_dir):
+        stem, extension = os.path.splitext(name)
+        number = stem.removeprefix("grid_")
+        if extension == ".png" and stem != number and number.isdigit() and int(number) > step:
+            os.remove(os.path.join(samples_dir, name))
 
 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -53,11 +66,17 @@ def _plain(value: Any) -> Any:
 
 def write_json(path: str | os.PathLike[str], payload: Any) -> None:
     """Write ``payload`` as indented JSON through a temporary file and an atomic rename."""
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
     temporary = f"{os.fspath(path)}.tmp"
-    with open(temporary, "w", encoding="utf-8") as file:
-        json.dump(payload, file, indent=2, sort_keys=True)
-        file.write("\n")
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)  # no partial file is left behind
+        error.filename = error.filename or os.fspath(path)
+        raise
 
 
 class MetricsWriter:
@@ -99,11 +118,21 @@ class MetricsWriter:
             return file.read(1) == b"\n"
 
     def write(self, step: int, scalars: Mapping[str, Any], *, split: str = "train") -> None:
-        """Append ``{"step": step, "split": split, **scalars}``; each scalar also to TensorBoard."""
-        row = {"step": int(step), "split": split}
-        row.update({name: _plain(value) for name, value in scalars.items()})
-        self._file.write(json.dumps(row) + "\n")
-        self._file.flush()
+        """Append ``{"step": step, "split": split, **scalars}``; each scalar also to TensorBoard.
+
+        A value that is not finite (NaN, +-inf: a period whose every update was skipped) is
+        written as JSON ``null`` and left out of TensorBoard, so every line is valid JSON.
+        """
+        row: dict[str, Any] = {"step": int(step), "split": split}
+        for name, value in scalars.items():
+            value = _plain(value)
+            row[name] = None if isinstance(value, float) and not math.isfinite(value) else value
+        try:
+            self._file.write(json.dumps(row, allow_nan=False) + "\n")
+            self._file.flush()
+        except OSError as error:
+            error.filename = error.filename or self.path
+            raise
         if self._tensorboard is not None:
             for name, value in row.items():
                 if name in ("step", "split") or not isinstance(value, (int, float)):

@@ -37,9 +37,14 @@ samples (:func:`blackout_jax.run.generate.generate_samples`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import functools
+import json
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -55,6 +60,7 @@ from blackout_jax import likelihood, losses, models, schedule
 from blackout_jax.run import checkpointing, generate, held_out, network, parallel, reporting
 from blackout_jax.run import config as config_lib
 from blackout_jax.run.config import ExperimentConfig, TrainingConfig
+from blackout_jax.run.lock import RunFolderLock
 from blackout_jax.run.streams import DROPOUT_STREAM, Stream, stream_key
 
 CONFIG_FILE = "config.json"
@@ -68,6 +74,50 @@ _NEVER_APPLY_NONFINITE = 2**31 - 1
 
 class NonFiniteTrainingError(RuntimeError):
     """Training stopped after too many non-finite updates in a row."""
+
+
+class DiskFullError(OSError):
+    """The disk of the run folder is full; the message names what was being written."""
+
+
+def _no_space_error(error: BaseException) -> OSError | None:
+    """The ``ENOSPC`` error behind ``error`` (its causes and contexts included), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno == errno.ENOSPC:
+            return current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+class IncompatibleRunError(ValueError):
+    """The run folder was trained with settings that cannot change on resume."""
+
+
+def check_resumable(config: ExperimentConfig, workdir: str) -> None:
+    """Compare ``config`` with the run folder's stored ``config.json`` before any restore.
+
+    Raises:
+      IncompatibleRunError: one line naming every changed field that matters
+        (``model.nf: 8 -> 16``) and what may change on resume.
+    """
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")) or not os.path.exists(path):
+        return
+    try:
+        with open(path, encoding="utf-8") as file:
+            stored = json.load(file)
+    except (OSError, ValueError):
+        return  # an unreadable copy: the checkpoints' own metadata still guards the restore
+    changed = config_lib.changed_fields(stored, config, allowed=config_lib.RESUMABLE_FIELDS)
+    if changed:
+        raise IncompatibleRunError(
+            f"{workdir} was trained with other settings ({'; '.join(changed)}): use a new "
+            "--workdir, or change only what may change on resume ("
+            f"{', '.join(config_lib.RESUMABLE_FIELDS)})"
+        )
 
 
 @flax.struct.dataclass
@@ -266,7 +316,13 @@ def init_train_state(
 
 
 class _ShutdownFlag:
-    """Set by SIGTERM/SIGINT while installed (a context manager); training saves and exits."""
+    """SIGTERM/SIGINT handling while training (a context manager).
+
+    Until :meth:`arm` (called once the first step of this process has run, i.e. compiled) there
+    is nothing to save since the last checkpoint, so SIGTERM keeps its default action and ends
+    the process at once, even inside a long compilation; afterwards SIGTERM and SIGINT set
+    :attr:`requested` and training saves and exits at the next step boundary.
+    """
 
     def __init__(self) -> None:
         self.requested = False
@@ -278,11 +334,20 @@ class _ShutdownFlag:
         self.requested = True
         self.signal_name = signal.Signals(signum).name
 
+    def _install(self, signum: int, handler: Any) -> None:
+        previous = signal.signal(signum, handler)
+        self._previous.setdefault(signum, previous)
+
     def __enter__(self) -> _ShutdownFlag:
         if threading.current_thread() is threading.main_thread():  # else handlers can't be set
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self._previous[signum] = signal.signal(signum, self._handle)
+            self._install(signal.SIGTERM, signal.SIG_DFL)
+            self._install(signal.SIGINT, self._handle)
         return self
+
+    def arm(self) -> None:
+        """From now on SIGTERM saves before exiting."""
+        if self._previous:
+            self._install(signal.SIGTERM, self._handle)
 
     def __exit__(self, *exc_info: object) -> None:
         for signum, handler in self._previous.items():
@@ -415,15 +480,24 @@ class Trainer:
 
     @classmethod
     def restore_or_init(cls, config: ExperimentConfig, workdir: str, dataset: Any) -> Trainer:
-        """A fresh run, or the latest checkpoint in ``workdir`` with its data-stream position."""
+        """A fresh run, or the newest checkpoint in ``workdir`` that restores, with its
+        data-stream position (damaged ones are set aside; see
+        :meth:`~blackout_jax.run.checkpointing.CheckpointStore.restore_newest_usable`)."""
+        check_resumable(config, workdir)
         trainer = cls(config, workdir, dataset)
-        latest = trainer.store.latest_step()
-        if latest is not None:
-            target = checkpointing.abstract_like(trainer.state.as_dict(), trainer.replicated)
-            restored = trainer.store.restore(latest, target)
+        target = checkpointing.abstract_like(trainer.state.as_dict(), trainer.replicated)
+
+        def restore(step: int) -> checkpointing.RestoredCheckpoint:
+            restored = trainer.store.restore(step, target)
+            trainer.iterator.set_state(restored.data_iterator)
+            return restored
+
+        restored = trainer.store.restore_newest_usable(
+            restore, set_aside=True, warn=functools.partial(print, file=sys.stderr, flush=True)
+        )
+        if restored is not None:
             checkpointing.check_metadata(restored.metadata, dataset, workdir)
             trainer.state = TrainState(**restored.state)
-            trainer.iterator.set_state(restored.data_iterator)
             trainer.start_step = restored.step
         trainer.longest_at_start = trainer.counters()["longest_nonfinite"]
         trainer._open_reports()
@@ -432,6 +506,7 @@ class Trainer:
     def _open_reports(self) -> None:
         if self.primary:
             os.makedirs(os.path.join(self.workdir, SAMPLES_DIR), exist_ok=True)
+            reporting.remove_later_grids(os.path.join(self.workdir, SAMPLES_DIR), self.start_step)
             reporting.write_json(os.path.join(self.workdir, CONFIG_FILE), self.config.to_dict())
             reporting.write_json(os.path.join(self.workdir, METADATA_FILE), self.metadata)
             self.writer = reporting.MetricsWriter(self.workdir, resume_step=self.start_step)
@@ -551,13 +626,30 @@ class Trainer:
                 f"checkpoint of step {self.store.latest_step()} in {self.workdir}"
             )
 
-    def close(self) -> None:
-        """Finish pending saves; close the reports."""
-        self.store.close()
+    def intact_checkpoint(self) -> str:
+        """``"step 40 in WORKDIR/checkpoints"`` for the newest finished checkpoint, or a phrase."""
+        steps = self.store.all_steps()
+        if not steps:
+            return f"none (no checkpoint in {self.store.directory})"
+        return f"step {steps[-1]} in {self.store.directory}"
+
+    def close(self, *, raise_errors: bool = True) -> None:
+        """Finish pending saves; close the reports. With ``raise_errors=False`` (while another
+        error is being reported) failures here are swallowed, and a half-written checkpoint
+        folder is removed (orbax writes into a temporary folder first)."""
+        closers = [self.store.close]
         if self.progress is not None:
-            self.progress.close()
+            closers.append(self.progress.close)
         if self.writer is not None:
-            self.writer.close()
+            closers.append(self.writer.close)
+        for close in closers:
+            try:
+                close()
+            except Exception:
+                if raise_errors:
+                    raise
+        if not raise_errors and self.primary:
+            checkpointing.remove_unfinished(self.store.directory)
 
 
 def _load_data(config: ExperimentConfig) -> Any:
@@ -596,39 +688,60 @@ def train_and_evaluate(
             "draws do not depend on how the batch is split over devices"
         )
     dataset = dataset if dataset is not None else _load_data(config)
-    training = config.training
-    trainer = Trainer.restore_or_init(config, os.fspath(workdir), dataset)
+    workdir = os.fspath(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        if parallel.is_primary():
+            stack.enter_context(RunFolderLock(workdir))
+        shutdown = stack.enter_context(_ShutdownFlag())
+        trainer = Trainer.restore_or_init(config, workdir, dataset)
+        try:
+            result = _train_loop(trainer, shutdown)
+        except Exception as error:
+            full = _no_space_error(error)
+            trainer.close(raise_errors=full is None)
+            if full is None:
+                raise
+            raise DiskFullError(
+                errno.ENOSPC,
+                f"no space left on the device while writing {full.filename or workdir}; the "
+                f"last intact checkpoint is {trainer.intact_checkpoint()}; free space and run "
+                "the same command again to resume",
+            ) from None
+        trainer.close()
+        return result
+
+
+def _train_loop(trainer: Trainer, shutdown: _ShutdownFlag) -> TrainResult:
+    """Step / log / evaluate / checkpoint until ``training.num_steps`` or a shutdown signal."""
+    training = trainer.config.training
     step, last_eval, stopped = trainer.start_step, {}, False
     one_process = jax.process_count() == 1
-    try:
-        if step >= training.num_steps:
-            trainer.progress.message(
-                f"training already reached step {step} (training.num_steps={training.num_steps})"
-            )
-        with _ShutdownFlag() as shutdown:
-            while step < training.num_steps:
-                trainer.step()
-                step += 1
-                trainer.progress.update(step)
-                if step == trainer.start_step + 1:
-                    trainer.progress.reset_clock(step)  # steps/s without the first compilation
-                last = step == training.num_steps
-                at_log = step % training.log_every == 0 or last
-                at_checkpoint = step % training.checkpoint_every == 0 or last
-                if at_log:
-                    trainer.check_nonfinite(step, trainer.log(step))
-                if step % training.eval_every == 0 or last:
-                    last_eval = trainer.evaluate(step)
-                if at_checkpoint:
-                    trainer.save(step, force=last)
-                # One process checks its own flag every step; a multi-process job agrees on it
-                # (a collective) only where the hosts synchronise anyway.
-                if (one_process or at_log or at_checkpoint) and parallel.any_process(
-                    shutdown.requested
-                ):
-                    trainer.shut_down(step, shutdown.signal_name)
-                    stopped = True
-                    break
-    finally:
-        trainer.close()
+    if step >= training.num_steps:
+        trainer.progress.message(
+            f"training already reached step {step} (training.num_steps={training.num_steps})"
+        )
+    while step < training.num_steps:
+        trainer.step()
+        if step == trainer.start_step:
+            shutdown.arm()  # compiled and stepped: from now on a signal saves first
+        step += 1
+        trainer.progress.update(step)
+        if step == trainer.start_step + 1:
+            trainer.progress.reset_clock(step)  # steps/s without the first compilation
+        last = step == training.num_steps
+        at_log = step % training.log_every == 0 or last
+        at_checkpoint = step % training.checkpoint_every == 0 or last
+        if at_log:
+            trainer.check_nonfinite(step, trainer.log(step))
+        if step % training.eval_every == 0 or last:
+            last_eval = trainer.evaluate(step)
+        if at_checkpoint:
+            trainer.save(step, force=last)
+        # One process checks its own flag every step; a multi-process job agrees on it
+        # (a collective) only where the hosts synchronise anyway.
+        if (one_process or at_log or at_checkpoint) and parallel.any_process(shutdown.requested):
+            trainer.shut_down(step, shutdown.signal_name)
+            stopped = True
+            break
     return TrainResult(step=step, stopped_by_signal=stopped, last_eval=last_eval)

@@ -1,0 +1,238 @@
+"""Damaged or shared run folders, bad inputs and interruptions, met where a user meets them.
+
+Each case asserts the exit status, a single-line message naming the thing, and that nothing the
+user had is lost or overwritten (checkpoint bytes unchanged, metrics rows unique).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from blackout_jax.run import reporting, train
+from blackout_jax.run.lock import RunFolderLock
+from configs import tiny
+from tests.cli import REPO_ROOT, cpu_environment, run_main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A 6-step run of configs/tiny.py with checkpoints at steps 3 and 6."""
+    workdir = tmp_path_factory.mktemp("base") / "run"
+    train.train_and_evaluate(tiny.get_config(), workdir)
+    return workdir
+
+
+@pytest.fixture
+def run_copy(trained_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(trained_run, copy)
+    return copy
+
+
+def _main(workdir, *flags):
+    return run_main("--config=configs/tiny.py", f"--workdir={workdir}", *flags)
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def _digest(folder: pathlib.Path) -> dict[str, str]:
+    return {
+        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+def _train_rows(workdir) -> list[int]:
+    rows = reporting.read_metrics(workdir / reporting.METRICS_FILE)
+    return [row["step"] for row in rows if row["split"] == "train"]
+
+
+def _truncate_array_file(step_dir: pathlib.Path) -> None:
+    data_files = [
+        p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"
+    ]
+    target = max(data_files, key=lambda p: p.stat().st_size)
+    target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+
+
+def _empty_folder(folder: pathlib.Path) -> None:
+    for path in folder.iterdir():
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+
+
+DAMAGES = {
+    "truncated array file": _truncate_array_file,
+    "emptied data_iterator JSON": lambda d: (d / "data_iterator" / "metadata").write_text(""),
+    "deleted manifest": lambda d: [p.unlink() for p in (d / "state").rglob("manifest.ocdbt")],
+    "state folder missing": lambda d: shutil.rmtree(d / "state"),
+    "empty step folder": _empty_folder,
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+def test_training_falls_back_to_the_newest_checkpoint_that_restores(run_copy, damage):
+    DAMAGES[damage](run_copy / "checkpoints" / "6")
+    result = _main(run_copy, "--config.training.num_steps=8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "checkpoint 6" in warnings[0], result.stderr[-2000:]
+    assert (run_copy / "checkpoints" / "6.damaged").is_dir()  # set aside, never deleted
+    assert "resumed from the checkpoint of step 3" in result.stdout
+    assert _train_rows(run_copy) == [2, 4, 6, 8]
+
+
+def test_inference_reads_only_what_it_needs_and_falls_back_without_moving(run_copy):
+    DAMAGES["emptied data_iterator JSON"](run_copy / "checkpoints" / "6")  # not needed to sample
+    before = _digest(run_copy / "checkpoints")
+    result = _main(run_copy, "--mode=sample")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run_copy / "samples" / "samples_6.npz").exists()
+    DAMAGES["state folder missing"](run_copy / "checkpoints" / "6")
+    before = _digest(run_copy / "checkpoints")
+    result = _main(run_copy, "--mode=sample")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "checkpoint 6" in result.stderr and (run_copy / "samples" / "samples_3.npz").exists()
+    assert _digest(run_copy / "checkpoints") == before  # inference only reads
+
+
+def test_no_checkpoint_restores_is_one_line_naming_the_folder(run_copy):
+    for step in ("3", "6"):
+        DAMAGES["state folder missing"](run_copy / "checkpoints" / step)
+    result = _main(run_copy, "--config.training.num_steps=8")
+    assert result.returncode == 2
+    errors = _error_lines(result.stderr)
+    assert len(errors) == 1 and str(run_copy / "checkpoints") in errors[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_resuming_with_another_network_names_the_changed_fields(run_copy):
+    before = _digest(run_copy)
+    result = _main(run_copy, "--config.model.nf=16", "--config.seed=1")
+    assert result.returncode == 2
+    errors = _error_lines(result.stderr)
+    assert len(errors) == 1, result.stderr[-2000:]
+    assert "model.nf: 8 -> 16" in errors[0] and "seed: 0 -> 1" in errors[0]
+    assert "new --workdir" in errors[0] and "Traceback" not in result.stderr
+    assert _digest(run_copy) == before
+
+
+def test_a_second_trainer_stops_at_once_naming_the_holder(run_copy):
+    before = _digest(run_copy)
+    with RunFolderLock(run_copy):
+        result = _main(run_copy, "--config.training.num_steps=8")
+    assert result.returncode == 2
+    errors = _error_lines(result.stderr)
+    assert len(errors) == 1 and "is being trained by pid" in errors[0]
+    after = _digest(run_copy)
+    after.pop(".lock", None)
+    before.pop(".lock", None)
+    assert after == before
+
+
+def test_a_lock_left_by_a_dead_trainer_does_not_block(run_copy):
+    (run_copy / ".lock").write_text("pid 999999 on elsewhere (since long ago)")
+    result = _main(run_copy, "--config.training.num_steps=8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert _train_rows(run_copy) == [2, 4, 6, 8]
+
+
+def test_disk_full_is_one_message_naming_the_file_and_the_last_checkpoint(tmp_path, monkeypatch):
+    config = tiny.get_config()
+    config.training.num_steps = 8
+    original = reporting.MetricsWriter.write
+
+    def full_after_step_4(self, step, scalars, *, split="train"):
+        if step > 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(self, step, scalars, split=split)
+
+    monkeypatch.setattr(reporting.MetricsWriter, "write", full_after_step_4)
+    with pytest.raises(train.DiskFullError) as info:
+        train.train_and_evaluate(config, tmp_path / "run")
+    message = str(info.value)
+    assert "metrics.jsonl" in message and "step 3 in" in message
+    assert len(message.splitlines()) == 1
+    leftovers = [p for p in (tmp_path / "run").rglob("*") if p.name.endswith(".tmp")]
+    assert leftovers == [] and (tmp_path / "run" / "checkpoints" / "3").is_dir()
+
+
+def _write_npz(path, **arrays):
+    np.savez(path, **arrays)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("arrays", "expected"),
+    [
+        (
+            {"counts": np.zeros((5, 8, 8)), "mask": np.ones((4, 8, 8), bool)},
+            "'counts' has 5 examples but 'mask' has 4",
+        ),
+        (
+            {"counts": np.zeros((5, 8, 8)), "mask": np.full((5, 8, 8), 2)},
+            "['mask'][0, 0, 0, 0] = 2",
+        ),
+        (
+            {
+                "counts": np.concatenate([np.zeros((4, 8, 8)), np.full((1, 8, 8), 40.0)]),
+                "mask": np.ones((5, 8, 8), bool),
+            },
+            "['counts'][4, 0, 0, 0] = 40",
+        ),
+        (
+            {"counts": np.array([None] * 5, dtype=object), "mask": np.ones((5, 8, 8), bool)},
+            "['counts'] cannot be read",
+        ),
+    ],
+)
+def test_imputation_input_is_checked_whole_before_any_work(trained_run, tmp_path, arrays, expected):
+    path = _write_npz(tmp_path / "input.npz", **arrays)
+    result = _main(
+        trained_run, "--mode=impute", f"--input={path}", "--config.sampling.batch_size=4"
+    )
+    assert result.returncode == 2
+    errors = _error_lines(result.stderr)
+    assert len(errors) == 1 and expected in errors[0] and str(path) in errors[0], result.stderr
+    assert not (trained_run / "imputed").exists()
+
+
+def test_sigterm_before_the_first_step_exits_at_once(tmp_path):
+    """While nothing is new since the last checkpoint (start-up, compilation) the default
+    action ends the process at once; nothing is written to the checkpoints."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "blackout_jax.main",
+            "--config=configs/tiny.py",
+            f"--workdir={tmp_path / 'run'}",
+        ],
+        cwd=REPO_ROOT,
+        env=cpu_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    while not (tmp_path / "run" / ".lock").exists():  # the trainer has started
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+    assert process.returncode == -signal.SIGTERM
+    assert not list((tmp_path / "run" / "checkpoints").glob("[0-9]*"))
