@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import pathlib
 import shutil
 import signal
@@ -154,14 +155,27 @@ def test_a_lock_left_by_a_dead_trainer_does_not_block(run_copy):
 def test_disk_full_is_one_message_naming_the_file_and_the_last_checkpoint(tmp_path, monkeypatch):
     config = tiny.get_config()
     config.training.num_steps = 8
-    original = reporting.MetricsWriter.write
+    original_init = reporting.MetricsWriter.__init__
 
-    def full_after_step_4(self, step, scalars, *, split="train"):
-        if step > 4:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        original(self, step, scalars, split=split)
+    class FullAfterStep4:
+        """The metrics file's handle on a disk that fills up after the row of step 4."""
 
-    monkeypatch.setattr(reporting.MetricsWriter, "write", full_after_step_4)
+        def __init__(self, file):
+            self.file = file
+
+        def write(self, text):
+            if json.loads(text)["step"] > 4:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.file.write(text)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self._file = FullAfterStep4(self._file)
+
+    monkeypatch.setattr(reporting.MetricsWriter, "__init__", init)
     with pytest.raises(train.DiskFullError) as info:
         train.train_and_evaluate(config, tmp_path / "run")
     message = str(info.value)

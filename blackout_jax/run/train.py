@@ -703,7 +703,6 @@ def train_and_evaluate(
             if full is None:
                 raise
             raise DiskFullError(
-                errno.ENOSPC,
                 f"no space left on the device while writing {full.filename or workdir}; the "
                 f"last intact checkpoint is {trainer.intact_checkpoint()}; free space and run "
                 "the same command again to resume",
