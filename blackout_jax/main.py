@@ -96,6 +96,10 @@ def main(argv: list[str]) -> None:
     workdir = _WORKDIR.value
     try:
         config = config_lib.validate_config(_CONFIG.value, jax.device_count(), jax.process_count())
+        if _MODE.value != "train":
+            from blackout_jax.run import inference
+
+            config = inference.run_config(config, workdir)
         dataset = data.load_dataset(
             config.data, seed=config.seed, size_divisor=config.model.size_divisor
         )

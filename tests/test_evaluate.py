@@ -119,3 +119,20 @@ def test_sample_without_checkpoints_is_an_error(tmp_path):
     assert result.returncode == 2
     assert "no checkpoints" in result.stderr
     assert not (tmp_path / "empty").exists()
+
+
+def test_inference_uses_the_network_the_run_was_trained_with(tmp_path):
+    """A run trained with model overrides samples without repeating them; the differing
+    command-line value is named in one note and not used."""
+    config = tiny.get_config()
+    config.model.nf = 4
+    config.training.num_steps = 2
+    config.eval.num_grid_samples = 0
+    workdir = tmp_path / "narrow"
+    train.train_and_evaluate(config, workdir)
+    result = _mode(workdir, "sample", "--config.sampling.num_samples=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and notes[0].endswith("model.nf = 4 (command line: 8)")
+    with np.load(workdir / "samples" / "samples_2.npz") as archive:
+        assert archive["samples"].shape == (2, 8, 8, 1)

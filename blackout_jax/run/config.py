@@ -364,9 +364,17 @@ RESUMABLE_FIELDS = (
 )
 """Fields that may differ between a run folder's stored config and a run resuming it."""
 
-INFERENCE_FIELDS = ("seed", "data.data_dir", "data.path", "eval.*", "sampling.*")
-"""Fields that the sample/evaluate/impute commands take from the command line; every other field
-comes from the config stored in the run folder."""
+INFERENCE_FIELDS = (
+    "seed",
+    "data.data_dir",
+    "data.path",
+    "data.prefetch",
+    "training.*",
+    "eval.*",
+    "sampling.*",
+)
+"""Fields that the sample/evaluate/impute commands take from the command line; the others (the
+network, the data, the diffusion) come from the config stored in the run folder."""
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -387,13 +395,13 @@ def _matches(name: str, patterns: tuple[str, ...]) -> bool:
 
 def changed_fields(
     stored: Mapping[str, Any], config: ExperimentConfig, *, allowed: tuple[str, ...]
-) -> list[str]:
-    """``["model.nf: 8 -> 16", ...]``: fields of ``config`` that differ from the ``stored`` dict
-    (a run folder's ``config.json``) and are not ``allowed`` to; fields the stored config lacks
-    are not compared."""
+) -> list[tuple[str, Any, Any]]:
+    """``[("model.nf", 8, 16), ...]``: ``(field, stored value, value in config)`` for the fields
+    of ``config`` that differ from the ``stored`` dict (a run folder's ``config.json``) and are
+    not ``allowed`` to; fields the stored config lacks are not compared."""
     old, new = flatten(stored), flatten(config.to_dict())
     return [
-        f"{name}: {old[name]!r} -> {value!r}"
+        (name, old[name], value)
         for name, value in new.items()
         if name in old and old[name] != value and not _matches(name, allowed)
     ]

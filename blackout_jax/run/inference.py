@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import os
 import sys
@@ -31,7 +32,15 @@ import numpy as np
 
 from blackout_jax import likelihood, models, sampling, schedule
 from blackout_jax.data import count_checks
-from blackout_jax.run import checkpointing, generate, held_out, network, parallel, reporting
+from blackout_jax.run import (
+    checkpointing,
+    generate,
+    held_out,
+    network,
+    parallel,
+    reporting,
+    train,
+)
 from blackout_jax.run import config as config_lib
 from blackout_jax.run.config import ExperimentConfig
 from blackout_jax.run.streams import Stream, stream_key
@@ -47,6 +56,36 @@ class TrainedModel:
     predict_fn: jax.tree_util.Partial
     max_count: int
     image_shape: tuple[int, ...]
+
+
+def run_config(config: ExperimentConfig, workdir: str | os.PathLike[str]) -> ExperimentConfig:
+    """The config the sample/evaluate/impute commands use for the run in ``workdir``.
+
+    The network, data and diffusion come from the run folder's stored ``config.json``, so the
+    overrides used for training need not be repeated; only the fields of
+    :data:`~blackout_jax.run.config.INFERENCE_FIELDS` (sampling and evaluation settings, seed,
+    data location) come from ``config``. Differences in the other fields are named in one note
+    on stderr. Without a stored config, ``config`` is used as it is.
+    """
+    path = os.path.join(os.fspath(workdir), train.CONFIG_FILE)
+    try:
+        with open(path, encoding="utf-8") as file:
+            stored = json.load(file)
+    except FileNotFoundError:
+        return config
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} cannot be read ({error}); it is the run's config") from None
+    ignored = config_lib.changed_fields(stored, config, allowed=config_lib.INFERENCE_FIELDS)
+    if ignored:
+        listed = "; ".join(
+            f"{name} = {old!r} (command line: {new!r})" for name, old, new in ignored
+        )
+        print(
+            f"note: using the settings {workdir} was trained with: {listed}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return config_lib.with_stored_fields(stored, config)
 
 
 def load_trained_model(

@@ -113,8 +113,9 @@ def check_resumable(config: ExperimentConfig, workdir: str) -> None:
         return  # an unreadable copy: the checkpoints' own metadata still guards the restore
     changed = config_lib.changed_fields(stored, config, allowed=config_lib.RESUMABLE_FIELDS)
     if changed:
+        listed = "; ".join(f"{name}: {old!r} -> {new!r}" for name, old, new in changed)
         raise IncompatibleRunError(
-            f"{workdir} was trained with other settings ({'; '.join(changed)}): use a new "
+            f"{workdir} was trained with other settings ({listed}): use a new "
             "--workdir, or change only what may change on resume ("
             f"{', '.join(config_lib.RESUMABLE_FIELDS)})"
         )
