@@ -154,7 +154,8 @@ def generate_samples(
     """Draw ``num_samples`` int32 samples of ``example_shape`` with :func:`blackout_jax.sample`.
 
     Chunk ``i`` is ``sample(fold_in(key, i), predict_fn, (chunk_size, *example_shape), times,
-    ...)``; see :func:`run_in_chunks` for resuming and sharding.
+    ...)``; see :func:`run_in_chunks` for resuming and sharding. With ``progress`` the primary
+    host shows the chunks and, within each chunk, the sampler's steps.
 
     Returns:
       ``(num_samples, *example_shape)`` int32 array on every host.
@@ -169,6 +170,7 @@ def generate_samples(
             max_count=max_count,
             method=method,
             sharding=sharding,
+            progress=progress and jax.process_index() == 0,
         )
 
     samples = run_in_chunks(

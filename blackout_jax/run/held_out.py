@@ -8,7 +8,7 @@ held-out loss through :func:`loss_over`.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,13 +29,19 @@ def batch_sharding_for(size: int) -> jax.sharding.Sharding:
 
 
 def map_over_batches(
-    compute_batch: Callable[[Array, int], Array], examples: np.ndarray, *, batch_size: int
+    compute_batch: Callable[[Array, int], Array],
+    examples: np.ndarray,
+    *,
+    batch_size: int,
+    description: str = "",
 ) -> np.ndarray:
     """``compute_batch(batch, index) -> (batch_size,)`` over ``examples`` in batches, trimmed.
 
     ``examples`` (every host holds all of them) is cut into batches of ``batch_size``, the last
     padded with zeros; batch ``index`` covers rows ``[index B, (index + 1) B)`` and is split over
     the devices (:func:`batch_sharding_for`).
+
+    With a ``description`` and more than one batch, the primary host shows a progress bar.
 
     Returns:
       ``(len(examples),)`` NumPy array of per-example values (padding dropped).
@@ -46,10 +52,17 @@ def map_over_batches(
     padding = np.zeros((padded - num, *examples.shape[1:]), examples.dtype)
     batches = np.concatenate([examples, padding]).reshape(-1, batch_size, *examples.shape[1:])
     sharding = batch_sharding_for(batch_size)
-    values = [
-        compute_batch(parallel.shared_array(batch, sharding), index)
-        for index, batch in enumerate(batches)
-    ]
+    indices: Sequence[int] = range(len(batches))
+    if description and len(batches) > 1 and parallel.is_primary():
+        from tqdm import tqdm
+
+        indices = tqdm(indices, desc=description, unit="batch", leave=False)
+    values = []
+    for index in indices:
+        value = compute_batch(parallel.shared_array(batches[index], sharding), index)
+        if not isinstance(indices, range):
+            value.block_until_ready()  # the bar shows work done, not work dispatched
+        values.append(value)
     return np.concatenate(parallel.to_host(values))[:num]
 
 
@@ -80,7 +93,7 @@ def bound_over(
             num_time_samples=num_time_samples,
         )
 
-    return map_over_batches(bound, examples, batch_size=batch_size)
+    return map_over_batches(bound, examples, batch_size=batch_size, description="likelihood bound")
 
 
 @functools.partial(jax.jit, static_argnames=("weighting", "t_end", "num_steps"))
@@ -127,4 +140,4 @@ def loss_over(
             key, predict_fn, batch, first, weighting=weighting, t_end=t_end, num_steps=num_steps
         )
 
-    return map_over_batches(loss, examples, batch_size=batch_size)
+    return map_over_batches(loss, examples, batch_size=batch_size, description="held-out loss")

@@ -411,6 +411,7 @@ class Evaluator:
             max_count=self.max_count,
             method=self.config.sampling.method,
             chunk_size=self.config.sampling.batch_size,
+            progress=True,
         )
 
 
@@ -579,6 +580,11 @@ class Trainer:
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Held-out loss, bound and a sample grid with the EMA parameters; one eval row."""
+        self.progress.message(
+            f"evaluating at step {step}: held-out loss and likelihood bound on "
+            f"{len(self.evaluator.examples)} examples, {self.config.eval.num_grid_samples} samples "
+            f"of {self.config.sampling.num_steps} steps ..."
+        )
         results = self.evaluator.metrics(self.state.ema_params)
         if self.config.eval.num_grid_samples > 0:
             grid = self.evaluator.samples(self.state.ema_params, step)
@@ -720,6 +726,11 @@ def _train_loop(trainer: Trainer, shutdown: _ShutdownFlag) -> TrainResult:
     if step >= training.num_steps:
         trainer.progress.message(
             f"training already reached step {step} (training.num_steps={training.num_steps})"
+        )
+    if step < training.num_steps:
+        trainer.progress.message(
+            f"compiling the training step (batch {training.batch_size}, {jax.device_count()} "
+            "device(s)); the compilation cache makes this fast on later runs ..."
         )
     while step < training.num_steps:
         trainer.step()
