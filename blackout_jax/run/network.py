@@ -44,10 +44,11 @@ def network_parts(
 
     ``abstract_params`` are ``jax.ShapeDtypeStruct`` leaves on ``sharding`` (a restore target);
     ``rest`` holds the network's non-parameter variables (e.g. fixed Fourier features), computed
-    by a compiled initialisation from which XLA drops the unused parameter draws.
+    by a compiled initialisation from which XLA drops the unused parameter draws, and only when
+    there are any (the positional time embedding has none).
     """
     factory = model_factory(config, dataset)
-    graphdef, abstract_params, _ = nnx.split(nnx.eval_shape(factory), nnx.Param, ...)
+    graphdef, abstract_params, abstract_rest = nnx.split(nnx.eval_shape(factory), nnx.Param, ...)
     abstract_params = jax.tree.map(
         lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
         abstract_params,
@@ -56,5 +57,7 @@ def network_parts(
     def build_rest() -> Any:
         return nnx.split(factory(), nnx.Param, ...)[2]
 
+    if not jax.tree.leaves(abstract_rest):
+        return graphdef, abstract_params, abstract_rest
     rest = jax.jit(build_rest, out_shardings=sharding)()
     return graphdef, abstract_params, rest
