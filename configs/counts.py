@@ -41,7 +41,8 @@ def get_config() -> ml_collections.ConfigDict:
     training.num_steps = 100_000
     training.batch_size = 128
     training.learning_rate = 2e-4
-    training.warmup_steps = 1000
+    # A twentieth of the run (1000 steps here), also when --config.training.num_steps changes.
+    training.warmup_steps = training.get_ref("num_steps") // 20
     training.ema_decay = 0.9999
     training.log_every = 100
     training.eval_every = 5000

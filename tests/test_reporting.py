@@ -126,3 +126,30 @@ def test_metrics_rows_are_json_lines(tmp_path):
     writer.close()
     line = (tmp_path / reporting.METRICS_FILE).read_text(encoding="utf-8").strip()
     assert json.loads(line) == {"step": 1, "split": "train", "loss": 0.5, "num_examples": 3}
+
+
+def test_non_finite_metrics_are_written_as_json_null(tmp_path):
+    writer = reporting.MetricsWriter(tmp_path, tensorboard=False)
+    writer.write(5, {"loss": float("nan"), "grad_norm": float("inf"), "learning_rate": 0.1})
+    writer.close()
+    line = (tmp_path / reporting.METRICS_FILE).read_text().strip()
+    assert json.loads(line) == {
+        "step": 5,
+        "split": "train",
+        "loss": None,
+        "grad_norm": None,
+        "learning_rate": 0.1,
+    }
+    assert "NaN" not in line and "Infinity" not in line
+
+
+def test_grids_after_the_restart_step_are_removed(tmp_path):
+    for name in ("grid_3.png", "grid_6.png", "grid_9.png", "samples_9.png", "grid_x.png"):
+        (tmp_path / name).write_bytes(b"png")
+    reporting.remove_later_grids(tmp_path, 6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "grid_3.png",
+        "grid_6.png",
+        "grid_x.png",
+        "samples_9.png",
+    ]

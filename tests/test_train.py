@@ -223,14 +223,24 @@ def test_training_stops_after_too_many_non_finite_updates(tmp_path, monkeypatch)
     ]  # fmt: skip
 
 
-def test_in_process_run_writes_the_run_folder_and_resumes(tmp_path, monkeypatch):
+def test_in_process_run_writes_the_run_folder_and_resumes(tmp_path, monkeypatch, capsys):
     from blackout_jax import models
 
     monkeypatch.setattr(models, "create_model", _small_net_factory)
     config = tiny.get_config()
+    (tmp_path / "samples").mkdir()
+    (tmp_path / "samples" / "grid_21.png").write_bytes(b"left by an earlier, failed run")
     result = train.train_and_evaluate(config, tmp_path)
     assert result.step == 6 and not result.stopped_by_signal
     assert set(result.last_eval) >= {"loss", "bits_per_dim", "nll_nats"}
+    assert not (tmp_path / "samples" / "grid_21.png").exists()
+    # Six steps of a tiny network do not beat per-pixel histograms: the user is told.
+    baseline = result.last_eval["histogram_baseline_bits_per_dim"]
+    assert 0 < baseline < result.last_eval["bits_per_dim"]
+    output = capsys.readouterr().out
+    assert "compiling the training step" in output and "evaluating at step 3" in output
+    warnings = [line for line in output.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "undertrained" in warnings[0]
     assert (tmp_path / "samples" / "grid_6.png").exists()
     assert (tmp_path / "config.json").exists() and (tmp_path / "metadata.json").exists()
 

@@ -141,3 +141,22 @@ def loss_over(
         )
 
     return map_over_batches(loss, examples, batch_size=batch_size, description="held-out loss")
+
+
+def histogram_bits_per_dim(train: np.ndarray, test: np.ndarray, max_count: int) -> float:
+    """Bits per count of ``test`` under independent per-position histograms of ``train``.
+
+    Position ``i`` (an entry of ``(H, W, C)``) gets ``p_i(n) = (c_i(n) + 1) / (M + N + 1)``,
+    ``c_i(n)`` the training examples with count ``n`` there (``M`` of them, add-one smoothing
+    over ``0..N``); the result is ``-mean_{j, i} log2 p_i(test_{j,i})``. A trivial baseline that
+    a trained model's bound should beat.
+    """
+    train = np.asarray(train, np.int64).reshape(len(train), -1)
+    test = np.asarray(test, np.int64).reshape(len(test), -1)
+    num_bins = max_count + 1
+    positions = np.arange(train.shape[1])
+    histogram = np.zeros((train.shape[1], num_bins), np.float64)
+    np.add.at(histogram, (np.broadcast_to(positions, train.shape), train), 1.0)
+    probabilities = (histogram + 1.0) / (len(train) + num_bins)
+    log_probability = np.log2(probabilities[np.broadcast_to(positions, test.shape), test])
+    return float(-np.mean(log_probability))

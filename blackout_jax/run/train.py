@@ -400,6 +400,13 @@ class Evaluator:
             "num_examples": len(nats),
         }
 
+    def baseline_bits_per_dim(self, dataset: Any, max_examples: int = 10_000) -> float:
+        """:func:`~blackout_jax.run.held_out.histogram_bits_per_dim` of the evaluation examples,
+        fitted on (at most ``max_examples`` of) the training split."""
+        indices = np.arange(min(int(dataset.num_train), max_examples))
+        train_examples = np.asarray(dataset.train_source.read(indices))
+        return held_out.histogram_bits_per_dim(train_examples, self.examples, self.max_count)
+
     def samples(self, ema_params: Any, step: int) -> np.ndarray:
         """``eval.num_grid_samples`` samples ``(N, H, W, C)`` int32 from the EMA network."""
         return generate.generate_samples(
@@ -591,6 +598,8 @@ class Trainer:
             if self.primary:
                 path = os.path.join(self.workdir, SAMPLES_DIR, f"grid_{step}.png")
                 reporting.save_sample_grid(grid, self.evaluator.max_count, path)
+        if step == self.config.training.num_steps:
+            self._compare_with_baseline(results)
         if self.writer is not None:
             self.writer.write(step, results, split="eval")
             reporting.plot_loss_curve(
@@ -603,6 +612,19 @@ class Trainer:
         )
         self.progress.reset_clock(step)
         return results
+
+    def _compare_with_baseline(self, results: dict[str, float]) -> None:
+        """Add the per-position histogram baseline to the final results; warn when the model's
+        bound does not beat it (an undertrained model: its samples are noise)."""
+        baseline = self.evaluator.baseline_bits_per_dim(self.dataset)
+        results["histogram_baseline_bits_per_dim"] = baseline
+        if results["bits_per_dim"] > baseline:
+            self.progress.message(
+                f"warning: the bound {results['bits_per_dim']:.3f} bits/dim is above the "
+                f"{baseline:.3f} bits/dim of independent per-pixel histograms of the training "
+                "data: the model is undertrained and its samples will be noise; train longer "
+                "(training.num_steps) or see docs/data.md"
+            )
 
     def save(self, step: int, *, force: bool) -> bool:
         """Checkpoint ``step`` unless inside a run of skipped updates; returns whether saved."""
