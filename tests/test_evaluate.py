@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 from sklearn.datasets import load_digits
 
 from blackout_jax.run import train
@@ -28,7 +29,7 @@ def _mode(workdir, mode, *flags):
     return run_main("--config=configs/tiny.py", f"--workdir={workdir}", f"--mode={mode}", *flags)
 
 
-def test_sample_writes_npz_and_png_and_resumes_from_chunks(trained_run, tmp_path):
+def test_sample_writes_npz_and_png_and_is_reproducible(trained_run, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(trained_run, workdir)
     flags = ("--config.sampling.num_samples=10", "--config.sampling.num_steps=5")
@@ -41,11 +42,9 @@ def test_sample_writes_npz_and_png_and_resumes_from_chunks(trained_run, tmp_path
     assert samples.min() >= 0 and samples.max() <= 16
     assert (workdir / "samples" / "samples_6.png").stat().st_size > 0
 
-    # An interrupted run: the last chunk is missing and the output was never written. The
-    # finished chunks are reused, and the draws are those of an uninterrupted run.
-    chunks = sorted((workdir / "samples").glob("chunks_6_*/chunk_*.npy"))
-    assert len(chunks) == 3  # chunks of sampling.batch_size = 4
-    chunks[-1].unlink()
+    # The chunks kept for resuming (tests/test_generate.py) are removed once the npz is written;
+    # a second command draws the same samples.
+    assert not list((workdir / "samples").glob("chunks_*"))
     path.unlink()
     result = _mode(workdir, "sample", *flags)
     assert result.returncode == 0, result.stderr
@@ -74,6 +73,8 @@ def test_evaluate_writes_the_bound_and_digits_metrics(trained_run, tmp_path):
     assert quality["num_samples"] == 12
     assert np.isclose(sum(quality["class_distribution"]), 1.0)
     assert quality["frechet_distance"] > 0 and quality["frechet_floor"] > 0
+    summary = [line for line in result.stdout.splitlines() if line.startswith("samples: ")]
+    assert len(summary) == 1 and "frechet_distance" in summary[0] and "classes 0:" in summary[0]
 
 
 def test_evaluate_without_inception_weights_names_the_file(trained_run, tmp_path):
@@ -106,7 +107,10 @@ def test_impute_keeps_observed_counts(trained_run, tmp_path):
     assert completed.shape == (5, 8, 8, 1)
     np.testing.assert_array_equal(completed[..., 0][mask], counts[mask])
     assert completed.min() >= 0 and completed.max() <= 16
-    assert (workdir / "imputed" / "imputed_6.png").stat().st_size > 0
+    # The PNG shows each input (missing entries red) beside its completion: 2 columns, 5 rows.
+    image = np.asarray(Image.open(workdir / "imputed" / "imputed_6.png"))
+    rows, columns = image.shape[0], image.shape[1]
+    assert image.ndim == 3 and abs(rows / columns - (5 * 9 + 1) / (2 * 9 + 1)) < 0.05
 
     np.savez(tmp_path / "no_mask.npz", counts=counts)
     result = _mode(workdir, "impute", f"--input={tmp_path / 'no_mask.npz'}")

@@ -22,6 +22,7 @@ import functools
 import json
 import math
 import os
+import shutil
 import sys
 import zipfile
 from pathlib import Path
@@ -135,16 +136,18 @@ def load_trained_model(
     )
 
 
+def sample_chunk_dir(config: ExperimentConfig, workdir: str | os.PathLike[str], step: int) -> Path:
+    """Where the chunks of a sample command are kept until its result is written (resume)."""
+    sampler = config.sampling
+    name = f"chunks_{step}_{sampler.method}_{sampler.num_steps}_{sampler.batch_size}"
+    return Path(workdir, "samples", name)
+
+
 def draw_samples(
     config: ExperimentConfig, workdir: str | os.PathLike[str], model: TrainedModel
 ) -> np.ndarray:
     """``sampling.num_samples`` samples of ``model`` (resumable chunks under ``samples/``)."""
     sampler = config.sampling
-    chunk_dir = Path(
-        workdir,
-        "samples",
-        f"chunks_{model.step}_{sampler.method}_{sampler.num_steps}_{sampler.batch_size}",
-    )
     return generate.generate_samples(
         jax.random.fold_in(stream_key(config.seed, Stream.SAMPLE), model.step),
         model.predict_fn,
@@ -154,7 +157,7 @@ def draw_samples(
         max_count=model.max_count,
         method=sampler.method,
         chunk_size=sampler.batch_size,
-        chunk_dir=chunk_dir,
+        chunk_dir=sample_chunk_dir(config, workdir, model.step),
         sharding=_state_sharding(sampler.batch_size),
         progress=True,
     )
@@ -181,6 +184,7 @@ def sample_run(config: Any, workdir: str | os.PathLike[str], dataset: Any) -> Pa
             num_steps=np.asarray(config.sampling.num_steps),
         )
         reporting.save_sample_grid(samples[:100], model.max_count, path.with_suffix(".png"))
+        shutil.rmtree(sample_chunk_dir(config, workdir, model.step), ignore_errors=True)
     print(f"wrote {len(samples)} samples of step {model.step} to {path}")
     return path
 
@@ -247,11 +251,29 @@ def evaluate_run(config: Any, workdir: str | os.PathLike[str], dataset: Any) -> 
     if parallel.is_primary():
         path.parent.mkdir(parents=True, exist_ok=True)
         reporting.write_json(path, results)
+        shutil.rmtree(sample_chunk_dir(config, workdir, model.step), ignore_errors=True)
     print(
         f"step {model.step}: {results['bits_per_dim']:.4f} ± {results['bits_per_dim_ci95']:.4f} "
         f"bits/dim on {len(nats)} held-out examples; wrote {path}"
     )
+    if "sample_metrics" in results:
+        print(f"samples: {summarise_sample_metrics(results['sample_metrics'])}")
     return path
+
+
+def summarise_sample_metrics(metrics: dict[str, Any]) -> str:
+    """One line of the sample metrics: every number, and the class shares in percent."""
+    parts = []
+    for name, value in metrics.items():
+        if isinstance(value, float):
+            parts.append(f"{name} {value:.4g}")
+        elif isinstance(value, list) and name == "class_distribution":
+            shares = " ".join(f"{index}:{100 * share:.0f}%" for index, share in enumerate(value))
+            parts.append(f"classes {shares}")
+    if "frechet_distance" in metrics and metrics.get("frechet_floor"):
+        ratio = metrics["frechet_distance"] / metrics["frechet_floor"]
+        parts.insert(1, f"({ratio:.2f}x the real-vs-real floor)")
+    return ", ".join(parts)
 
 
 def _inception_metrics(
@@ -398,6 +420,7 @@ def impute_run(
     if parallel.is_primary():
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, counts=completed, mask=mask)
-        reporting.save_sample_grid(completed[:100], model.max_count, path.with_suffix(".png"))
+        pairs = reporting.imputation_pairs(counts[:50], mask[:50], completed[:50], model.max_count)
+        reporting.save_sample_grid(pairs, model.max_count, path.with_suffix(".png"), columns=2)
     print(f"imputed {int((~mask).sum())} missing counts in {len(completed)} examples; wrote {path}")
     return path

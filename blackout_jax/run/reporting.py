@@ -249,13 +249,18 @@ class ProgressReporter:
 
 
 def sample_grid_image(
-    samples: np.ndarray, max_count: int, *, border: int = 1, border_value: int = 128
+    samples: np.ndarray,
+    max_count: int,
+    *,
+    border: int = 1,
+    border_value: int = 128,
+    columns: int | None = None,
 ) -> np.ndarray:
     """Tile samples ``(N, H, W, C)`` into one uint8 image, counts scaled ``0..max_count -> 0..255``.
 
     ``C = 1`` gives a grey ``(rows, cols)`` image, ``C = 3`` an RGB ``(rows, cols, 3)`` image;
-    any other ``C`` shows the first channel. The grid is ``ceil(sqrt(N))`` samples wide, with a
-    ``border``-pixel grey (``border_value``) frame around every sample.
+    any other ``C`` shows the first channel. The grid is ``columns`` (default ``ceil(sqrt(N))``)
+    samples wide, with a ``border``-pixel grey (``border_value``) frame around every sample.
     """
     samples = np.asarray(samples)
     if samples.ndim != 4:
@@ -266,7 +271,7 @@ def sample_grid_image(
         samples = samples[..., :1]
     num, height, width, channels = samples.shape
     scaled = np.clip(np.rint(samples.astype(np.float64) * 255.0 / max_count), 0, 255)
-    cols = max(1, math.ceil(math.sqrt(num)))
+    cols = columns or max(1, math.ceil(math.sqrt(num)))
     rows = max(1, math.ceil(num / cols))
     canvas = np.full(
         (rows * (height + border) + border, cols * (width + border) + border, channels),
@@ -281,13 +286,18 @@ def sample_grid_image(
 
 
 def save_sample_grid(
-    samples: np.ndarray, max_count: int, path: str | os.PathLike[str], *, min_size: int = 256
+    samples: np.ndarray,
+    max_count: int,
+    path: str | os.PathLike[str],
+    *,
+    min_size: int = 256,
+    columns: int | None = None,
 ) -> None:
     """Write a PNG grid of ``samples`` (see :func:`sample_grid_image`), upscaled by whole pixels
     (nearest neighbour) until the image is at least ``min_size`` pixels on its shorter side."""
     from matplotlib import image as mpl_image
 
-    grid = sample_grid_image(samples, max_count)
+    grid = sample_grid_image(samples, max_count, columns=columns)
     scale = max(1, math.ceil(min_size / min(grid.shape[:2])))
     grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -295,6 +305,20 @@ def save_sample_grid(
         mpl_image.imsave(path, grid, cmap="gray", vmin=0, vmax=255, format="png")
     else:
         mpl_image.imsave(path, grid, format="png")
+
+
+def imputation_pairs(counts: np.ndarray, mask: np.ndarray, completed: np.ndarray, max_count: int):
+    """``(2N, H, W, 3)`` counts for a two-column grid: each observed input (missing entries red)
+    beside its completion (grey, or the image's own colours)."""
+
+    def as_rgb(values: np.ndarray) -> np.ndarray:
+        return np.repeat(values, 3, axis=-1) if values.shape[-1] == 1 else values[..., :3]
+
+    observed = as_rgb(np.where(mask, counts, 0)).astype(np.int64)
+    missing = ~np.all(mask, axis=-1)
+    observed[missing] = (max_count, 0, 0)
+    pairs = np.stack([observed, as_rgb(completed).astype(np.int64)], axis=1)
+    return pairs.reshape(-1, *pairs.shape[2:])
 
 
 def plot_loss_curve(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> None:
