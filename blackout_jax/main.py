@@ -172,37 +172,35 @@ def _config_argument(argv: list[str]) -> str:
     return value
 
 
-def _unknown_field_message(argv: list[str], error: Exception) -> str:
-    """Names the ``--config.`` override whose field the config lacks and that section's fields."""
-    missing = str(error).strip("\"' ").split("'")[0]
-    overrides = [argument for argument in argv if argument.startswith("--config.")]
-    culprit = next(
-        (
-            argument
-            for argument in overrides
-            if missing in argument.split("=", 1)[0][len("--config.") :].split(".")
-        ),
-        overrides[0] if overrides else "--config.?",
-    )
-    path = culprit.split("=", 1)[0][len("--config.") :]
-    message = f"{culprit}: the config has no field {path}"
-    try:  # the config without the overrides, to list the fields it does have
+def _unknown_field_message(argv: list[str]) -> str | None:
+    """Names the first ``--config.`` override whose field the config lacks, with the fields
+    that its section has; None when every override names a field (or the config fails to load).
+    """
+    try:  # the config without the overrides, to check each override's path against it
         path_and_argument = _config_argument(argv).split(":", 1)
-        spec = importlib.util.spec_from_file_location("_listed_config", path_and_argument[0])
+        spec = importlib.util.spec_from_file_location("_checked_config", path_and_argument[0])
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
-        section = module.get_config(*path_and_argument[1:])
-    except Exception:  # noqa: BLE001 (a config file that fails here has failed already)
-        return message
-    parts = path.split(".")
-    for depth, part in enumerate(parts):
-        if not isinstance(section, config_dict.ConfigDict):
-            break
-        if part not in section:
-            where = f"{'.'.join(parts[:depth])}'s fields" if depth else "its sections"
-            return f"{message} ({part!r} is not one of {where}: {', '.join(sorted(section))})"
-        section = section[part]
-    return message
+        config = module.get_config(*path_and_argument[1:])
+    except Exception:  # noqa: BLE001 (the caller re-raises the original error)
+        return None
+    for argument in argv:
+        if not argument.startswith("--config."):
+            continue
+        path = argument.split("=", 1)[0][len("--config.") :]
+        parts, section = path.split("."), config
+        for depth, part in enumerate(parts):
+            if not isinstance(section, config_dict.ConfigDict):
+                return f"{argument}: the config has no field {path}"
+            if part not in section:
+                where = f"{'.'.join(parts[:depth])}'s fields" if depth else "its sections"
+                known = ", ".join(sorted(section))
+                return (
+                    f"{argument}: the config has no field {path} "
+                    f"({part!r} is not one of {where}: {known})"
+                )
+            section = section[part]
+    return None
 
 
 def make_config_package_importable(config_path: str) -> None:
@@ -236,8 +234,11 @@ def parse_flags(argv: list[str]) -> list[str]:
         remaining = flags.FLAGS(argv)
     except flags.Error as error:
         _fail(_one_line(error), EXIT_USAGE_ERROR)
-    except (AttributeError, KeyError, TypeError) as error:  # ml_collections: an unknown field
-        _fail(_unknown_field_message(argv, error), EXIT_USAGE_ERROR)
+    except (AttributeError, KeyError, TypeError):  # ml_collections' errors for unknown fields
+        message = _unknown_field_message(argv)
+        if message is None:
+            raise
+        _fail(message, EXIT_USAGE_ERROR)
     except OSError:  # an override parsed against a config file that could not be read
         _fail(_config_file_problem(argv), EXIT_USAGE_ERROR)
     if _CONFIG.value is None:

@@ -102,6 +102,7 @@ def test_an_empty_npy_file_is_one_line_naming_it(tmp_path):
     [
         (["--config=configs/tiny.py", "--config.training.foo=1"], ["training.foo", "batch_size"]),
         (["--config=configs/tiny.py", "--config.trainin.num_steps=1"], ["'trainin'", "training"]),
+        (["--config=configs/tiny.py", "--config.model.ch_mult.x=1"], ["model.ch_mult.x"]),
         (["--config=configs/nope.py"], ["configs/nope.py", "no such file"]),
         (["--config=configs/nope.py", "--config.training.num_steps=1"], ["configs/nope.py"]),
         (["--config=configs/tiny.py", "--mode=bogus"], ["--mode=bogus"]),
