@@ -1,6 +1,8 @@
 """Checks of the public functions' inputs.
 
-Every check runs only on *concrete* values (NumPy arrays, Python numbers, committed JAX arrays).
+Every check runs only on *concrete* values (NumPy arrays, Python numbers, committed JAX arrays
+whose values this process holds; a global array of a multi-process job, spread over other
+processes' devices, is not checked).
 Under ``jax.jit``, ``jax.vmap`` or ``jax.grad`` the inputs are tracers whose values are unknown at
 trace time, so the checks are skipped and the functions compute on whatever they are given
 (out-of-range counts then give meaningless numbers, not errors). Validate data once, outside the
@@ -18,8 +20,11 @@ import numpy as np
 
 
 def concrete_value(x: Any) -> np.ndarray | None:
-    """``x`` as a NumPy array, or ``None`` when ``x`` is (or contains) a JAX tracer."""
+    """``x`` as a NumPy array, or ``None`` when ``x`` is (or contains) a JAX tracer or is a
+    global array partly held by other processes."""
     if isinstance(x, jax.core.Tracer):
+        return None
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
         return None
     try:
         return np.asarray(x)

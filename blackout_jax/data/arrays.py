@@ -56,12 +56,15 @@ def read_array_file(path: str | os.PathLike[str], array_key: str = "") -> tuple[
 
     Raises:
       FileNotFoundError: ``path`` does not exist.
-      ValueError: an unknown suffix, a file numpy cannot read without unpickling, a missing key.
+      ValueError: an unknown suffix, an empty (0-byte) file, a file numpy cannot read without
+        unpickling, a missing key.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"data.path: {str(path)!r} does not exist")
     suffix = path.suffix.lower()
+    if suffix in ARRAY_SUFFIXES and path.stat().st_size == 0:
+        raise ValueError(f"data.path: {str(path)!r} is empty (0 bytes), not an {suffix} file")
     if suffix not in ARRAY_SUFFIXES:
         raise ValueError(
             f"data.path: {str(path)!r} must be an .npy or .npz file or a folder of PNGs, "

@@ -1,0 +1,35 @@
+"""The studies run as modules of the experiments package from the repository root."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.cli import REPO_ROOT, cpu_environment
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_imputation_study_runs_as_a_module(tmp_path):
+    out = tmp_path / "study"
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments.imputation_study", "--fractions=0.5",
+         "--resamples=1", "--particles=2", "--num_examples=2", "--num_steps=2", f"--out={out}"],
+        cwd=REPO_ROOT,
+        env=cpu_environment(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [(row["conditioning"], row["size"], row["network_calls"]) for row in rows] == [
+        ("resamples", 1, 2),
+        ("particles", 2, 4),
+    ]
+    for row in rows:
+        assert 0.0 <= row["exact_fraction"] <= row["member_fraction"] <= 1.0
+    assert out.with_suffix(".png").stat().st_size > 0
