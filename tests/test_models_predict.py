@@ -9,7 +9,12 @@ import pytest
 from flax import nnx
 
 from blackout_jax import nll_bound, observation_times, sample
-from blackout_jax.models import create_model, make_predict_fn, make_predict_fn_from_model
+from blackout_jax.models import (
+    create_model,
+    example_dropout_keys,
+    make_predict_fn,
+    make_predict_fn_from_model,
+)
 
 T_END = 10.0
 NUM_STEPS = 50
@@ -113,3 +118,55 @@ def test_samplers_and_bound_run_on_the_network(model):
     )
     assert nats.shape == (2,)
     assert bool(jnp.all(jnp.isfinite(nats))) and bool(jnp.all(nats > 0))
+
+
+def test_dropout_predict_fn_runs_each_example_in_training_mode_with_its_own_key(model, batch):
+    counts, t = batch
+    key = jax.random.key(7)
+    predict_fn = make_predict_fn(*nnx.split(model), dropout_key=key)
+    out = np.asarray(call(predict_fn, counts, t))
+    keys = example_dropout_keys(key, counts, t)
+    for i in range(counts.shape[0]):
+        alone = model(counts[i : i + 1], t[i : i + 1], train=True, dropout_key=keys[i])
+        np.testing.assert_allclose(out[i], np.asarray(alone)[0], rtol=1e-5, atol=1e-6)
+    evaluation = np.asarray(call(make_predict_fn(*nnx.split(model)), counts, t))
+    assert not np.allclose(out, evaluation)
+    np.testing.assert_array_equal(np.asarray(call(predict_fn, counts, t)), out)  # same key
+
+
+def test_example_dropout_keys_differ_by_row_time_and_state():
+    def data(keys):
+        return np.asarray(jax.random.key_data(keys))
+
+    key = jax.random.key(3)
+    counts = jnp.zeros((3, 4, 4, 1), jnp.int32)
+    t = jnp.full((3,), 0.5, jnp.float32)
+    base = data(example_dropout_keys(key, counts, t))
+    assert len({row.tobytes() for row in base}) == 3  # identical states, distinct rows
+    np.testing.assert_array_equal(data(example_dropout_keys(key, counts, t)), base)
+    later = data(example_dropout_keys(key, counts, t.at[1].set(0.25)))
+    np.testing.assert_array_equal(later[[0, 2]], base[[0, 2]])
+    assert not np.array_equal(later[1], base[1])
+    grown = data(example_dropout_keys(key, counts.at[2, 1, 3, 0].set(1), t))
+    np.testing.assert_array_equal(grown[:2], base[:2])
+    assert not np.array_equal(grown[2], base[2])
+    other = data(example_dropout_keys(jax.random.key(4), counts, t))
+    assert not np.any(np.all(other == base, axis=1))
+
+
+def test_sampling_with_dropout_is_reproducible_and_differs_from_no_dropout(model):
+    graphdef, state = nnx.split(model)
+    times = observation_times(4, T_END)
+
+    def draw(predict_fn):
+        return np.asarray(
+            sample(jax.random.key(0), predict_fn, (4, 8, 8, 1), times, max_count=MAX_COUNT)
+        )
+
+    with_dropout = draw(make_predict_fn(graphdef, state, dropout_key=jax.random.key(1)))
+    np.testing.assert_array_equal(
+        draw(make_predict_fn(graphdef, state, dropout_key=jax.random.key(1))), with_dropout
+    )
+    assert not np.array_equal(draw(make_predict_fn(graphdef, state)), with_dropout)
+    other_key = draw(make_predict_fn(graphdef, state, dropout_key=jax.random.key(2)))
+    assert not np.array_equal(other_key, with_dropout)
