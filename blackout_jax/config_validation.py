@@ -18,7 +18,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from blackout_jax.losses import WEIGHTINGS
-from blackout_jax.sampling import METHODS
+from blackout_jax.sampling import METHODS, STARTS
+from blackout_jax.schedule import GRIDS
 
 DATASETS = ("digits", "cifar10", "binarized_mnist", "celeba64", "counts")
 
@@ -143,6 +144,9 @@ SCHEMA: dict[str, Check] = {
     "sampling.num_samples": _integer(1),
     "sampling.num_steps": _integer(1),
     "sampling.method": _choice(METHODS),
+    "sampling.grid": _choice(GRIDS),
+    "sampling.start": _choice(STARTS),
+    "sampling.dropout": _boolean,
     "sampling.batch_size": _integer(1),
     "sampling.checkpoint_step": _integer(-1),
     "sampling.impute_resamples": _integer(1),

@@ -30,10 +30,12 @@ import ml_collections
 import numpy as np
 
 from blackout_jax import checkpointing, generate, parallel, reporting, sampling, schedule, train
+from blackout_jax.models import predict
 
 _SAMPLE_STREAM = 3  # folded into the seed's key for the sample command's draws
 _EVALUATE_STREAM = 4  # for the bound of the evaluate command
 _IMPUTE_STREAM = 5
+_DROPOUT_STREAM = 6  # the network's dropout masks when sampling.dropout is on
 INCEPTION_DATASETS = ("cifar10", "celeba64")
 
 
@@ -88,9 +90,12 @@ def load_trained_model(
         num_time_samples=int(config.eval.num_time_samples),
     )
     ema = restored.state["ema_params"]
+    dropout_key = jax.random.fold_in(jax.random.key(int(config.seed)), _DROPOUT_STREAM)
     return TrainedModel(
         step=restored.step,
-        predict_fn=jax.tree_util.Partial(apply, ema, rest),
+        predict_fn=predict.make_predict_fn(graphdef, ema, rest, dropout_key=dropout_key)
+        if bool(config.sampling.dropout)
+        else jax.tree_util.Partial(apply, ema, rest),
         max_count=int(dataset.max_count),
         image_shape=tuple(int(d) for d in dataset.image_shape),
         bound=bound,
@@ -121,16 +126,27 @@ def draw_samples(
     num_steps = int(sampling_config.num_steps)
     chunk = int(sampling_config.batch_size)
     method = str(sampling_config.method)
-    chunk_dir = Path(workdir, "samples", f"chunks_{model.step}_{method}_{num_steps}_{chunk}")
+    variant = f"{sampling_config.grid}_{sampling_config.start}" + (
+        "_dropout" if sampling_config.dropout else ""
+    )
+    chunk_dir = Path(
+        workdir, "samples", f"chunks_{model.step}_{method}_{variant}_{num_steps}_{chunk}"
+    )
     seed_key = jax.random.fold_in(jax.random.key(int(config.seed)), _SAMPLE_STREAM)
     samples = generate.generate_samples(
         jax.random.fold_in(seed_key, model.step),
         model.predict_fn,
         num_samples=int(sampling_config.num_samples),
         example_shape=model.image_shape,
-        times=schedule.observation_times(num_steps, float(config.diffusion.t_end)),
+        times=schedule.sampling_times(
+            sampling_config.grid,
+            num_steps,
+            t_end=float(config.diffusion.t_end),
+            training_steps=int(config.diffusion.num_steps),
+        ),
         max_count=model.max_count,
         method=method,
+        start=str(sampling_config.start),
         chunk_size=chunk,
         chunk_dir=chunk_dir,
         sharding=_batch_sharding_for(chunk),
@@ -312,8 +328,11 @@ def impute_run(
     """Complete the unobserved counts of ``input_path`` → ``imputed/imputed_<step>.npz`` + PNG."""
     model = load_trained_model(config, workdir, dataset)
     counts, mask = read_imputation_input(input_path, model.image_shape)
-    times = schedule.observation_times(
-        int(config.sampling.num_steps), float(config.diffusion.t_end)
+    times = schedule.sampling_times(
+        config.sampling.grid,
+        int(config.sampling.num_steps),
+        t_end=float(config.diffusion.t_end),
+        training_steps=int(config.diffusion.num_steps),
     )
     chunk = int(config.sampling.batch_size)
     key = jax.random.fold_in(jax.random.key(int(config.seed)), _IMPUTE_STREAM)
@@ -329,6 +348,7 @@ def impute_run(
             times,
             max_count=model.max_count,
             method=str(config.sampling.method),
+            start=str(config.sampling.start),
             resamples=int(config.sampling.impute_resamples),
             particles=int(config.sampling.impute_particles),
             progress=parallel.is_primary(),

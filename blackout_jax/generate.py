@@ -41,6 +41,7 @@ def generate_samples(
     times: Array,
     max_count: int,
     method: str = "binomial_bridge",
+    start: str = "prior",
     chunk_size: int,
     chunk_dir: str | os.PathLike[str] | None = None,
     sharding: jax.sharding.Sharding | None = None,
@@ -53,7 +54,7 @@ def generate_samples(
       predict_fn: the model, as for :func:`blackout_jax.sample`.
       num_samples: how many samples (``>= 1``); the last chunk is drawn whole and cut.
       example_shape: shape of one example, e.g. ``(H, W, C)``.
-      times, max_count, method: as for :func:`blackout_jax.sample`.
+      times, max_count, method, start: as for :func:`blackout_jax.sample`.
       chunk_size: samples per chunk; a multiple of the device count when ``sharding`` splits
         the batch.
       chunk_dir: where finished chunks are kept; chunks found there are reused (resume).
@@ -94,6 +95,7 @@ def generate_samples(
                 times,
                 max_count=max_count,
                 method=method,
+                start=start,
                 sharding=sharding,
             )
             chunk = np.asarray(multihost_utils.process_allgather(drawn, tiled=True))

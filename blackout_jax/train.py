@@ -414,8 +414,11 @@ class _Evaluator:
         )
         self.apply = apply
         self.key = jax.random.fold_in(jax.random.key(int(config.seed)), _EVAL_STREAM)
-        self.times = schedule.observation_times(
-            int(config.sampling.num_steps), float(config.diffusion.t_end)
+        self.times = schedule.sampling_times(
+            config.sampling.grid,
+            int(config.sampling.num_steps),
+            t_end=float(config.diffusion.t_end),
+            training_steps=int(config.diffusion.num_steps),
         )
 
     def metrics(self, params: Any, rest: Any) -> dict[str, float]:
@@ -457,6 +460,7 @@ class _Evaluator:
                 self.times,
                 max_count=self.max_count,
                 method=self.config.sampling.method,
+                start=self.config.sampling.start,
             )
             parts.append(parallel.to_host(drawn))
         return np.concatenate(parts)

@@ -36,7 +36,13 @@ Fields (see ``blackout_jax.config_validation`` for the allowed values):
   docs/metrics.md), ``reference_cache_dir`` (cached training-set statistics; '' =
   ~/.cache/blackout_jax/reference), ``kid_subset_size``.
 * ``sampling``: ``num_samples``, ``num_steps`` (sampler steps; the evaluation grid uses them
-  too), ``method`` ('binomial_bridge' | 'tau_leaping'), ``batch_size`` (samples drawn per
+  too), ``method`` ('binomial_bridge' | 'tau_leaping'), ``grid`` (the sampler's times,
+  ``blackout_jax.schedule.sampling_times``: 'logit' = a fresh ``num_steps``-point reference
+  grid, 'subgrid' = every d-th time of the training grid as the reference does; ``num_steps``
+  must divide ``diffusion.num_steps``), ``start`` ('prior' = a draw of the bound's Poisson
+  prior | 'zeros' = an all-zero image as the reference does), ``dropout`` (run the network
+  with dropout active while sampling, as the reference's generation does; the sample, evaluate
+  and impute commands), ``batch_size`` (samples drawn per
   compiled call), ``checkpoint_step`` (-1 = the latest checkpoint). For ``--mode=impute``:
   ``impute_particles`` (particles per example, reweighted by their fit to the observations
   and resampled; 1 = none), ``impute_resamples`` (takes of each sampler step, the state
@@ -121,6 +127,9 @@ def get_config() -> ml_collections.ConfigDict:
     sampling.num_samples = 64
     sampling.num_steps = 100
     sampling.method = "binomial_bridge"
+    sampling.grid = "logit"
+    sampling.start = "prior"
+    sampling.dropout = False
     sampling.batch_size = 64
     sampling.checkpoint_step = -1
     sampling.impute_resamples = 1
