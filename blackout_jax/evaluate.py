@@ -244,6 +244,9 @@ def evaluate_run(
             "method": str(config.sampling.method),
             "num_steps": int(config.sampling.num_steps),
             "num_samples": len(samples),
+            "grid": str(config.sampling.grid),
+            "start": str(config.sampling.start),
+            "dropout": bool(config.sampling.dropout),
         }
         if kind == "digits":
             from blackout_jax.metrics import digits_features

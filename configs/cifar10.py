@@ -1,7 +1,8 @@
 """CIFAR-10 (32x32x3, counts 0..255) with the reference settings of Blackout Diffusion.
 
 Santos et al. (ICML 2023), as their notebooks (lanl/Blackout-Diffusion) run it: the CIFAR-10
-NCSN++ of score_sde (62,693,251 parameters), instantaneous loss, batch 256, random flips,
+NCSN++ of score_sde (62,693,251 parameters) fed the integer time label ``k - 1``
+(``model.time_input = 'grid_index'``), instantaneous loss, batch 256, random flips,
 plain Adam 2e-4 (no learning-rate warm-up, no gradient clipping: score_sde's ``warmup`` and
 ``grad_clip`` values are never applied in their loop), EMA 0.9999, T = 1000 observation
 times, t_end = 15, 1.3M steps. Sampling as their generation notebooks: every d-th training
@@ -50,6 +51,7 @@ def get_config() -> ml_collections.ConfigDict:
     model.progressive_combine = "sum"
     model.dropout = 0.1
     model.embedding_type = "positional"
+    model.time_input = "grid_index"  # the reference's integer label k - 1 of time t_k
     model.init_scale = 0.0
     model.conv_size = 3
 

@@ -116,8 +116,10 @@ def test_reference_data_batch_and_time_settings():
 
 @pytest.mark.parametrize("name", REFERENCE_CONFIGS)
 def test_reference_configs_sample_as_the_reference(name):
-    sampling = _config(name).sampling
+    config = _config(name)
+    sampling = config.sampling
     assert (sampling.grid, sampling.start, sampling.dropout) == ("subgrid", "zeros", True)
+    assert config.model.time_input == "grid_index"
 
 
 def _hand_written_adam(params, grads, learning_rate):
