@@ -30,11 +30,19 @@ from blackout_jax.process import (
     survival_probability,
 )
 from blackout_jax.sampling import METHODS, impute, sample
-from blackout_jax.schedule import continuous_time, grid_position, observation_times, subgrid
+from blackout_jax.schedule import (
+    GRIDS,
+    continuous_time,
+    grid_position,
+    observation_times,
+    sampling_times,
+    subgrid,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "GRIDS",
     "METHODS",
     "WEIGHTINGS",
     "birth_rate",
@@ -58,6 +66,7 @@ __all__ = [
     "prior_sample",
     "sample",
     "sample_time_and_weight",
+    "sampling_times",
     "subgrid",
     "survival_probability",
     "training_loss",

@@ -1,7 +1,8 @@
 """Reverse-time samplers of Blackout Diffusion, compiled as one XLA program.
 
 On an increasing grid ``0 = t_0 < t_1 < ... < t_K = t_end`` the sampler starts from a prior draw
-``n_{t_K} ~ Poisson((N/2) p_{t_end})`` (clipped to ``N = max_count``) and walks the grid
+``n_{t_K} ~ Poisson((N/2) p_{t_end})`` (clipped to ``N = max_count``; ``start="zeros"``: from
+an all-zero state, as the reference does) and walks the grid
 backwards, ``t = t_k -> s = t_{k-1}``, with ``yhat = predict_fn(n_t, t)`` and the bridge
 probability ``r = (p_s - p_t) / (1 - p_t)``:
 
@@ -15,7 +16,8 @@ tau-leaping draws ``min(Poisson(yhat r), N - n_t)`` exactly with
 :func:`blackout_jax.draws.capped_poisson_scaled`.
 The samplers know the model only through ``predict_fn``.
 
-Compilation is cached on ``(predict_fn, shape, grid length, max_count, method, progress)``. A
+Compilation is cached on ``(predict_fn, shape, grid length, max_count, method, start,
+progress)``. A
 ``predict_fn`` that closes over large arrays (network parameters) would have them baked into
 the program as constants; pass it as a ``jax.tree_util.Partial`` whose arguments hold the
 arrays instead (``Partial(apply, params)`` called as ``apply(params, counts, t)``): its arrays
@@ -40,6 +42,7 @@ Array = jax.Array
 PredictFn = Callable[[Array, Array], Array]
 
 METHODS = ("binomial_bridge", "tau_leaping")
+STARTS = ("prior", "zeros")
 _PROGRESS_UPDATES = 50  # host callbacks per sampler run when progress is on
 _SMALLEST_TWIST_RATE = 1e-6  # floor of yhat in the particles' Poisson fit to the observations
 
@@ -52,6 +55,7 @@ def sample(
     *,
     max_count: int,
     method: str = "binomial_bridge",
+    start: str = "prior",
     progress: bool = False,
     sharding: jax.sharding.Sharding | None = None,
 ) -> Array:
@@ -66,6 +70,11 @@ def sample(
         example ``observation_times(K, t_end)`` or ``subgrid(observation_times(T, t_end), K)``.
       max_count: largest count ``N`` (``>= 1``).
       method: ``"binomial_bridge"`` (default) or ``"tau_leaping"``.
+      start: the state at ``t_end``: ``"prior"`` (default) draws ``Poisson((N/2) p_{t_end})``
+        clipped to ``N``, the prior of the likelihood bound, so samples come from the model
+        whose likelihood :func:`blackout_jax.nll_bound` bounds; ``"zeros"`` starts from an
+        all-zero state, as the reference's generation code does (the prior is almost always
+        all zeros too, but the bound is only a bound for the prior start).
       progress: report steps done and steps/s on stderr while the compiled loop runs (about 50
         host callbacks per run).
       sharding: optional sharding of the state (for example ``NamedSharding(mesh, P("data"))``
@@ -78,7 +87,7 @@ def sample(
       ValueError: bad ``method``, ``shape`` or ``max_count``, or (when concrete) a grid that is
         not 1-D, shorter than 2, not starting at 0 or not strictly increasing.
     """
-    _check_sampler_arguments(shape, times, max_count, method)
+    _check_sampler_arguments(shape, times, max_count, method, start)
     return _run_sampler(
         key,
         functional.as_partial(predict_fn),
@@ -88,6 +97,7 @@ def sample(
         shape=tuple(int(d) for d in shape),
         max_count=int(max_count),
         method=method,
+        start=start,
         resamples=1,
         particles=1,
         progress=bool(progress),
@@ -104,6 +114,7 @@ def impute(
     *,
     max_count: int,
     method: str = "binomial_bridge",
+    start: str = "prior",
     resamples: int = 1,
     particles: int = 1,
     progress: bool = False,
@@ -146,13 +157,15 @@ def impute(
       observed: boolean mask with the shape of ``counts``, ``True`` where a count is known.
       resamples: takes of each step (``>= 1``; 1 = no resampling).
       particles: particles per example (``>= 1``; 1 = none); not together with ``resamples``.
+      start: the unobserved entries' state at ``t_end`` (``"prior"`` | ``"zeros"``, as in
+        :func:`sample`); the observed entries always start from their forward marginal.
       Other arguments as in :func:`sample`.
 
     Returns:
       int32 counts of ``counts.shape``: observed entries as given, the others sampled.
     """
     counts_shape = tuple(np.shape(counts))
-    _check_sampler_arguments(counts_shape, times, max_count, method)
+    _check_sampler_arguments(counts_shape, times, max_count, method, start)
     for name, value in (("resamples", resamples), ("particles", particles)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -180,6 +193,7 @@ def impute(
         shape=(counts_shape[0] * particles, *counts_shape[1:]),
         max_count=int(max_count),
         method=method,
+        start=start,
         resamples=int(resamples),
         particles=particles,
         progress=bool(progress),
@@ -188,10 +202,12 @@ def impute(
 
 
 def _check_sampler_arguments(
-    shape: tuple[int, ...], times: Array, max_count: int, method: str
+    shape: tuple[int, ...], times: Array, max_count: int, method: str, start: str
 ) -> None:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if start not in STARTS:
+        raise ValueError(f"start must be one of {STARTS}, got {start!r}")
     argument_checks.check_max_count(max_count)
     if len(shape) < 1 or any(int(d) < 1 for d in shape):
         raise ValueError(f"shape must be a non-empty tuple of positive sizes, got {shape!r}")
@@ -204,6 +220,7 @@ def _check_sampler_arguments(
         "shape",
         "max_count",
         "method",
+        "start",
         "resamples",
         "particles",
         "progress",
@@ -220,6 +237,7 @@ def _run_sampler(
     shape: tuple[int, ...],
     max_count: int,
     method: str,
+    start: str,
     resamples: int,
     particles: int,
     progress: bool,
@@ -235,13 +253,16 @@ def _run_sampler(
             return counts
         return jax.lax.with_sharding_constraint(counts, sharding)
 
-    start = likelihood.prior_sample(prior_key, shape, t_end=t_end, max_count=max_count)
+    if start == "zeros":
+        initial = jnp.zeros(shape, jnp.int32)
+    else:
+        initial = likelihood.prior_sample(prior_key, shape, t_end=t_end, max_count=max_count)
     if observed is not None:
         observed_start = process.forward_sample(
             jax.random.fold_in(prior_key, 1), observed_counts, t_end
         )
-        start = jnp.where(observed, observed_start, start)
-    start = constrain(start)
+        initial = jnp.where(observed, observed_start, initial)
+    initial = constrain(initial)
 
     def predict(counts: Array, t: Array) -> Array:
         return predict_fn(counts, jnp.full((batch,), t, jnp.float32)).astype(jnp.float32)
@@ -321,10 +342,10 @@ def _run_sampler(
 
     ks = jnp.arange(num_steps, 0, -1)
     if particles == 1:
-        final, _ = jax.lax.scan(step, start, (ks, times[ks], times[ks - 1]))
+        final, _ = jax.lax.scan(step, initial, (ks, times[ks], times[ks - 1]))
         return final
     no_weights = jnp.zeros((num_examples, particles), jnp.float32)
-    carry = (start, no_weights, jnp.zeros((batch,), jnp.float32))
+    carry = (initial, no_weights, jnp.zeros((batch,), jnp.float32))
     (final, log_weights, twist), _ = jax.lax.scan(step, carry, (ks, times[ks], times[ks - 1]))
     # At s = 0 the observed entries equal x_obs: the twist has done its work and is divided out.
     log_weights = log_weights - twist.reshape(num_examples, particles)

@@ -9,11 +9,17 @@ observation times so that ``logit(p_t)`` falls linearly from ``L`` to ``-L`` wit
 so ``t_1 = log1p(exp(-L)) ~ exp(-t_end)`` and ``t_T = t_end``. The continuous version maps
 ``u in [0, 1]`` to ``t = softplus(-L (1 - 2u))``; it meets the grid at ``u = (k - 1) / (T - 1)``.
 
+Sampling grids with fewer steps than training (:func:`sampling_times`, choices :data:`GRIDS`):
+``"logit"`` is a fresh ``K``-point reference grid, ``"subgrid"`` takes every ``T/K``-th point of
+the ``T``-point training grid, as the reference's generation code does.
+
 All functions return float32 arrays and work under ``jax.jit``/``jax.vmap`` (``num_steps`` is a
 Python int).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -93,3 +99,63 @@ def grid_position(t: Array, t_end: float | Array, num_steps: int) -> Array:
     t = jnp.asarray(t, jnp.float32)
     logit_p = -jnp.log(jnp.expm1(t))
     return 1.0 + (num_steps - 1) * (1.0 - logit_p / logit_range(t_end)) / 2.0
+
+
+def _logit_grid(num_steps: int, t_end: float, training_steps: int) -> Array:
+    del training_steps
+    return observation_times(num_steps, t_end)
+
+
+def _every_dth_training_time(num_steps: int, t_end: float, training_steps: int) -> Array:
+    if (
+        not isinstance(training_steps, (int, np.integer))
+        or isinstance(training_steps, bool)
+        or training_steps < 1
+    ):
+        raise ValueError(f"training_steps must be an int >= 1, got {training_steps!r}")
+    if num_steps > training_steps or training_steps % num_steps:
+        raise ValueError(
+            f"grid 'subgrid' takes every d-th time of the training grid, so num_steps must "
+            f"divide training_steps = {training_steps}, got num_steps = {num_steps}; choose a "
+            f"divisor or grid 'logit'"
+        )
+    return subgrid(observation_times(training_steps, t_end), num_steps)
+
+
+_GRID_BUILDERS: dict[str, Callable[[int, float, int], Array]] = {
+    "logit": _logit_grid,
+    "subgrid": _every_dth_training_time,
+}
+GRIDS = tuple(_GRID_BUILDERS)
+"""The sampling grids of :func:`sampling_times` (config ``sampling.grid``)."""
+
+
+def sampling_times(grid: str, num_steps: int, *, t_end: float, training_steps: int) -> Array:
+    """The ``num_steps + 1`` increasing times a sampler walks down, float32, ``times[0] = 0``.
+
+    * ``"logit"``: ``observation_times(num_steps, t_end)``, the reference grid built with
+      ``K = num_steps`` points (``logit(p_t)`` linear in ``k``); with ``K = T`` it is the
+      training grid.
+    * ``"subgrid"``: every ``d``-th time of the training grid
+      ``observation_times(training_steps, t_end)``, ``d = training_steps / num_steps``:
+      ``times[j] = t_{j d}``, ``j = 0..K``. These are the times the network was trained at,
+      which is what the reference's generation code walks (its ``skipped = d``). ``d`` must
+      be a whole number: a ``num_steps`` that does not divide ``training_steps`` raises.
+
+    Args:
+      grid: one of :data:`GRIDS`.
+      num_steps: sampler steps ``K >= 1``.
+      t_end: end time of the process (``> 0``).
+      training_steps: ``T``, the observation times of training (``diffusion.num_steps``).
+
+    Raises:
+      ValueError: an unknown ``grid``, a bad ``num_steps``/``t_end``, or (``"subgrid"``)
+        ``num_steps`` not dividing ``training_steps``.
+    """
+    if grid not in _GRID_BUILDERS:
+        raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
+        raise ValueError(f"num_steps must be a Python int, got {num_steps!r}")
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    return _GRID_BUILDERS[grid](int(num_steps), t_end, training_steps)

@@ -9,11 +9,13 @@ import pathlib
 import sys
 import types
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from blackout_jax import models
 from blackout_jax.run import config as config_lib
-from blackout_jax.run import network
+from blackout_jax.run import network, train
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -31,6 +33,7 @@ def _config(name: str):
 def test_every_config_file_is_known():
     assert set(CONFIG_NAMES) == {
         "binarized_mnist",
+        "binarized_mnist_small",
         "celeba64",
         "cifar10",
         "cifar10_finite_time",
@@ -116,13 +119,83 @@ def test_reference_settings():
     assert _config("counts").data.name == "counts"
 
 
-def test_cifar10_network_has_the_reference_parameter_count():
-    config = _config("cifar10")
-    data = types.SimpleNamespace(image_shape=(32, 32, 3), max_count=255)
-    abstract = network.abstract_model(
-        config_lib.parse(config), data
-    )  # shapes only, no 62M initialisation
-    assert models.count_parameters(abstract) == 62_693_251
+REFERENCE_CONFIGS = ("cifar10", "cifar10_finite_time", "binarized_mnist", "celeba64")
+
+
+@pytest.mark.parametrize(
+    ("name", "image_shape", "max_count", "parameters"),
+    [
+        ("cifar10", (32, 32, 3), 255, 62_693_251),
+        ("binarized_mnist", (32, 32, 1), 1, 62_686_337),
+        ("celeba64", (64, 64, 3), 255, 62_693_251),
+    ],
+)
+def test_reference_networks_have_the_reference_parameter_counts(
+    name, image_shape, max_count, parameters
+):
+    config = _config(name)
+    data = types.SimpleNamespace(image_shape=image_shape, max_count=max_count)
+    # shapes only (nnx.eval_shape), no 62M initialisation
+    abstract = network.abstract_model(config_lib.parse(config), data)
+    assert models.count_parameters(abstract) == parameters
+    # the CIFAR-10 network of the reference, unchanged
+    assert config.model.to_dict() == _config("cifar10").model.to_dict()
+
+
+def test_reference_data_batch_and_time_settings():
+    mnist, celeba = _config("binarized_mnist"), _config("celeba64")
+    assert (mnist.data.name, mnist.data.max_count, mnist.data.random_flip) == (
+        "binarized_mnist",
+        1,
+        False,
+    )
+    assert (mnist.training.batch_size, mnist.diffusion.t_end) == (256, 10.0)
+    assert (celeba.data.name, celeba.data.random_flip) == ("celeba64", False)
+    assert (celeba.training.batch_size, celeba.diffusion.t_end) == (100, 15.0)
+    for config in (mnist, celeba):
+        assert config.diffusion.weighting == "instantaneous"
+        assert config.training.num_steps == 1_300_000
+    assert _config("cifar10").data.random_flip
+
+
+@pytest.mark.parametrize("name", REFERENCE_CONFIGS)
+def test_reference_configs_sample_as_the_reference(name):
+    config = _config(name)
+    sampling = config.sampling
+    assert (sampling.grid, sampling.start, sampling.dropout) == ("subgrid", "zeros", True)
+    assert config.model.time_input == "grid_index"
+
+
+def _hand_written_adam(params, grads, learning_rate):
+    """Adam (b1 0.9, b2 0.999, eps 1e-8, bias-corrected) over a list of gradients."""
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    m = np.zeros_like(params)
+    v = np.zeros_like(params)
+    for step, grad in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * grad
+        v = b2 * v + (1 - b2) * grad**2
+        m_hat, v_hat = m / (1 - b1**step), v / (1 - b2**step)
+        params = params - learning_rate * m_hat / (np.sqrt(v_hat) + eps)
+    return params
+
+
+@pytest.mark.parametrize("name", REFERENCE_CONFIGS)
+def test_reference_optimiser_is_plain_adam(name):
+    """No warm-up and no clipping: gradients of norm ~100 would be clipped to 1 otherwise."""
+    training = _config(name).training
+    assert (training.warmup_steps, training.grad_clip_norm) == (0, 0.0)
+    assert training.learning_rate == 2e-4
+    optimizer = train.make_optimizer(config_lib.parse(_config(name)).training)
+    rng = np.random.default_rng(0)
+    params = np.zeros((3, 5))  # the parameters are then the accumulated updates themselves
+    grads = [50.0 * rng.normal(size=(3, 5)), 30.0 * rng.normal(size=(3, 5))]
+    state = optimizer.init(jnp.asarray(params, jnp.float32))
+    current = jnp.asarray(params, jnp.float32)
+    for grad in grads:
+        updates, state = optimizer.update(jnp.asarray(grad, jnp.float32), state, current)
+        current = current + updates
+    expected = _hand_written_adam(params, grads, 2e-4)
+    np.testing.assert_allclose(np.asarray(current), expected, rtol=1e-4)
 
 
 @pytest.mark.parametrize(

@@ -84,15 +84,46 @@ def test_tfds_stream_resumes_exactly(tmp_path, mocked_tfds):
 
 def test_binarized_mnist_from_mocked_tfds(tmp_path, mocked_tfds):
     dataset = load_dataset(tfds_config("binarized_mnist", tmp_path), seed=0, size_divisor=4)
-    assert dataset.image_shape == (28, 28, 1)
+    assert dataset.image_shape == (32, 32, 1)
     assert dataset.max_count == 1
     assert not dataset.random_flip  # the reference did not flip MNIST
     test = dataset.test_examples(3)
     pixels = mock_images("mnist", "test", range(3))
-    np.testing.assert_array_equal(test, (pixels / 255.0 > 0.5).astype(np.int32))
+    assert pixels.shape[1:] == (28, 28, 1)
+    expected = [(interpolated_32(image) > 0.5).astype(np.int32) for image in pixels]
+    np.testing.assert_array_equal(test, np.stack(expected))
     assert set(np.unique(test).tolist()) == {0, 1}
     batch = next(dataset.train_iterator(global_batch_size=6, process_index=0, process_count=1))
-    assert batch.shape == (6, 28, 28, 1) and batch.max() <= 1
+    assert batch.shape == (6, 32, 32, 1) and batch.max() <= 1
+
+
+def interpolated_32(image: np.ndarray) -> np.ndarray:
+    """``pixel / 255`` of a (28, 28, 1) image on a 32x32 grid by ``np.interp`` along each axis.
+
+    Output pixel ``x`` reads the input at ``(x + 0.5) 28 / 32 - 0.5`` (centres aligned);
+    ``np.interp`` repeats the edge values beyond the first and last centre.
+    """
+    plane = np.asarray(image[..., 0], np.float64) / 255.0
+    points = (np.arange(32) + 0.5) * 28 / 32 - 0.5
+    grid = np.arange(28)
+    rows = np.stack([np.interp(points, grid, plane[:, j]) for j in range(28)], axis=1)
+    return np.stack([np.interp(points, grid, rows[i]) for i in range(32)])[..., None]
+
+
+def test_mnist_resize_and_threshold_match_direct_interpolation_and_pil():
+    image = np.random.default_rng(5).integers(0, 256, (28, 28, 1)).astype(np.uint8)
+    resized = tfds_source.resize_mnist(image)
+    assert resized.shape == (32, 32, 1)
+    np.testing.assert_allclose(resized, interpolated_32(image), rtol=0, atol=1e-12)
+    pil = Image.fromarray(image[..., 0].astype(np.float32) / 255.0, mode="F")
+    pil_resized = np.asarray(pil.resize((32, 32), Image.Resampling.BILINEAR))
+    np.testing.assert_allclose(resized[..., 0], pil_resized, rtol=0, atol=1e-5)
+    counts = tfds_source.binarize_mnist(image)
+    assert counts.dtype == np.int32
+    np.testing.assert_array_equal(counts, (interpolated_32(image) > 0.5).astype(np.int32))
+    # 128 / 255 is just above one half, 127 / 255 just below: the threshold is strict.
+    np.testing.assert_array_equal(tfds_source.binarize_mnist(np.full((28, 28, 1), 128)), 1)
+    np.testing.assert_array_equal(tfds_source.binarize_mnist(np.full((28, 28, 1), 127)), 0)
 
 
 def test_celeba64_from_mocked_tfds(tmp_path, mocked_tfds):
@@ -108,8 +139,8 @@ def test_celeba64_from_mocked_tfds(tmp_path, mocked_tfds):
 
 
 def test_image_size_is_checked_against_the_network(tmp_path, mocked_tfds):
-    with pytest.raises(ValueError, match=r"binarized_mnist.*H = 28.*multiple of 8"):
-        load_dataset(tfds_config("binarized_mnist", tmp_path), seed=0, size_divisor=8)
+    with pytest.raises(ValueError, match=r"binarized_mnist.*H = 32.*multiple of 64"):
+        load_dataset(tfds_config("binarized_mnist", tmp_path), seed=0, size_divisor=64)
 
 
 def test_declared_max_count_must_match_the_dataset(tmp_path):
@@ -196,11 +227,6 @@ def test_real_array_record_split_is_read_by_index(tmp_path):
 
 
 # --- conversions --------------------------------------------------------------------------------
-
-
-def test_binarize_mnist_threshold():
-    pixels = np.array([0, 127, 128, 255], np.uint8).reshape(1, 4, 1)
-    np.testing.assert_array_equal(tfds_source.binarize_mnist(pixels).ravel(), [0, 0, 1, 1])
 
 
 def test_celeba_crop_is_centred():

@@ -199,18 +199,51 @@ def test_module_holds_only_parameters_no_random_state():
     assert not jax.tree.leaves(nnx.state(model, nnx.RngState))
 
 
+def _reference_grid_model(overrides):
+    """Shapes-only model on the reference grid (T = 1000, t_end = 15)."""
+    return nnx.eval_shape(
+        lambda: create_model(
+            TINY | overrides,
+            image_shape=(8, 8, 1),
+            max_count=255,
+            t_end=15.0,
+            num_steps=1000,
+            seed=0,
+        )
+    )
+
+
+def test_grid_index_is_the_reference_label_on_the_thousand_step_grid():
+    times = observation_times(1000, 15.0)[1:]
+    labels = np.asarray(
+        _reference_grid_model({"time_input": "grid_index"}).embedding_position(times)
+    )
+    assert labels[0] == 0.0  # times[1]
+    assert labels[-1] == 999.0  # times[1000]
+    np.testing.assert_array_equal(labels, np.arange(1000, dtype=np.float32))
+    fourier = _reference_grid_model({"time_input": "grid_index", "embedding_type": "fourier"})
+    np.testing.assert_allclose(
+        fourier.embedding_position(times), np.arange(1000) / 999.0, rtol=1e-6, atol=1e-7
+    )
+
+
 def test_time_position_continuous_and_grid_index_agree_on_the_grid():
     continuous = shared_model({"time_input": "continuous"})
     grid_index = abstract_model({"time_input": "grid_index"})
     times = observation_times(NUM_STEPS, T_END)[1:]
     expected = np.arange(1, NUM_STEPS + 1, dtype=np.float32)
     np.testing.assert_allclose(continuous.embedding_position(times), expected, atol=2e-3)
-    np.testing.assert_array_equal(grid_index.embedding_position(times), expected)
+    # grid_index feeds the reference's label k - 1: 0 at t_1, T - 1 at t_T
+    np.testing.assert_array_equal(grid_index.embedding_position(times), expected - 1.0)
     # Between grid points the continuous position moves, the grid index snaps to the nearest.
     between = 0.5 * (times[9] + times[10])
     position = float(continuous.embedding_position(between[None])[0])
     assert 10.0 < position < 11.0
-    assert float(grid_index.embedding_position(between[None])[0]) in (10.0, 11.0)
+    assert float(grid_index.embedding_position(between[None])[0]) in (9.0, 10.0)
+    # Off the grid the label stays in 0..T-1.
+    np.testing.assert_array_equal(
+        grid_index.embedding_position(jnp.array([0.0, 2 * T_END])), [0.0, NUM_STEPS - 1.0]
+    )
     # Out-of-range times stay finite: t = 0 maps to position 0, t > t_end to T.
     edges = continuous.embedding_position(jnp.array([0.0, 2 * T_END]))
     np.testing.assert_array_equal(edges, [0.0, float(NUM_STEPS)])

@@ -9,7 +9,12 @@ import pytest
 from flax import nnx
 
 from blackout_jax import nll_bound, observation_times, sample
-from blackout_jax.models import create_model, make_predict_fn, make_predict_fn_from_model
+from blackout_jax.models import (
+    create_model,
+    example_dropout_keys,
+    make_predict_fn,
+    make_predict_fn_from_model,
+)
 
 T_END = 10.0
 NUM_STEPS = 50
@@ -113,3 +118,60 @@ def test_samplers_and_bound_run_on_the_network(model):
     )
     assert nats.shape == (2,)
     assert bool(jnp.all(jnp.isfinite(nats))) and bool(jnp.all(nats > 0))
+
+
+def test_dropout_predict_fn_draws_per_example_masks_reproducibly(model, batch):
+    counts, t = batch
+    same = jnp.stack([counts[0], counts[0], counts[1]])  # rows 0 and 1 identical
+    times = jnp.stack([t[0], t[0], t[1]])
+    predict_fn = make_predict_fn(*nnx.split(model), dropout_key=jax.random.key(7))
+    out = np.asarray(call(predict_fn, same, times))
+    assert out.shape == same.shape and np.all(out >= 0)
+    np.testing.assert_array_equal(np.asarray(call(predict_fn, same, times)), out)  # same key
+    assert not np.allclose(out[0], out[1])  # same input, its own mask
+    # An example's masks do not depend on the other examples of the batch.
+    changed = np.asarray(call(predict_fn, same.at[2].set(counts[0]), times))
+    np.testing.assert_array_equal(changed[:2], out[:2])
+    other_key = make_predict_fn(*nnx.split(model), dropout_key=jax.random.key(8))
+    assert not np.allclose(np.asarray(call(other_key, same, times)), out)
+    evaluation = np.asarray(call(make_predict_fn(*nnx.split(model)), same, times))
+    np.testing.assert_allclose(evaluation[0], evaluation[1], rtol=1e-6)
+    assert not np.allclose(out, evaluation)
+
+
+def test_example_dropout_keys_differ_by_row_time_and_state():
+    def data(keys):
+        return np.asarray(jax.random.key_data(keys))
+
+    key = jax.random.key(3)
+    counts = jnp.zeros((3, 4, 4, 1), jnp.int32)
+    t = jnp.full((3,), 0.5, jnp.float32)
+    base = data(example_dropout_keys(key, counts, t))
+    assert len({row.tobytes() for row in base}) == 3  # identical states, distinct rows
+    np.testing.assert_array_equal(data(example_dropout_keys(key, counts, t)), base)
+    later = data(example_dropout_keys(key, counts, t.at[1].set(0.25)))
+    np.testing.assert_array_equal(later[[0, 2]], base[[0, 2]])
+    assert not np.array_equal(later[1], base[1])
+    grown = data(example_dropout_keys(key, counts.at[2, 1, 3, 0].set(1), t))
+    np.testing.assert_array_equal(grown[:2], base[:2])
+    assert not np.array_equal(grown[2], base[2])
+    other = data(example_dropout_keys(jax.random.key(4), counts, t))
+    assert not np.any(np.all(other == base, axis=1))
+
+
+def test_sampling_with_dropout_is_reproducible_and_differs_from_no_dropout(model):
+    graphdef, state = nnx.split(model)
+    times = observation_times(4, T_END)  # the shapes of the test above: no new compilation
+
+    def draw(predict_fn):
+        return np.asarray(
+            sample(jax.random.key(0), predict_fn, (2, 8, 8, 1), times, max_count=MAX_COUNT)
+        )
+
+    with_dropout = draw(make_predict_fn(graphdef, state, dropout_key=jax.random.key(1)))
+    np.testing.assert_array_equal(
+        draw(make_predict_fn(graphdef, state, dropout_key=jax.random.key(1))), with_dropout
+    )
+    assert not np.array_equal(draw(make_predict_fn(graphdef, state)), with_dropout)
+    other_key = draw(make_predict_fn(graphdef, state, dropout_key=jax.random.key(2)))
+    assert not np.array_equal(other_key, with_dropout)

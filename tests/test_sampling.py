@@ -210,3 +210,61 @@ def test_impute_keeps_observations_and_completes_a_member(method: str) -> None:
     if method == "binomial_bridge":  # under jit, with the counts traced
         jitted = jax.jit(fill)(jax.random.key(14), np.where(mask, counts, 0))
         np.testing.assert_array_equal(np.asarray(jitted), filled)
+
+
+def _first_state_recorder(counts, t):
+    """Predicts nothing: one step ``[0, t_end]`` then returns the initial state unchanged."""
+    return jnp.zeros(counts.shape, jnp.float32)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_zero_start_begins_from_an_all_zero_state(method: str) -> None:
+    times = jnp.array([0.0, 0.5])  # prior rate (N/2) e^-0.5 ~ 4.9: the prior draw is not zero
+    shape = (64, 4, 4, 1)
+    zero = sample(
+        jax.random.key(5),
+        _first_state_recorder,
+        shape,
+        times,
+        max_count=MAX_COUNT,
+        method=method,
+        start="zeros",
+    )
+    np.testing.assert_array_equal(np.asarray(zero), 0)
+    prior = np.asarray(
+        sample(
+            jax.random.key(5),
+            _first_state_recorder,
+            shape,
+            times,
+            max_count=MAX_COUNT,
+            method=method,
+        )
+    )
+    rate = MAX_COUNT / 2 * np.exp(-0.5)
+    assert abs(prior.mean() - rate) < 5 * np.sqrt(rate / prior.size)
+
+
+def test_zero_start_of_impute_keeps_the_observed_marginal() -> None:
+    times = jnp.array([0.0, 0.5])
+    counts = np.full((32, 4, 4, 1), 7, np.int32)
+    mask = np.zeros(counts.shape, bool)
+    mask[:, :2] = True
+    filled = np.asarray(
+        impute(
+            jax.random.key(6),
+            _first_state_recorder,
+            counts * mask,
+            mask,
+            times,
+            max_count=MAX_COUNT,
+            start="zeros",
+        )
+    )
+    np.testing.assert_array_equal(filled[mask], 7)  # the bridge reaches the observed value
+    np.testing.assert_array_equal(filled[~mask], 0)
+
+
+def test_sampler_start_is_checked() -> None:
+    with pytest.raises(ValueError, match=r"start must be one of \('prior', 'zeros'\), got 'black'"):
+        sample(jax.random.key(0), room_left, SHAPE, TIMES, max_count=MAX_COUNT, start="black")

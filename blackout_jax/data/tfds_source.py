@@ -11,8 +11,11 @@ Nothing here ever downloads: a dataset missing from the data_dir raises
 Conversions to counts (``np.int32`` (H, W, C)):
 
 * ``cifar10``: the 8-bit pixels, 32x32x3, max count 255; test split ``test``.
-* ``binarized_mnist``: MNIST's pixels binarized as ``pixel / 255 > 0.5`` -> {0, 1}, 28x28x1,
-  max count 1; test split ``test``.
+* ``binarized_mnist``: MNIST's 28x28 images resized to 32x32 with the antialiased bilinear
+  filter below (on ``pixel / 255``, as ``tf.image.resize(..., antialias=True)``), then
+  thresholded ``> 0.5`` -> {0, 1}: 32x32x1, max count 1; test split ``test``. This is the
+  reference's preprocessing (lanl/Blackout-Diffusion, ``loadDataPipeline.py`` and the
+  ``> 0.5`` of its training notebook).
 * ``celeba64``: CelebA's 218x178 images centre-cropped to 140x140 (rows 39..178, columns
   19..158: offsets ``(218 - 140) // 2`` and ``(178 - 140) // 2``) and resized to 64x64 with an
   antialiased bilinear filter (the triangle kernel stretched by the 140/64 downscale factor,
@@ -35,15 +38,29 @@ from blackout_jax.data.pipeline import MAX_READ_THREADS
 
 CELEBA_CROP = 140
 CELEBA_SIZE = 64
+MNIST_SIZE = 32
 
 
 class MissingDatasetError(FileNotFoundError):
     """A TFDS dataset is not prepared (in array_record format) under the data_dir."""
 
 
+def resize_mnist(image: np.ndarray) -> np.ndarray:
+    """MNIST pixels (uint8 (H, W, C)) -> ``pixel / 255`` resized to (32, 32, C), float64.
+
+    Both axes use :func:`antialiased_bilinear_weights` ``(28, 32)``: for this upscale, plain
+    bilinear interpolation with pixel centres aligned and the edge pixels repeated.
+    """
+    image = np.asarray(image, np.float64) / 255.0
+    return _resize_2d(image, MNIST_SIZE)
+
+
 def binarize_mnist(image: np.ndarray) -> np.ndarray:
-    """MNIST pixels (uint8 (28, 28, 1)) -> counts ``pixel / 255 > 0.5`` in {0, 1}, int32."""
-    return (np.asarray(image, np.float32) / 255.0 > 0.5).astype(np.int32)
+    """MNIST pixels (uint8 (28, 28, 1)) -> counts ``resize_mnist(image) > 0.5``, int32.
+
+    The result has shape (32, 32, 1) and values in {0, 1}.
+    """
+    return (resize_mnist(image) > 0.5).astype(np.int32)
 
 
 def identity_counts(image: np.ndarray) -> np.ndarray:
@@ -69,10 +86,16 @@ def antialiased_bilinear_weights(in_size: int, out_size: int) -> np.ndarray:
 
 
 @functools.cache
-def _celeba_weights() -> np.ndarray:
-    weights = antialiased_bilinear_weights(CELEBA_CROP, CELEBA_SIZE)
+def _resize_weights(in_size: int, out_size: int) -> np.ndarray:
+    weights = antialiased_bilinear_weights(in_size, out_size)
     weights.setflags(write=False)
     return weights
+
+
+def _resize_2d(image: np.ndarray, size: int) -> np.ndarray:
+    """(H, W, C) float64 -> (size, size, C): :func:`antialiased_bilinear_weights` on each axis."""
+    rows = np.tensordot(_resize_weights(image.shape[0], size), image, axes=(1, 0))
+    return np.tensordot(_resize_weights(image.shape[1], size), rows, axes=(1, 1)).transpose(1, 0, 2)
 
 
 def celeba_crop_resize(image: np.ndarray) -> np.ndarray:
@@ -89,9 +112,7 @@ def celeba_crop_resize(image: np.ndarray) -> np.ndarray:
             f"CelebA images must be at least {CELEBA_CROP}x{CELEBA_CROP}, got shape {image.shape}"
         )
     crop = image[top : top + CELEBA_CROP, left : left + CELEBA_CROP].astype(np.float64)
-    weights = _celeba_weights()
-    rows = np.tensordot(weights, crop, axes=(1, 0))  # (64, 140, C)
-    resized = np.tensordot(weights, rows, axes=(1, 1)).transpose(1, 0, 2)  # (64, 64, C)
+    resized = _resize_2d(crop, CELEBA_SIZE)
     return np.clip(np.floor(resized + 0.5), 0, 255).astype(np.int32)
 
 
@@ -114,7 +135,14 @@ TFDS_DATASETS: dict[str, TfdsDataset] = {
         "cifar10", "cifar10", "train", "test", (32, 32, 3), 255, True, identity_counts
     ),
     "binarized_mnist": TfdsDataset(
-        "binarized_mnist", "mnist", "train", "test", (28, 28, 1), 1, False, binarize_mnist
+        "binarized_mnist",
+        "mnist",
+        "train",
+        "test",
+        (MNIST_SIZE, MNIST_SIZE, 1),
+        1,
+        False,
+        binarize_mnist,
     ),
     "celeba64": TfdsDataset(
         "celeba64", "celeb_a", "train", "test", (64, 64, 3), 255, True, celeba_crop_resize

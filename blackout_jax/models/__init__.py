@@ -10,7 +10,11 @@ from blackout_jax.models.ncsnpp import (
     parameter_count,
     parse_config,
 )
-from blackout_jax.models.predict import make_predict_fn, make_predict_fn_from_model
+from blackout_jax.models.predict import (
+    example_dropout_keys,
+    make_predict_fn,
+    make_predict_fn_from_model,
+)
 
 __all__ = [
     "CIFAR10_REFERENCE",
@@ -19,6 +23,7 @@ __all__ = [
     "check_image_shape",
     "count_parameters",
     "create_model",
+    "example_dropout_keys",
     "make_predict_fn",
     "make_predict_fn_from_model",
     "parameter_count",

@@ -11,9 +11,11 @@ shape ``(B,)`` to ``yhat ~ E[n_0 - n_t | n_t]`` (float32, ``>= 0``, shape of ``n
   ``k(t) = 1 + (T - 1)(1 - logit(p_t)/L)/2`` of the reference schedule
   (:func:`blackout_jax.schedule.grid_position`; ``k(t_k) = k`` on the training grid).
   ``"continuous"`` embeds ``k(t)`` itself (clipped to ``[0, T]``), so any sampling grid works
-  without retraining; ``"grid_index"`` embeds the index ``round(k(t))`` of the nearest grid
-  time (clipped to ``[1, T]``), the reference convention. The positional embedding takes this
-  position; the Fourier embedding takes ``u = (k - 1)/(T - 1)``, the position on ``[0, 1]``.
+  without retraining; ``"grid_index"`` embeds the reference's integer label ``round(k(t)) - 1``
+  of the nearest grid time (clipped to ``[0, T - 1]``): ``0`` at ``t_1``, ``T - 1`` at
+  ``t_T``, exactly what the reference network receives. The positional embedding takes this
+  value; the Fourier embedding takes ``u = (k - 1)/(T - 1)``, the position on ``[0, 1]``
+  (the same for both inputs on the grid).
 * **output** (``model.output_transform``): ``"softplus"`` gives ``yhat = softplus(h)``
   (reference); ``"bounded_sigmoid"`` gives ``yhat = (N - n_t) sigmoid(h)``, which never exceeds
   the room left.
@@ -479,14 +481,18 @@ class NCSNpp(nnx.Module):
         """The value fed to the time embedding for times ``t`` (same shape, float32).
 
         Positional embedding: the grid position ``k(t)`` (``"continuous"``, clipped to
-        ``[0, T]``) or ``round(k(t))`` clipped to ``[1, T]`` (``"grid_index"``). Fourier
-        embedding: ``(k - 1) / (T - 1)`` (``1`` when ``T = 1``).
+        ``[0, T]``) or the reference label ``round(k(t)) - 1`` clipped to ``[0, T - 1]``
+        (``"grid_index"``; ``t_k`` gets ``k - 1``). Fourier embedding: ``(k - 1) / (T - 1)``
+        (``1`` when ``T = 1``).
         """
         t = jnp.maximum(jnp.asarray(t, jnp.float32), 1e-12)
         total = self.num_steps
         position = schedule.grid_position(t, self.t_end, total)
         if self.config.time_input == "grid_index":
-            position = jnp.clip(jnp.round(position), 1.0, float(total))
+            label = jnp.clip(jnp.round(position) - 1.0, 0.0, float(total - 1))
+            if self.config.embedding_type == "positional":
+                return label
+            position = label + 1.0
         else:
             position = jnp.clip(position, 0.0, float(total))
         if self.config.embedding_type == "fourier":

@@ -20,11 +20,13 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from blackout_jax import schedule
 from blackout_jax.data import DATASET_NAMES
 from blackout_jax.losses import WEIGHTINGS
 from blackout_jax.models import NCSNppConfig, parse_config
 from blackout_jax.models.ncsnpp import CIFAR10_REFERENCE
-from blackout_jax.sampling import METHODS
+from blackout_jax.sampling import METHODS, STARTS
+from blackout_jax.schedule import GRIDS
 
 SAMPLE_METRICS = ("auto", "digits", "inception", "none")
 
@@ -140,6 +142,23 @@ class SamplingConfig:
     num_samples: int = setting(64, "samples drawn by --mode=sample/evaluate", minimum=1)
     num_steps: int = setting(100, "sampler steps K", minimum=1)
     method: str = setting("binomial_bridge", "sampler", choices=METHODS)
+    grid: str = setting(
+        "logit",
+        "sampler times (blackout_jax.schedule.sampling_times): 'logit' = a fresh num_steps-point "
+        "reference grid, 'subgrid' = every d-th training time as the reference does",
+        choices=GRIDS,
+    )
+    start: str = setting(
+        "prior",
+        "the state at t_end: 'prior' = a draw of the bound's Poisson prior, 'zeros' = an "
+        "all-zero image as the reference does",
+        choices=STARTS,
+    )
+    dropout: bool = setting(
+        False,
+        "run the network with dropout active while sampling (sample/evaluate/impute), as the "
+        "reference's generation does",
+    )
     batch_size: int = setting(64, "samples per compiled call (one chunk)", minimum=1)
     checkpoint_step: int = setting(-1, "checkpoint to use (-1 = the latest)", minimum=-1)
     impute_resamples: int = setting(
@@ -302,11 +321,30 @@ def _check_across_fields(config: ExperimentConfig) -> None:
             "config field data.path must name your counts file (.npy/.npz) or PNG folder "
             "when data.name is 'counts', got ''"
         )
+    sampler, training_steps = config.sampling, config.diffusion.num_steps
+    if sampler.grid == "subgrid" and (
+        sampler.num_steps > training_steps or training_steps % sampler.num_steps
+    ):
+        raise ValueError(
+            "config field sampling.num_steps must divide diffusion.num_steps = "
+            f"{training_steps} with sampling.grid 'subgrid' (every d-th training time), got "
+            f"{sampler.num_steps}; choose a divisor or sampling.grid 'logit'"
+        )
     if data.max_count == 0 and data.name != "counts":
         raise ValueError(
             "config field data.max_count must be >= 1 (0 = infer from the data is only for "
             f"data.name 'counts'), got 0 for data.name {data.name!r}"
         )
+
+
+def sampling_times(config: ExperimentConfig) -> Any:
+    """The sampler's times of ``config.sampling`` (:func:`blackout_jax.schedule.sampling_times`)."""
+    return schedule.sampling_times(
+        config.sampling.grid,
+        config.sampling.num_steps,
+        t_end=config.diffusion.t_end,
+        training_steps=config.diffusion.num_steps,
+    )
 
 
 def check_devices(config: ExperimentConfig, device_count: int, process_count: int) -> None:

@@ -146,6 +146,7 @@ def generate_samples(
     times: Array,
     max_count: int,
     method: str = "binomial_bridge",
+    start: str = "prior",
     chunk_size: int,
     chunk_dir: str | os.PathLike[str] | None = None,
     sharding: jax.sharding.Sharding | None = None,
@@ -154,8 +155,9 @@ def generate_samples(
     """Draw ``num_samples`` int32 samples of ``example_shape`` with :func:`blackout_jax.sample`.
 
     Chunk ``i`` is ``sample(fold_in(key, i), predict_fn, (chunk_size, *example_shape), times,
-    ...)``; see :func:`run_in_chunks` for resuming and sharding. With ``progress`` the primary
-    host shows the chunks and, within each chunk, the sampler's steps.
+    max_count=..., method=..., start=...)``; see :func:`run_in_chunks` for resuming and
+    sharding. With ``progress`` the primary host shows the chunks and, within each chunk, the
+    sampler's steps.
 
     Returns:
       ``(num_samples, *example_shape)`` int32 array on every host.
@@ -169,6 +171,7 @@ def generate_samples(
             times,
             max_count=max_count,
             method=method,
+            start=start,
             sharding=sharding,
             progress=progress and jax.process_index() == 0,
         )

@@ -31,7 +31,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from blackout_jax import likelihood, models, sampling, schedule
+from blackout_jax import likelihood, models, sampling
 from blackout_jax.data import count_checks
 from blackout_jax.run import (
     checkpointing,
@@ -130,7 +130,14 @@ def load_trained_model(
     checkpointing.check_metadata(metadata, dataset, os.fspath(workdir))
     return TrainedModel(
         step=step,
-        predict_fn=models.make_predict_fn(graphdef, restored["ema_params"], rest),
+        predict_fn=models.make_predict_fn(
+            graphdef,
+            restored["ema_params"],
+            rest,
+            dropout_key=stream_key(config.seed, Stream.SAMPLING_DROPOUT)
+            if config.sampling.dropout
+            else None,
+        ),
         max_count=int(dataset.max_count),
         image_shape=tuple(int(d) for d in dataset.image_shape),
     )
@@ -139,7 +146,8 @@ def load_trained_model(
 def sample_chunk_dir(config: ExperimentConfig, workdir: str | os.PathLike[str], step: int) -> Path:
     """Where the chunks of a sample command are kept until its result is written (resume)."""
     sampler = config.sampling
-    name = f"chunks_{step}_{sampler.method}_{sampler.num_steps}_{sampler.batch_size}"
+    variant = f"{sampler.grid}_{sampler.start}" + ("_dropout" if sampler.dropout else "")
+    name = f"chunks_{step}_{sampler.method}_{variant}_{sampler.num_steps}_{sampler.batch_size}"
     return Path(workdir, "samples", name)
 
 
@@ -153,9 +161,10 @@ def draw_samples(
         model.predict_fn,
         num_samples=sampler.num_samples,
         example_shape=model.image_shape,
-        times=schedule.observation_times(sampler.num_steps, config.diffusion.t_end),
+        times=config_lib.sampling_times(config),
         max_count=model.max_count,
         method=sampler.method,
+        start=sampler.start,
         chunk_size=sampler.batch_size,
         chunk_dir=sample_chunk_dir(config, workdir, model.step),
         sharding=_state_sharding(sampler.batch_size),
@@ -239,6 +248,9 @@ def evaluate_run(config: Any, workdir: str | os.PathLike[str], dataset: Any) -> 
         results["sampler"] = {
             "method": config.sampling.method,
             "num_steps": config.sampling.num_steps,
+            "grid": config.sampling.grid,
+            "start": config.sampling.start,
+            "dropout": config.sampling.dropout,
             "num_samples": len(samples),
         }
         if kind == "digits":
@@ -391,7 +403,7 @@ def impute_run(
     counts, mask = read_imputation_input(input_path, image_shape, int(dataset.max_count))
     model = load_trained_model(config, workdir, dataset)
     sampler = config.sampling
-    times = schedule.observation_times(sampler.num_steps, config.diffusion.t_end)
+    times = config_lib.sampling_times(config)
 
     def complete(key: jax.Array, observed_counts: jax.Array, observed: jax.Array) -> jax.Array:
         return sampling.impute(
@@ -402,6 +414,7 @@ def impute_run(
             times,
             max_count=model.max_count,
             method=sampler.method,
+            start=sampler.start,
             resamples=sampler.impute_resamples,
             particles=sampler.impute_particles,
             progress=parallel.is_primary(),

@@ -19,6 +19,7 @@ class Stream(enum.IntEnum):
     SAMPLE = 3  # --mode=sample (and the samples of --mode=evaluate)
     EVALUATE = 4  # the bound of --mode=evaluate
     IMPUTE = 5  # --mode=impute
+    SAMPLING_DROPOUT = 6  # the network's dropout masks when sampling.dropout is on
 
 
 DROPOUT_STREAM = 0x64726F70

@@ -56,7 +56,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from blackout_jax import likelihood, losses, models, schedule
+from blackout_jax import likelihood, losses, models
 from blackout_jax.run import checkpointing, generate, held_out, network, parallel, reporting
 from blackout_jax.run import config as config_lib
 from blackout_jax.run.config import ExperimentConfig, TrainingConfig
@@ -368,7 +368,7 @@ class Evaluator:
         self.image_shape = tuple(int(d) for d in dataset.image_shape)
         self.examples = np.asarray(dataset.test_examples(config.eval.num_examples or None))
         self.key = stream_key(config.seed, Stream.EVAL)
-        self.times = schedule.observation_times(config.sampling.num_steps, config.diffusion.t_end)
+        self.times = config_lib.sampling_times(config)
 
     def metrics(self, ema_params: Any) -> dict[str, float]:
         """Held-out loss and the likelihood bound (nats and bits/dim) on the fixed examples."""
@@ -417,6 +417,7 @@ class Evaluator:
             times=self.times,
             max_count=self.max_count,
             method=self.config.sampling.method,
+            start=self.config.sampling.start,
             chunk_size=self.config.sampling.batch_size,
             progress=True,
         )

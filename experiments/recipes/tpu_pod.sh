@@ -19,5 +19,5 @@ set -euo pipefail
 pip install -q -e ".[fid]" "jax[tpu]"
 COMMON=(--config=configs/cifar10.py --workdir="$WORKDIR" --config.data.data_dir="$DATA_DIR")
 python -m blackout_jax.main "${COMMON[@]}" --mode=train "$@"
-python -m blackout_jax.main "${COMMON[@]}" --mode=sample --config.sampling.num_samples=50000 "$@"
-python -m blackout_jax.main "${COMMON[@]}" --mode=evaluate --config.sampling.num_samples=50000 "$@"
+python -m blackout_jax.main "${COMMON[@]}" --mode=sample "$@"
+python -m blackout_jax.main "${COMMON[@]}" --mode=evaluate "$@"
