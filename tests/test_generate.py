@@ -48,6 +48,17 @@ def test_chunks_are_written_and_reused(tmp_path):
     np.testing.assert_array_equal(resumed[1:], fresh[1:])
 
 
+def test_a_damaged_chunk_is_named_and_drawn_again(tmp_path, capsys):
+    fresh = _generate()
+    _generate(tmp_path)
+    (tmp_path / "chunk_00001.npy").write_bytes(b"\x93NUMPY truncated")
+    resumed = _generate(tmp_path)
+    np.testing.assert_array_equal(resumed, fresh)  # the same key draws the same chunk
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning:" in line]
+    assert len(warnings) == 1 and "chunk_00001.npy" in warnings[0]
+    np.testing.assert_array_equal(np.load(tmp_path / "chunk_00001.npy"), fresh[4:8])
+
+
 def test_chunk_of_another_size_is_refused(tmp_path):
     np.save(tmp_path / "chunk_00000.npy", np.zeros((3, 2, 2, 1), np.int32))
     try:
