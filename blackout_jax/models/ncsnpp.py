@@ -727,16 +727,16 @@ def count_parameters(tree: Any) -> int:
     return int(sum(int(np.prod(leaf.shape)) for leaf in leaves))
 
 
-def parameter_count(
+def abstract_network(
     model_config: Mapping[str, Any] | NCSNppConfig,
     *,
     image_shape: Sequence[int],
     max_count: int = 255,
     t_end: float = 15.0,
     num_steps: int = 1000,
-) -> int:
-    """Parameter count of the network for ``image_shape``, without allocating the parameters."""
-    abstract = nnx.eval_shape(
+) -> NCSNpp:
+    """The network with shapes only (``nnx.eval_shape``): no parameters are allocated."""
+    return nnx.eval_shape(
         lambda: create_model(
             model_config,
             image_shape=image_shape,
@@ -746,4 +746,23 @@ def parameter_count(
             seed=0,
         )
     )
-    return count_parameters(abstract)
+
+
+def parameter_count(
+    model_config: Mapping[str, Any] | NCSNppConfig,
+    *,
+    image_shape: Sequence[int],
+    max_count: int = 255,
+    t_end: float = 15.0,
+    num_steps: int = 1000,
+) -> int:
+    """Parameter count of the network for ``image_shape``, without allocating the parameters."""
+    return count_parameters(
+        abstract_network(
+            model_config,
+            image_shape=image_shape,
+            max_count=max_count,
+            t_end=t_end,
+            num_steps=num_steps,
+        )
+    )
