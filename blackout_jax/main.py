@@ -75,8 +75,9 @@ def main(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # keep the console for progress lines
 
-    from blackout_jax import parallel
+    from blackout_jax import compilation_cache, parallel
 
+    compilation_cache.enable_persistent_cache()
     try:
         parallel.initialize_distributed(
             coordinator_address=_COORDINATOR_ADDRESS.value,
