@@ -120,6 +120,7 @@ SCHEMA: dict[str, Check] = {
     "model.input_transform": _checked_by_model,
     "model.output_transform": _checked_by_model,
     "model.dtype": _checked_by_model,
+    "model.inference_dtype": _checked_by_model,
     "training.num_steps": _integer(1),
     "training.batch_size": _integer(1),
     "training.learning_rate": _number(0.0, strict=True),

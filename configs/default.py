@@ -18,7 +18,9 @@ Fields (see ``blackout_jax.config_validation`` for the allowed values):
 * ``diffusion``: ``t_end`` (end time of the death process), ``num_steps`` (T observation
   times of the reference grid), ``weighting`` ('instantaneous' | 'finite_time' | 'elbo').
 * ``model``: the NCSN++ network (``blackout_jax.models``); ``dtype`` is the compute dtype
-  ('float32' | 'bfloat16'), parameters stay float32.
+  ('float32' | 'bfloat16'), parameters stay float32; ``inference_dtype`` is the compute dtype
+  of sampling and evaluation ('' = ``dtype``; 'bfloat16' samples a float32-trained network in
+  bfloat16).
 * ``training``: ``num_steps``, global ``batch_size``, Adam ``learning_rate`` with a linear
   warm-up over ``warmup_steps``, gradient clipping to global norm ``grad_clip_norm``
   (0 = off), ``ema_decay`` (the EMA uses ``min(ema_decay, (1 + s) / (10 + s))`` at update
@@ -92,6 +94,7 @@ def get_config() -> ml_collections.ConfigDict:
     model.input_transform = "reference"
     model.output_transform = "softplus"
     model.dtype = "float32"
+    model.inference_dtype = ""
 
     config.training = training = ml_collections.ConfigDict()
     training.num_steps = 1000
