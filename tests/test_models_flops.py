@@ -164,9 +164,17 @@ def test_bad_batch_size_is_named():
         flops.network_flops(TINY, image_shape=(8, 8, 1), batch_size=0)
 
 
-def test_while_loop_is_refused():
+def test_while_loop_with_matmuls_is_refused():
     def loop(x):
         return jax.lax.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, c[1] @ c[1]), (0, x))
 
     with pytest.raises(ValueError, match="while"):
         flops.count_flops(loop, jnp.ones((2, 2)))
+
+
+def test_while_loop_without_matmuls_counts_nothing():
+    def loop(x, w):
+        _, y = jax.lax.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, c[1] * 2.0), (0, x))
+        return y @ w
+
+    assert flops.count_flops(loop, jnp.ones((2, 3)), jnp.ones((3, 4))).total == 2 * 2 * 3 * 4

@@ -139,10 +139,13 @@ def _sub_jaxprs(value: Any) -> list[Any]:
 def jaxpr_flops(jaxpr: Any) -> FlopCount:
     """Count the convolutions and matrix products of a (closed) jaxpr, nested ones included.
 
-    A ``scan`` body counts ``length`` times; of the branches of a ``cond`` the largest counts.
+    A ``scan`` body counts ``length`` times; of the branches of a ``cond`` the largest counts;
+    a ``while`` loop without matrix products or convolutions (e.g. a sampler's rejection loop)
+    counts nothing.
 
     Raises:
-      ValueError: a ``while`` loop (its trip count is not known from the shapes).
+      ValueError: a ``while`` loop with matrix products or convolutions in it (its trip count
+        is not known from the shapes).
     """
     jaxpr = jaxpr.jaxpr if hasattr(jaxpr, "jaxpr") and hasattr(jaxpr.jaxpr, "eqns") else jaxpr
     count = FlopCount()
@@ -160,7 +163,12 @@ def jaxpr_flops(jaxpr: Any) -> FlopCount:
             else:
                 count += FlopCount(dense=flops)
         elif name == "while":
-            raise ValueError("cannot count FLOPs through a while loop (unknown trip count)")
+            body = jaxpr_flops(eqn.params["body_jaxpr"]) + jaxpr_flops(eqn.params["cond_jaxpr"])
+            if body.total:
+                raise ValueError(
+                    "cannot count FLOPs through a while loop with matrix products or "
+                    "convolutions in it (unknown trip count)"
+                )
         elif name == "cond":
             branches = [jaxpr_flops(branch) for branch in eqn.params["branches"]]
             count += max(branches, key=lambda c: c.total)
