@@ -1,0 +1,1 @@
+"""Experiments, studies and benchmarks of blackout_jax (run as ``python -m experiments.…``)."""
