@@ -12,13 +12,16 @@ For the network of ``configs/<config>.py`` at batch ``B`` it measures, one row e
   gradient, Adam, EMA, the non-finite guard), the same figures;
 * ``flat_optimizer``: the same step with the optimiser wrapped in ``optax.flatten`` (Adam and
   clipping on one concatenated vector instead of one update per parameter array);
-* ``cache``: the step compiled again with the persistent compilation cache filled by the
-  first compilation (what a resumed run pays).
+* ``cache``: the step compiled again, in a new process, with the persistent compilation cache
+  filled by the first compilation (what a resumed run pays; in the same process JAX would
+  reuse its in-memory executable instead).
 """
 
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -53,10 +56,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=0, help="0: 128 (digits), 4 (cifar10)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     parser.add_argument("--parts", default="network,step,flat_optimizer,cache")
+    parser.add_argument("--cache-dir", default="", help="persistent cache ('' = a new one)")
+    parser.add_argument("--label", default="training step", help=argparse.SUPPRESS)
     args = parser.parse_args()
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
-    cache_dir = tempfile.mkdtemp(prefix="xla_cache_")
-    if "cache" in parts:  # before the first compilation of this process
+    cache_dir = args.cache_dir or tempfile.mkdtemp(prefix="xla_cache_")
+    if "cache" in parts or args.cache_dir:  # before the first compilation of this process
         jax.config.update("jax_compilation_cache_dir", cache_dir)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     get_config, image_shape = CONFIGS[args.config]
@@ -64,8 +69,9 @@ def main() -> None:
     config.model.dtype = args.dtype
     batch = args.batch or (128 if args.config == "digits" else 4)
     setting = f"{args.config} NCSN++, batch {batch}, {args.dtype}, {jax.default_backend()}"
-    print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}")
-    print(common.TABLE_HEADER, flush=True)
+    if not args.cache_dir:
+        print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}")
+        print(common.TABLE_HEADER, flush=True)
     step = common.train_step(config, image_shape, batch)
 
     if "network" in parts:
@@ -92,11 +98,13 @@ def main() -> None:
         )
         print(row.markdown(), flush=True)
     if "step" in parts or "cache" in parts:
-        row, _ = compile_row("training step", setting, step.jitted, step.args)
+        row, _ = compile_row(args.label, setting, step.jitted, step.args)
         print(row.markdown(), flush=True)
     if "cache" in parts:
-        row, _ = compile_row("training step again, from the cache", setting, step.jitted, step.args)
-        print(row.markdown(), flush=True)
+        command = [sys.executable, "-m", "experiments.benchmarks.compile_study", "--parts=step"]
+        command += [f"--config={args.config}", f"--batch={batch}", f"--dtype={args.dtype}"]
+        command += [f"--cache-dir={cache_dir}", "--label=training step, new process, cache filled"]
+        subprocess.run(command, check=True)
     if "flat_optimizer" in parts:
         flat = common.train_step(
             config,
