@@ -15,15 +15,18 @@ Sections (time box in seconds, full run):
 * ``cifar_bf16`` (190): the CIFAR-10 NCSN++ training step of ``train.make_train_step`` in
   bfloat16 at batch 256: compile time, ms/step, images/s; FLOPs counted from the step's jaxpr
   (:mod:`blackout_jax.models.flops`) beside XLA's count, TFLOP/s and MFU against the datasheet
-  peak and the measured matmul; the network's FLOPs per image.
+  peak and the measured matmul. (The network's FLOPs per image do not depend on the device:
+  :func:`blackout_jax.models.flops.network_flops`, figures in experiments/RESULTS.md.)
 * ``cached`` (40): the same bf16 step built again in a new process (what a resumed run does):
   compile time with the persistent compilation cache that ``cifar_bf16`` filled.
-* ``cifar_fp32`` (75): the same step in float32 (compile time, ms/step).
+* ``cifar_fp32`` (150, not in the default run, which stays under 8 minutes without it): the
+  same step in float32 (compile time, ms/step); its compile alone took over 80 s on the H200.
 * ``digits`` (50): the digits default training step (batch 128): ms/step and the kernels of
   its compiled program.
-* ``sampler`` (95): the CIFAR-10 network alone in the sampler's loop (``lax.scan`` over the
-  grid, batch 256) in float32 and with ``model.inference_dtype = "bfloat16"``; ``sample``
-  against it, and the reference-style host loop against ``sample`` (bf16), whole run.
+* ``sampler`` (160): the CIFAR-10 network alone in the sampler's loop (``lax.scan`` over the
+  grid, batch 256, 100 steps) in float32 and with ``model.inference_dtype = "bfloat16"``;
+  ``sample(binomial_bridge)`` against it in bfloat16, and the reference-style host loop
+  against ``sample`` (bfloat16), whole run.
 """
 
 from __future__ import annotations
@@ -44,10 +47,11 @@ SECTIONS = {
     "matmul": 30,
     "cifar_bf16": 190,
     "cached": 40,
-    "cifar_fp32": 75,
     "digits": 50,
-    "sampler": 95,
+    "sampler": 160,
+    "cifar_fp32": 150,
 }
+DEFAULT_SECTIONS = ("matmul", "cifar_bf16", "cached", "digits", "sampler")  # 470 s at most
 QUICK_SECONDS = 900  # per section on a (shared, slow) CPU
 MATMUL_MARK = "#matmul_flops_per_second "
 
@@ -138,7 +142,7 @@ def section_train(name: str, quick: bool, matmul_rate: float) -> None:
     dtype = "float32" if name == "cifar_fp32" else "bfloat16"
     if name == "digits" or quick:
         config = quick_config() if quick else digits.get_config()
-        shape, label = (8, 8, 1), "digits"
+        shape, label = (8, 8, 1), "tiny digits-shaped (--quick)" if quick else "digits"
         batch, steps = (8, 2) if quick else (128, 20)
         if name == "digits":
             dtype = "float32"
@@ -203,25 +207,6 @@ def section_train(name: str, quick: bool, matmul_rate: float) -> None:
             ">= 40% of the measured matmul" if name == "cifar_bf16" else "",
         )
     )
-    if name == "cifar_fp32":
-        return
-    max_count = int(config.data.max_count)
-    forward = flops.network_flops(
-        config.model, image_shape=shape, batch_size=1, max_count=max_count
-    )
-    both = flops.network_flops(
-        config.model, image_shape=shape, batch_size=1, max_count=max_count, backward=True
-    )
-    emit(
-        Row(
-            "network FLOPs per image, counted (conv + dense + attention)",
-            f"{label} NCSN++",
-            f"forward {giga(forward.total)} GFLOP (conv {giga(forward.convolution)}, "
-            f"dense {giga(forward.dense)}, attention {giga(forward.attention)}); "
-            f"forward+backward {giga(both.total)} GFLOP = {both.total / forward.total:.3f} "
-            "x forward",
-        )
-    )
 
 
 def section_sampler(quick: bool) -> None:
@@ -252,24 +237,28 @@ def section_sampler(quick: bool) -> None:
             max_count,
             bj.observation_times(steps, t_end),
         )
-    for problem in problems.values():
+    for dtype, problem in problems.items():
         start = jnp.zeros(problem.shape, jnp.int32)
-        seconds = median_seconds(
-            {
-                "network": lambda p=problem, s=start: performance._network_scan(
-                    p.predict_fn, s, p.times
-                ),
-                "sample": performance.sampler_run(problem, "binomial_bridge", 0),
-            },
-            repeats,
-        )
+        runs = {
+            "network": lambda p=problem, s=start: performance._network_scan(
+                p.predict_fn, s, p.times
+            )
+        }
+        if dtype == "bfloat16":
+            runs["sample"] = performance.sampler_run(problem, "binomial_bridge", 0)
+        seconds = median_seconds(runs, repeats)
         baseline = seconds["network"] / steps
+        ratio = (
+            f"; sample / it {seconds['sample'] / seconds['network']:.3f}x"
+            if "sample" in seconds
+            else ""
+        )
         emit(
             Row(
-                "network alone in the sampler loop; sample(binomial_bridge) / it",
+                "network alone in the sampler loop (lax.scan over the grid)",
                 f"{problem.name}, batch {batch}, {steps} steps",
-                f"{baseline * 1e3:.2f} ms/step; {seconds['sample'] / seconds['network']:.3f}x",
-                "<= 1.05",
+                f"{baseline * 1e3:.2f} ms/step{ratio}",
+                "sample / it <= 1.05" if ratio else "",
             )
         )
     for row in performance.reference_rows(problems["bfloat16"], repeats, 0):
@@ -328,7 +317,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="CPU dry run with tiny settings")
     parser.add_argument("--output", default="", help="append the Markdown rows to this file")
-    parser.add_argument("--sections", default=",".join(SECTIONS), help="comma-separated subset")
+    parser.add_argument(
+        "--sections",
+        default=",".join(DEFAULT_SECTIONS),
+        help=f"comma-separated, from {', '.join(SECTIONS)}",
+    )
     parser.add_argument("--section", default="", help=argparse.SUPPRESS)
     parser.add_argument("--matmul-rate", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--cache-dir", default="", help="compilation cache ('' = a new temp dir)")
