@@ -231,7 +231,7 @@ def section_sampler(quick: bool) -> None:
         config.model.inference_dtype = dtype
         graphdef = nnx.graphdef(models.abstract_network(config.model, **network))
         problems[dtype] = performance.Problem(
-            f"NCSN++ {config.data.name}, {dtype}",
+            f"NCSN++ {config.data.name}{' (tiny, --quick)' if quick else ''}, {dtype}",
             models.make_predict_fn(graphdef, state),
             (batch, *shape),
             max_count,
