@@ -299,8 +299,9 @@ def main(argv: list[str]) -> None:
     if problem:
         _fail(problem, EXIT_USAGE_ERROR)
 
-    from blackout_jax.run import parallel
+    from blackout_jax.run import compilation_cache, parallel
 
+    compilation_cache.enable_persistent_cache()
     try:
         parallel.initialize_distributed(
             coordinator_address=_COORDINATOR_ADDRESS.value,

@@ -1,9 +1,11 @@
-"""Networks for Blackout Diffusion (Flax NNX): NCSN++ and the ``predict_fn`` adapter."""
+"""Networks for Blackout Diffusion (Flax NNX): NCSN++, the ``predict_fn`` adapter and the
+FLOP counter (:mod:`blackout_jax.models.flops`)."""
 
 from blackout_jax.models.ncsnpp import (
     CIFAR10_REFERENCE,
     NCSNpp,
     NCSNppConfig,
+    abstract_network,
     check_image_shape,
     count_parameters,
     create_model,
@@ -20,6 +22,7 @@ __all__ = [
     "CIFAR10_REFERENCE",
     "NCSNpp",
     "NCSNppConfig",
+    "abstract_network",
     "check_image_shape",
     "count_parameters",
     "create_model",

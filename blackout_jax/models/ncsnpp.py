@@ -26,6 +26,10 @@ with :data:`CIFAR10_REFERENCE` (``nf = 128``, ``ch_mult = (1, 2, 2, 2)``, 4 BigG
 resolution, attention at 16, residual input pyramid) it has 62,693,251 parameters for
 32x32x3 images. Parameters are float32; ``model.dtype = "bfloat16"`` computes convolutions,
 dense layers and attention in bfloat16 (GroupNorm and softmax in float32).
+``model.inference_dtype`` sets the compute dtype of evaluation mode (``train=False``: sampling,
+the likelihood bound, the held-out loss) apart from training; empty means ``model.dtype``.
+The parameters are the same either way, so a network trained in float32 samples in bfloat16
+from the same checkpoint.
 """
 
 from __future__ import annotations
@@ -89,7 +93,13 @@ class NCSNppConfig:
     input_transform: str = "reference"
     output_transform: str = "softplus"
     dtype: str = "float32"
+    inference_dtype: str = ""
     nonlinearity: str = "swish"
+
+    @property
+    def evaluation_dtype(self) -> str:
+        """Compute dtype in evaluation mode: ``inference_dtype``, or ``dtype`` when empty."""
+        return self.inference_dtype or self.dtype
 
     @property
     def num_levels(self) -> int:
@@ -191,6 +201,7 @@ def parse_config(model_config: Mapping[str, Any] | NCSNppConfig) -> NCSNppConfig
     _check_choice("input_transform", cfg["input_transform"], INPUT_TRANSFORMS)
     _check_choice("output_transform", cfg["output_transform"], OUTPUT_TRANSFORMS)
     _check_choice("dtype", cfg["dtype"], tuple(COMPUTE_DTYPES))
+    _check_choice("inference_dtype", cfg["inference_dtype"], ("", *COMPUTE_DTYPES))
     _check_choice("nonlinearity", cfg["nonlinearity"], NONLINEARITIES)
     for field in ("skip_rescale", "resamp_with_conv", "fir"):
         if not isinstance(cfg[field], (bool, np.bool_)):
@@ -285,7 +296,8 @@ class NCSNpp(nnx.Module):
         ``(H, W, C) = image_shape``.
       t: ``(B,)`` (or a scalar, broadcast) float times ``> 0``.
       train: apply dropout (needs ``dropout_key`` when ``config.dropout > 0``).
-    Returns ``yhat``, float32, shape of ``counts``, ``>= 0``.
+    Returns ``yhat``, float32, shape of ``counts``, ``>= 0``. Computes in ``config.dtype``
+    when ``train`` and in ``config.evaluation_dtype`` otherwise.
 
     The module holds parameters only (``nnx.Param``, plus fixed Fourier frequencies when
     ``embedding_type = "fourier"``); no random state. Construct it with :func:`create_model`.
@@ -529,6 +541,11 @@ class NCSNpp(nnx.Module):
         train: bool = False,
         dropout_key: Array | None = None,
     ) -> Array:
+        wanted = COMPUTE_DTYPES[self.config.dtype if train else self.config.evaluation_dtype]
+        network = self if wanted == self.dtype else _with_compute_dtype(self, wanted)
+        return network._forward(counts, t, train=train, dropout_key=dropout_key)
+
+    def _forward(self, counts: Array, t: Array, *, train: bool, dropout_key: Array | None) -> Array:
         cfg = self.config
         counts = jnp.asarray(counts)
         if counts.ndim != 4 or tuple(counts.shape[1:]) != self.image_shape:
@@ -634,6 +651,19 @@ class NCSNpp(nnx.Module):
         return iter(jax.random.split(dropout_key, self.num_resnet_blocks))
 
 
+def _with_compute_dtype(network: NCSNpp, dtype: jnp.dtype) -> NCSNpp:
+    """A copy of ``network`` (sharing its arrays) that computes in ``dtype``.
+
+    Every submodule with a compute ``dtype`` takes the new one, except Flax's GroupNorm inside
+    :class:`layers.GroupNorm`, which keeps computing its statistics in float32.
+    """
+    copy = nnx.merge(*nnx.split(network))
+    for _, module in nnx.iter_modules(copy):
+        if hasattr(module, "dtype") and not isinstance(module, nnx.GroupNorm):
+            module.dtype = dtype
+    return copy
+
+
 # --------------------------------------------------------------------------------------------
 # Factory and helpers
 # --------------------------------------------------------------------------------------------
@@ -730,16 +760,16 @@ def count_parameters(tree: Any) -> int:
     return int(sum(int(np.prod(leaf.shape)) for leaf in leaves))
 
 
-def parameter_count(
+def abstract_network(
     model_config: Mapping[str, Any] | NCSNppConfig,
     *,
     image_shape: Sequence[int],
     max_count: int = 255,
     t_end: float = 15.0,
     num_steps: int = 1000,
-) -> int:
-    """Parameter count of the network for ``image_shape``, without allocating the parameters."""
-    abstract = nnx.eval_shape(
+) -> NCSNpp:
+    """The network with shapes only (``nnx.eval_shape``): no parameters are allocated."""
+    return nnx.eval_shape(
         lambda: create_model(
             model_config,
             image_shape=image_shape,
@@ -749,4 +779,23 @@ def parameter_count(
             seed=0,
         )
     )
-    return count_parameters(abstract)
+
+
+def parameter_count(
+    model_config: Mapping[str, Any] | NCSNppConfig,
+    *,
+    image_shape: Sequence[int],
+    max_count: int = 255,
+    t_end: float = 15.0,
+    num_steps: int = 1000,
+) -> int:
+    """Parameter count of the network for ``image_shape``, without allocating the parameters."""
+    return count_parameters(
+        abstract_network(
+            model_config,
+            image_shape=image_shape,
+            max_count=max_count,
+            t_end=t_end,
+            num_steps=num_steps,
+        )
+    )

@@ -284,6 +284,35 @@ def make_train_step(
     return train_step
 
 
+def jit_train_step(
+    config: ExperimentConfig,
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    replicated: jax.sharding.Sharding,
+    batch_sharding: jax.sharding.Sharding,
+) -> Callable[[TrainState, Any, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+    """:func:`make_train_step` of ``config`` jitted over the mesh as training runs it: state and
+    network variables replicated, the batch split, the old state's buffers donated."""
+    training = config.training
+    step = make_train_step(
+        graphdef,
+        optimizer,
+        weighting=config.diffusion.weighting,
+        t_end=config.diffusion.t_end,
+        num_steps=config.diffusion.num_steps,
+        global_batch_size=training.batch_size,
+        ema_decay=training.ema_decay,
+        learning_rate=learning_rate_schedule(training.learning_rate, training.warmup_steps),
+        batch_sharding=batch_sharding,
+    )
+    return jax.jit(
+        step,
+        in_shardings=(replicated, replicated, batch_sharding),
+        out_shardings=(replicated, replicated),
+        donate_argnums=(0,),
+    )
+
+
 def init_train_state(
     config: ExperimentConfig,
     dataset: Any,
@@ -466,21 +495,8 @@ class Trainer:
             "num_processes": jax.process_count(),
         }
         self.start_step = 0
-        self.train_step = jax.jit(
-            make_train_step(
-                self.graphdef,
-                optimizer,
-                weighting=config.diffusion.weighting,
-                t_end=config.diffusion.t_end,
-                num_steps=config.diffusion.num_steps,
-                global_batch_size=training.batch_size,
-                ema_decay=training.ema_decay,
-                learning_rate=learning_rate_schedule(training.learning_rate, training.warmup_steps),
-                batch_sharding=self.batch_sharding,
-            ),
-            in_shardings=(self.replicated, self.replicated, self.batch_sharding),
-            out_shardings=(self.replicated, self.replicated),
-            donate_argnums=(0,),
+        self.train_step = jit_train_step(
+            config, self.graphdef, optimizer, self.replicated, self.batch_sharding
         )
         self.evaluator = Evaluator(config, dataset, self.graphdef, self.rest)
         self.pending_metrics: list[dict[str, jax.Array]] = []

@@ -4,10 +4,11 @@ Builds the network of a config (``cifar10``: the reference NCSN++, 62.7M paramet
 ``digits``: the default small network, 8x8x1), compiles a forward pass and a
 forward+backward pass (the gradient of the summed output with respect to all parameters)
 with ``jax.jit``, runs ``--warmup`` untimed calls and then times ``--steps`` calls, each ended
-with ``block_until_ready``. FLOPs per call come from XLA's cost analysis of the compiled
-program (``jitted.lower(...).compile().cost_analysis()``); TFLOP/s = FLOPs / median time.
+with ``block_until_ready``. FLOPs per call are counted from the program's jaxpr
+(:mod:`blackout_jax.models.flops`: convolutions, dense layers, attention; right on every
+backend), XLA's cost analysis beside it; TFLOP/s = counted FLOPs / median time.
 
-    python experiments/benchmarks/network_speed.py --config cifar10 --batch 128 \\
+    python -m experiments.benchmarks.network_speed --config cifar10 --batch 128 \\
         --dtype float32 --steps 2
 
 Prints one table row per (dtype, pass) on the default JAX device, with the peak resident
@@ -28,42 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from blackout_jax.models import count_parameters, create_model
+from blackout_jax.models import count_parameters, create_model, flops
+from configs import cifar10, digits
+from experiments.benchmarks.common import xla_flops
 
-CONFIGS = {
-    "cifar10": dict(
-        model=dict(
-            nf=128,
-            ch_mult=(1, 2, 2, 2),
-            num_res_blocks=4,
-            attn_resolutions=(16,),
-            dropout=0.1,
-        ),
-        image_shape=(32, 32, 3),
-        max_count=255,
-        t_end=15.0,
-    ),
-    "digits": dict(
-        model=dict(
-            nf=32,
-            ch_mult=(1, 2, 2),
-            num_res_blocks=1,
-            attn_resolutions=(4,),
-            dropout=0.1,
-        ),
-        image_shape=(8, 8, 1),
-        max_count=16,
-        t_end=10.0,
-    ),
-}
-
-
-def flops_of(compiled) -> float:
-    """Total FLOPs of a compiled program from XLA's cost analysis (nan when unavailable)."""
-    analysis = compiled.cost_analysis()
-    if isinstance(analysis, (list, tuple)):
-        analysis = analysis[0] if analysis else {}
-    return float((analysis or {}).get("flops", float("nan")))
+CONFIGS = {"cifar10": (cifar10.get_config, (32, 32, 3)), "digits": (digits.get_config, (8, 8, 1))}
 
 
 def log(message: str) -> None:
@@ -85,24 +55,25 @@ def time_calls(fn, args, *, warmup: int, steps: int) -> list[float]:
 
 
 def benchmark(config_name: str, dtype: str, batch: int, steps: int, warmup: int, passes):
-    spec = CONFIGS[config_name]
+    get_config, image_shape = CONFIGS[config_name]
+    config = get_config()
+    config.model.dtype = dtype
+    max_count = int(config.data.max_count)
     log(f"initialising {config_name} ({dtype})")
     start = time.perf_counter()
     model = create_model(
-        spec["model"] | {"dtype": dtype},
-        image_shape=spec["image_shape"],
-        max_count=spec["max_count"],
-        t_end=spec["t_end"],
-        num_steps=1000,
+        config.model,
+        image_shape=image_shape,
+        max_count=max_count,
+        t_end=float(config.diffusion.t_end),
+        num_steps=int(config.diffusion.num_steps),
         seed=0,
     )
     init_s = time.perf_counter() - start
     graphdef, params = nnx.split(model, nnx.Param)
     rng = np.random.default_rng(0)
-    counts = jnp.asarray(
-        rng.integers(0, spec["max_count"] + 1, (batch, *spec["image_shape"])), jnp.int32
-    )
-    t = jnp.asarray(rng.uniform(1e-3, spec["t_end"], (batch,)), jnp.float32)
+    counts = jnp.asarray(rng.integers(0, max_count + 1, (batch, *image_shape)), jnp.int32)
+    t = jnp.asarray(rng.uniform(1e-3, float(config.diffusion.t_end), (batch,)), jnp.float32)
 
     def forward(params, counts, t):
         return nnx.merge(graphdef, params)(counts, t)
@@ -118,8 +89,11 @@ def benchmark(config_name: str, dtype: str, batch: int, steps: int, warmup: int,
         start = time.perf_counter()
         compiled = jax.jit(fn).lower(params, counts, t).compile()
         compile_s = time.perf_counter() - start
-        flops = flops_of(compiled)
-        log(f"timing {name}: {flops / 1e9:.1f} GFLOP per call")
+        counted = flops.count_flops(fn, params, counts, t).total
+        log(
+            f"timing {name}: {counted / 1e9:.1f} GFLOP per call counted, "
+            f"{xla_flops(compiled) / 1e9:.1f} by XLA's cost analysis"
+        )
         times = time_calls(compiled, (params, counts, t), warmup=warmup, steps=steps)
         log(f"done {name}: {', '.join(f'{s:.2f}' for s in times)} s")
         median = statistics.median(times)
@@ -135,8 +109,8 @@ def benchmark(config_name: str, dtype: str, batch: int, steps: int, warmup: int,
                 seconds=median,
                 times=times,
                 peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
-                gflop=flops / 1e9,
-                tflops=flops / median / 1e12,
+                gflop=counted / 1e9,
+                tflops=counted / median / 1e12,
             )
         )
     return rows

@@ -1,6 +1,6 @@
 """Speed and memory of blackout_jax beside a reference-style sampler, in one table.
 
-    python experiments/benchmarks/performance.py [--quick] [--sample-steps 100]
+    python -m experiments.benchmarks.performance [--quick] [--sample-steps 100]
         [--sample-batch 64] [--cifar-batch B] [--train-batch B] [--train-dtypes float32,bfloat16]
         [--repeats 3] [--cifar-sampler] [--seed 0]
 
@@ -24,7 +24,8 @@ Prints one Markdown table (and progress lines on stderr). The rows:
 4. Training step: the exact step of :func:`blackout_jax.run.train.make_train_step`, jitted as
    training jits it, for the ``configs/cifar10.py`` network at ``--train-batch`` (default 256
    on an accelerator, 4 on a CPU) in float32 and bfloat16 compute: compile time, images/s and
-   achieved TFLOP/s from XLA's cost analysis (``compiled.cost_analysis()["flops"]``), and the
+   achieved TFLOP/s from the FLOP count of the step's jaxpr (:mod:`blackout_jax.models.flops`;
+   XLA's ``cost_analysis()`` beside it, which on a GPU misses the cuDNN convolutions), and the
    fraction of the device's published dense bf16 peak where it is known.
 5. Memory: XLA's buffer sizes of each compiled program (``compiled.memory_analysis()``:
    arguments + outputs + temporaries - aliased) and the device's peak bytes in use
@@ -45,11 +46,8 @@ import math
 import platform
 import resource
 import statistics
-import sys
 import time
-import types
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -58,37 +56,15 @@ import numpy as np
 from flax import nnx
 from scipy import stats
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))  # for the `configs` package
+import blackout_jax as bj
+from blackout_jax import draws, models
+from blackout_jax.models import flops as flop_count
+from configs import cifar10 as cifar10_config
+from configs import digits as digits_config
+from experiments.benchmarks import common
+from experiments.benchmarks.common import Row, median_seconds, megabytes, program_bytes
 
-from network_speed import flops_of  # noqa: E402
-from sampler_overhead import median_seconds  # noqa: E402
-
-import blackout_jax as bj  # noqa: E402
-from blackout_jax import draws, models  # noqa: E402
-from blackout_jax.run import parallel, train  # noqa: E402
-from configs import cifar10 as cifar10_config  # noqa: E402
-from configs import digits as digits_config  # noqa: E402
-
-# Published dense (no sparsity) bf16 tensor-core peaks in FLOP/s, by device kind.
-BF16_PEAK_FLOPS = (
-    ("H100 PCIe", 756e12),
-    ("H200", 989.4e12),
-    ("H100", 989.4e12),
-    ("A100", 312e12),
-)
 REFERENCE_TABLE_STEPS = 1000  # T of the reference grid whose (T + 1) x 256 x 256 tables it keeps
-
-
-@dataclasses.dataclass(frozen=True)
-class Row:
-    """One line of the result table."""
-
-    measurement: str
-    setting: str
-    result: str
-    goal: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +87,7 @@ class Problem:
 
 
 def log(message: str) -> None:
-    print(f"[performance] {message}", file=sys.stderr, flush=True)
+    common.log("performance", message)
 
 
 def half_room(max_count: jax.Array, counts: jax.Array, t: jax.Array) -> jax.Array:
@@ -126,7 +102,10 @@ def trivial_problem(name: str, shape: tuple[int, ...], max_count: int, t_end: fl
 
 
 def network_problem(config: Any, image_shape: tuple[int, ...], batch: int, steps: int) -> Problem:
-    """The NCSN++ of ``config`` (random initialisation, evaluation mode) as a ``Problem``."""
+    """The NCSN++ of ``config`` (random initialisation, evaluation mode) as a ``Problem``.
+
+    Evaluation mode computes in ``config.model.inference_dtype`` (or ``model.dtype``).
+    """
     max_count = int(config.data.max_count)
     t_end = float(config.diffusion.t_end)
     model = models.create_model(
@@ -138,8 +117,9 @@ def network_problem(config: Any, image_shape: tuple[int, ...], batch: int, steps
         seed=0,
     )
     graphdef, state = nnx.split(model)
+    dtype = models.parse_config(config.model).evaluation_dtype
     return Problem(
-        f"NCSN++ {config.data.name} ({models.count_parameters(state):,} parameters)",
+        f"NCSN++ {config.data.name} ({models.count_parameters(state):,} parameters, {dtype})",
         models.make_predict_fn(graphdef, state),
         (batch, *image_shape),
         max_count,
@@ -183,23 +163,6 @@ def compile_seconds_and_bytes(jitted: Any, *args: Any) -> tuple[float, int]:
     compiled = jitted.lower(*args).compile()
     seconds = time.perf_counter() - start
     return seconds, program_bytes(compiled)
-
-
-def program_bytes(compiled: Any) -> int:
-    """Arguments + outputs + temporaries - aliased bytes of a compiled program (0 if unknown)."""
-    analysis = compiled.memory_analysis()
-    if analysis is None:
-        return 0
-    return int(
-        analysis.argument_size_in_bytes
-        + analysis.output_size_in_bytes
-        + analysis.temp_size_in_bytes
-        - analysis.alias_size_in_bytes
-    )
-
-
-def megabytes(num_bytes: float) -> str:
-    return f"{num_bytes / 2**20:,.1f} MiB"
 
 
 def sampler_compile(problem: Problem, method: str) -> tuple[float, int]:
@@ -384,70 +347,27 @@ def table_rows(max_count: int) -> list[Row]:
     ]
 
 
-def bf16_peak(device: jax.Device) -> float | None:
-    kind = getattr(device, "device_kind", "")
-    for name, peak in BF16_PEAK_FLOPS:
-        if name in kind:
-            return peak
-    return None
-
-
 def training_rows(
     config: Any, image_shape: tuple[int, ...], batch: int, dtypes: list[str], steps: int
 ) -> list[Row]:
-    """The exact training step of ``train.make_train_step``, jitted as training jits it."""
-    mesh = parallel.create_mesh()
-    replicated = parallel.replicated_sharding(mesh)
-    batch_sharding = parallel.batch_sharding(mesh)
-    dataset = types.SimpleNamespace(
-        image_shape=image_shape, max_count=int(config.data.max_count), name=config.data.name
-    )
-    rng = np.random.default_rng(0)
-    host_batch = rng.integers(0, dataset.max_count + 1, (batch, *image_shape)).astype(np.int32)
-    peak = bf16_peak(jax.devices()[0])
+    """The exact training step of ``train.make_train_step``, jitted as training jits it.
+
+    TFLOP/s from the FLOP count of the step's own jaxpr (:mod:`blackout_jax.models.flops`:
+    convolutions, dense layers, attention), which holds on every backend; XLA's count beside it.
+    """
+    peak = common.bf16_peak(jax.devices()[0])
     rows = []
     for dtype in dtypes:
         config = config.copy_and_resolve_references()
         config.model.dtype = dtype
-        config.training.batch_size = batch
-        optimizer = train.make_optimizer(config.training)
+        step = common.train_step(config, image_shape, batch)
+        counted = flop_count.count_flops(step.jitted, *step.args).total
         start = time.perf_counter()
-        graphdef, state, rest = train.init_train_state(config, dataset, optimizer, replicated)
-        jax.block_until_ready(state)
-        init_s = time.perf_counter() - start
-        train_step = jax.jit(
-            train.make_train_step(
-                graphdef,
-                optimizer,
-                weighting=config.diffusion.weighting,
-                t_end=float(config.diffusion.t_end),
-                num_steps=int(config.diffusion.num_steps),
-                global_batch_size=batch,
-                ema_decay=float(config.training.ema_decay),
-                learning_rate=train.learning_rate_schedule(
-                    float(config.training.learning_rate), int(config.training.warmup_steps)
-                ),
-                batch_sharding=batch_sharding,
-            ),
-            in_shardings=(replicated, replicated, batch_sharding),
-            out_shardings=(replicated, replicated),
-            donate_argnums=(0,),
-        )
-        device_batch = parallel.global_batch(host_batch, batch_sharding)
-        start = time.perf_counter()
-        compiled = train_step.lower(state, rest, device_batch).compile()
+        compiled = step.jitted.lower(*step.args).compile()
         compile_s = time.perf_counter() - start
-        flops = flops_of(compiled)
-        state, metrics = compiled(state, rest, device_batch)  # warm-up
-        jax.block_until_ready((state, metrics))
-        times = []
-        for _ in range(steps):
-            start = time.perf_counter()
-            state, metrics = compiled(state, rest, device_batch)
-            jax.block_until_ready((state, metrics))
-            times.append(time.perf_counter() - start)
+        times = common.time_train_steps(compiled, step.args, steps)
         seconds = statistics.median(times)
-        achieved = flops / seconds
+        achieved = counted / seconds
         fraction = f"; {achieved / peak:.1%} of bf16 peak" if peak else ""
         setting = (
             f"{config.data.name} NCSN++, batch {batch}, {dtype}, median of {steps} steps "
@@ -458,18 +378,19 @@ def training_rows(
                 "training step (train.make_train_step)",
                 setting,
                 f"{batch / seconds:,.2f} images/s; {achieved / 1e12:.4f} TFLOP/s{fraction}",
-                ">= 35% of bf16 peak (GPU, bf16)",
+                ">= 40% of a measured bf16 matmul (GPU, bf16)",
             )
         )
         rows.append(
             Row(
-                "training step: init; compile; FLOPs; program buffers",
+                "training step: init; compile; FLOPs (counted; XLA); program buffers",
                 f"{config.data.name} NCSN++, batch {batch}, {dtype}",
-                f"init {init_s:.1f} s; compile {compile_s:.1f} s; {flops / 1e9:,.1f} GFLOP/step; "
+                f"init {step.init_seconds:.1f} s; compile {compile_s:.1f} s; "
+                f"{counted / 1e9:,.1f}; {common.xla_flops(compiled) / 1e9:,.1f} GFLOP/step; "
                 f"{megabytes(program_bytes(compiled))}",
             )
         )
-        del state, rest, compiled
+        del step, compiled
     return rows
 
 

@@ -1,6 +1,6 @@
 """How much the samplers cost on top of the network that drives them.
 
-    python experiments/benchmarks/sampler_overhead.py [--batch 256] [--num-steps 1000]
+    python -m experiments.benchmarks.sampler_overhead [--batch 256] [--num-steps 1000]
         [--t-end 15] [--channels 32] [--repeats 3] [--host-repeats 20] [--seed 0]
 
 Measures, on digits-sized states (``batch`` x 8 x 8 x 1, ``max_count`` 16) and the reference grid
@@ -25,9 +25,6 @@ from __future__ import annotations
 import argparse
 import math
 import platform
-import statistics
-import time
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +32,7 @@ import numpy as np
 from scipy import stats
 
 import blackout_jax as bj
+from experiments.benchmarks.common import median_seconds
 
 MAX_COUNT = 16
 IMAGE_SHAPE = (8, 8, 1)
@@ -76,23 +74,6 @@ def conv_net(params: dict[str, jax.Array], counts: jax.Array, t: jax.Array) -> j
 def half_room(counts: jax.Array, t: jax.Array) -> jax.Array:
     """A trivial ``predict_fn``: ``(N - n) / 2``."""
     return 0.5 * (MAX_COUNT - counts).astype(jnp.float32)
-
-
-def median_seconds(runs: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median wall time of each ``run()`` (blocked until ready) over ``repeats`` timed runs.
-
-    Every run is warmed up (compiled) once first; the timed runs are interleaved (one of each in
-    turn) so that a change in the machine's load affects all of them alike.
-    """
-    for run in runs.values():
-        jax.block_until_ready(run())
-    samples: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            jax.block_until_ready(run())
-            samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def main() -> None:
