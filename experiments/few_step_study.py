@@ -265,7 +265,7 @@ def _plot(part: str, rows: list[dict], path: str) -> None:
     for panel, (metric, label) in enumerate(metrics):
         axis = figure.add_subplot(1, len(metrics), panel + 1)
         summary = _summaries(rows, metric)
-        for method in METHODS:
+        for method, color in zip(METHODS, ("C0", "C1", "C2", "C3"), strict=True):
             for grid_name, style in (("logit", "o-"), ("subgrid", "s:"), ("optimised", "^--")):
                 points = sorted(
                     (calls, mean, half)
@@ -275,17 +275,22 @@ def _plot(part: str, rows: list[dict], path: str) -> None:
                 if not points:
                     continue
                 x, y, err = (np.asarray(v) for v in zip(*points, strict=True))
-                axis.errorbar(
-                    x, y, yerr=err, fmt=style, ms=3, capsize=2, label=f"{method}/{grid_name}"
-                )
+                label = f"{method}/{grid_name}"
+                axis.errorbar(x, y, yerr=err, fmt=style, color=color, ms=3, capsize=2, label=label)
         axis.set_xscale("log")
         if metric == "fd_over_floor":
             axis.set_yscale("log")
-            axis.axhline(1.0, color="gray", linestyle="--")
+            axis.axhline(1.0, color="gray", linestyle="--", label="real-vs-real floor")
+        if metric == "class_entropy":
+            axis.axhline(np.log(10.0), color="gray", linestyle="--", label="balanced classes")
+        if metric == "total_variation":
+            floor = float(np.mean([row["tv_floor"] for row in rows]))
+            axis.axhline(floor, color="gray", linestyle="--", label="exact draws")
         axis.set_xlabel("network calls")
         axis.set_ylabel(label)
         axis.grid(True, which="both", alpha=0.3)
     figure.axes[0].legend(fontsize=6)
+    figure.axes[-1].legend(handles=figure.axes[-1].get_lines()[-1:], fontsize=6)
     figure.tight_layout()
     figure.savefig(path)
 
