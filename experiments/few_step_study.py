@@ -275,8 +275,8 @@ def _plot(part: str, rows: list[dict], path: str) -> None:
                 if not points:
                     continue
                 x, y, err = (np.asarray(v) for v in zip(*points, strict=True))
-                label = f"{method}/{grid_name}"
-                axis.errorbar(x, y, yerr=err, fmt=style, color=color, ms=3, capsize=2, label=label)
+                name = f"{method}/{grid_name}"
+                axis.errorbar(x, y, yerr=err, fmt=style, color=color, ms=3, capsize=2, label=name)
         axis.set_xscale("log")
         if metric == "fd_over_floor":
             axis.set_yscale("log")
