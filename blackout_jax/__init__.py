@@ -4,6 +4,7 @@ The public names below are pure JAX functions (they work under ``jax.jit`` and `
 the samplers and the likelihood bound take any ``predict_fn(counts, t) -> yhat``.
 """
 
+from blackout_jax.grids import optimised_grid
 from blackout_jax.likelihood import (
     bits_per_dim,
     nll_bound,
@@ -59,6 +60,7 @@ __all__ = [
     "impute",
     "nll_bound",
     "observation_times",
+    "optimised_grid",
     "poisson_divergence",
     "poisson_loss",
     "prior_kl",

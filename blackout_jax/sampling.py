@@ -7,7 +7,45 @@ backwards, ``t = t_k -> s = t_{k-1}``, with ``yhat = predict_fn(n_t, t)`` and th
 probability ``r = (p_s - p_t) / (1 - p_t)``:
 
 * ``binomial_bridge``: ``n_s = n_t + Binomial(clip(round(yhat), 0, N - n_t), r)``;
-* ``tau_leaping``:     ``n_s = clip(n_t + Poisson(yhat r), 0, N)``.
+* ``tau_leaping``:     ``n_s = clip(n_t + Poisson(yhat r), 0, N)``;
+* ``trapezoidal_bridge`` and ``trapezoidal_leaping``: two network calls per step (below).
+
+Two-stage (trapezoidal) steps. On the clock ``theta = -log(1 - p_t)``, which grows as the
+reverse process runs, each unit still missing from a count is born at rate 1, so a count's birth
+rate is its missing number ``m = n_0 - n`` and the network's ``yhat`` is that rate's conditional
+mean. A one-call step freezes ``yhat`` over the whole step: births on one count tell nothing about
+the missing units of itself or of other counts. Over a step of bridge probability ``r`` the
+exact births ``B`` have ``E[B] = r yhat`` and ``E[B_i B_j] - [i = j] E[B_i] =
+r^2 E[m_i m_j - [i = j] m_i | n_t]``; the bridge gets the mean right but misses
+``r^2 Cov(m_i, m_j | n_t)`` (``r^2 Var`` on the diagonal), tau-leaping misses ``r^2 (Cov - [i = j]
+yhat_i)``: a local error of order ``r^2``, global order 1 in the step size.
+The two-stage step ``t -> mid -> s`` (``mid`` halving ``theta``, both stages with bridge
+probability ``h``, ``(1 - h)^2 = 1 - r``) draws stage 1 with ``yhat_1 = yhat(n_t, t)``, calls the
+network again at ``(n_mid, mid)`` for ``yhat_2`` and draws stage 2 with an extrapolated missing
+count, the trapezoidal rule of second-order tau-leaping (Ren et al., arXiv 2502.00234, with
+``theta = 1/2``) written for births:
+
+* ``trapezoidal_bridge``: ``b_1 ~ Binomial(R(yhat_1), h)``, ``n_mid = n_t + b_1``,
+  ``b_2 ~ Binomial(R(2 yhat_2 - (yhat_1 - b_1)), h)``, where ``yhat_1 - b_1`` is what stage 1
+  implies is missing at ``mid`` and ``R`` clips to ``0..N - n`` and rounds without bias
+  (``floor(x) + Bernoulli(x - floor(x))``);
+* ``trapezoidal_leaping``: ``b_1 = min(Poisson(yhat_1 k), N - n_t)``,
+  ``b_2 = min(Poisson(max(2 yhat_2 - yhat_1, 0) k), N - n_mid)`` with the clock step
+  ``k = -log(1 - h)`` (frozen rates over the clock, as in the paper).
+
+Expanding both to second order in ``h`` (one birth in stage 1 raises ``yhat_2`` of count ``j`` by
+``Cov(m_i, m_j) / yhat_i`` to first order, no birth lowers it by ``Var(m_j) h``) gives
+``E[B] = yhat (1 - (1 - h)^2)`` for the bridge form and ``E[B_i B_j - [i = j] B_i] =
+(2h)^2 E[m_i m_j - [i = j] m_i]`` for both: the local error is ``O(h^3)``, global order 2. The
+leaping form is order 2 for any rates; the bridge form is order 2 when ``yhat`` is whole (its
+unbiased rounding adds variance ``f (1 - f)``, ``f`` the fractional part, an order-1 term bounded
+by 1/4 per count); its mean ``E[B] = r yhat`` is exact for any step length as long as the
+extrapolated count stays within ``0..N - n_mid`` (where it is clipped, as the rate is in the
+paper, the mean is not). The leaping form freezes rates over the clock, which overshoots on long
+steps (``k >> 1``): it is for fine grids. Births never exceed ``N - n``. The last step into
+``s = 0`` is infinitely long on the clock; there ``mid = t / 2`` and stage 2 adds ``yhat_2``
+unextrapolated (the reference grids end with ``t_1 ~ e^{-t_end}``, so this step hardly
+matters). A two-stage step is one iteration of the same ``lax.scan``.
 
 The loop is a ``lax.scan`` inside ``jax.jit``: one dispatch per call, the network the only heavy
 work per step. The bridge's binomials are drawn by exact inversion against a per-step
@@ -41,8 +79,9 @@ from blackout_jax import argument_checks, draws, functional, likelihood, process
 Array = jax.Array
 PredictFn = Callable[[Array, Array], Array]
 
-METHODS = ("binomial_bridge", "tau_leaping")
+METHODS = ("binomial_bridge", "tau_leaping", "trapezoidal_bridge", "trapezoidal_leaping")
 STARTS = ("prior", "zeros")
+_TWO_STAGE_METHODS = ("trapezoidal_bridge", "trapezoidal_leaping")
 _PROGRESS_UPDATES = 50  # host callbacks per sampler run when progress is on
 _SMALLEST_TWIST_RATE = 1e-6  # floor of yhat in the particles' Poisson fit to the observations
 
@@ -69,7 +108,9 @@ def sample(
       times: increasing grid ``(K + 1,)`` with ``times[0] = 0`` and ``times[-1] = t_end``, for
         example ``observation_times(K, t_end)`` or ``subgrid(observation_times(T, t_end), K)``.
       max_count: largest count ``N`` (``>= 1``).
-      method: ``"binomial_bridge"`` (default) or ``"tau_leaping"``.
+      method: one of :data:`METHODS`: ``"binomial_bridge"`` (default), ``"tau_leaping"`` (one
+        network call per step), ``"trapezoidal_bridge"`` or ``"trapezoidal_leaping"`` (two calls
+        per step, second order; see the module docstring).
       start: the state at ``t_end``: ``"prior"`` (default) draws ``Poisson((N/2) p_{t_end})``
         clipped to ``N``, the prior of the likelihood bound, so samples come from the model
         whose likelihood :func:`blackout_jax.nll_bound` bounds; ``"zeros"`` starts from an
@@ -271,6 +312,8 @@ def _run_sampler(
         return advance(key, counts, predict(counts, t), t, s)
 
     def advance(key: Array, counts: Array, pred: Array, t: Array, s: Array) -> Array:
+        if method in _TWO_STAGE_METHODS:
+            return two_stage_advance(key, counts, pred, t, s)
         draw_key, observed_key = jax.random.split(key)
         r = process.bridge_probability(s, t)
         if method == "binomial_bridge":
@@ -283,6 +326,36 @@ def _run_sampler(
         room = max_count - counts
         new_counts = counts + draws.capped_poisson_scaled(draw_key, pred, r, room, max_count)
         if observed is not None:
+            missing = observed_counts - counts
+            bridged = counts + draws.binomial_by_inversion(observed_key, missing, r, max_count)
+            new_counts = jnp.where(observed, bridged, new_counts)
+        return new_counts
+
+    def two_stage_advance(key: Array, counts: Array, pred: Array, t: Array, s: Array) -> Array:
+        """A trapezoidal step ``t -> mid -> s``: ``pred`` at ``t``, one more call at ``mid``."""
+        first_key, second_key = jax.random.split(key)
+        mid, weight = _two_stage_midpoint(t, s)
+        mid_counts = constrain(stage(first_key, counts, pred, mid, t))
+        pred_mid = predict(mid_counts, mid)
+        frozen = pred  # the missing counts at mid that pred implies, before this stage's births
+        if method == "trapezoidal_bridge":
+            frozen = pred - (mid_counts - counts).astype(jnp.float32)
+        extrapolated = pred_mid + weight * (pred_mid - frozen)
+        return stage(second_key, mid_counts, extrapolated, s, mid)
+
+    def stage(key: Array, counts: Array, expected: Array, s: Array, t: Array) -> Array:
+        """Births of one stage ``t -> s`` for ``expected`` missing units, at most the room."""
+        draw_key, round_key, observed_key = jax.random.split(key, 3)
+        r = process.bridge_probability(s, t)
+        room = max_count - counts
+        if method == "trapezoidal_bridge":
+            trials = _unbiased_round(round_key, jnp.clip(expected, 0.0, room.astype(jnp.float32)))
+            births = draws.binomial_by_inversion(draw_key, trials, r, max_count)
+        else:  # frozen intensity over the clock -log(1 - p): -log(1 - r); 1 when r = 1 (s = 0)
+            clock = jnp.where(r < 1.0, -jnp.log1p(-jnp.minimum(r, 1.0 - 1e-7)), 1.0)
+            births = draws.capped_poisson_scaled(draw_key, expected, clock, room, max_count)
+        new_counts = counts + births
+        if observed is not None:  # observed entries follow the exact bridge to their value
             missing = observed_counts - counts
             bridged = counts + draws.binomial_by_inversion(observed_key, missing, r, max_count)
             new_counts = jnp.where(observed, bridged, new_counts)
@@ -351,6 +424,26 @@ def _run_sampler(
     log_weights = log_weights - twist.reshape(num_examples, particles)
     pick = jax.random.categorical(jax.random.fold_in(loop_key, 0), log_weights)
     return final.reshape(num_examples, particles, *shape[1:])[jnp.arange(num_examples), pick]
+
+
+def _two_stage_midpoint(t: Array, s: Array) -> tuple[Array, Array]:
+    """The inner time ``mid`` of a two-stage step ``t -> s`` and its extrapolation weight.
+
+    ``mid`` halves the clock ``theta = -log(1 - p)``: ``1 - p_mid = sqrt((1 - p_t)(1 - p_s))``,
+    so both stages have the same bridge probability; the weight is 1. The last step into
+    ``s = 0`` is infinitely long on that clock: there ``mid = t / 2`` and the weight is 0 (the
+    second stage fills in what the prediction at ``mid`` says is missing).
+    """
+    final = s <= 0.0
+    one_minus_p_mid = jnp.sqrt(jnp.expm1(-t) * jnp.expm1(-jnp.maximum(s, 1e-30)))
+    mid = jnp.where(final, 0.5 * t, -jnp.log1p(-one_minus_p_mid))
+    return mid, jnp.where(final, 0.0, 1.0)
+
+
+def _unbiased_round(key: Array, values: Array) -> Array:
+    """``floor(x) + Bernoulli(x - floor(x))``: whole numbers with mean ``x``, float32."""
+    whole = jnp.floor(values)
+    return whole + (jax.random.uniform(key, values.shape) < values - whole).astype(jnp.float32)
 
 
 def _report_progress(steps_done: Array, total: int) -> None:

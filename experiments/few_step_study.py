@@ -1,126 +1,330 @@
-"""Sample quality against the number of sampling steps, for both samplers, on a trained run.
+"""Sample quality against network calls, for every sampler method and grid.
 
-    python -m experiments.few_step_study --config=configs/digits.py --workdir=runs/digits \
-        [--steps=10,20,50,100,250,1000] [--num_samples=1000] [--out=runs/digits/few_step]
+    python -m experiments.few_step_study --part=oracle [--steps=5,10,20,50,100,1000]
+    python -m experiments.few_step_study --part=digits --config=configs/digits.py \
+        --workdir=runs/digits [--num_samples=256]
+    python -m experiments.few_step_study --part=report
 
-For every method in (binomial_bridge, tau_leaping) and every step count K it draws
-``num_samples`` samples with the EMA network of the run's latest checkpoint on the K-point
-logit grid and measures their quality: for digits the Fréchet distance in a classifier's
-feature space (with the real-vs-real floor) and the entropy of the predicted class
-distribution (log 10 = 2.303 nats for perfectly balanced classes). It also reports the
-likelihood bound of the run in bits/dim, which belongs to the continuous-time model and is the
-same for every K. Writes ``<out>.json`` and a plot ``<out>.png``, and prints a Markdown table.
+Every (method, grid, K, seed) draws ``num_samples`` samples on a K-step grid:
+
+* grids: ``logit`` = ``observation_times(K, t_end)``; ``subgrid`` = every (1000/K)-th point of
+  the 1000-step reference grid; ``optimised`` = :func:`blackout_jax.grids.optimised_grid` for
+  the predictor at hand (saved with :func:`blackout_jax.run.grid_files.save_grid`). At K = 1000 the
+  three coincide and only ``logit`` is run.
+* network calls: K for the one-call methods, 2K for the trapezoidal ones.
+
+Parts:
+
+* ``oracle``: the exact denoiser (:func:`blackout_jax.dataset_oracle`) of the first
+  ``oracle_examples`` sklearn digits. Metrics: the fraction of samples equal to a member, and the
+  total-variation distance between the samples' law and the uniform law on the members
+  (``0.5 sum_j |c_j / n - 1 / J| + 0.5 * non-member fraction``), beside its floor, the mean
+  distance of ``n`` exact draws.
+* ``digits``: the EMA network of a trained digits run. Metrics: the classifier-feature Fréchet
+  distance over its real-vs-real floor, and the entropy of the predicted class distribution
+  (log 10 = 2.303 nats when balanced).
+
+Rows are appended to ``<out_dir>/few_step_<part>.jsonl`` as they finish (a rerun skips rows
+already there). ``--part=report`` writes ``few_step_<part>.png`` (mean and 95% t-interval over
+seeds against network calls) and prints Markdown tables.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
+from scipy import stats
 
-from blackout_jax import data, schedule
-from blackout_jax.metrics import digits_features
-from blackout_jax.run import generate, inference
+from blackout_jax import (
+    METHODS,
+    dataset_oracle,
+    grids,
+    observation_times,
+    sample,
+    subgrid,
+)
+from blackout_jax.run import grid_files
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config of the run.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder with checkpoints.")
-_STEPS = flags.DEFINE_list("steps", ["10", "20", "50", "100", "250", "1000"], "Step counts.")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1000, "Samples per (method, steps).")
-_OUT = flags.DEFINE_string("out", None, "Output prefix (default: WORKDIR/few_step).")
-flags.mark_flags_as_required(["config", "workdir"])
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config of the trained run (digits).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder with checkpoints (digits).")
+_PART = flags.DEFINE_enum("part", "oracle", ["oracle", "digits", "report"], "What to run.")
+_STEPS = flags.DEFINE_list("steps", ["5", "10", "20", "50", "100", "1000"], "Step counts K.")
+_METHODS = flags.DEFINE_list("methods", list(METHODS), "Sampler methods.")
+_GRIDS = flags.DEFINE_list("grids", ["logit", "subgrid", "optimised"], "Grids.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 256, "Samples per (method, grid, K, seed).")
+_ORACLE_EXAMPLES = flags.DEFINE_integer("oracle_examples", 50, "Members of the oracle dataset.")
+_T_END = flags.DEFINE_float("t_end", 10.0, "t_end of the oracle part (digits: the config's).")
+_GRID_EXAMPLES = flags.DEFINE_integer("grid_examples", 300, "Examples for the optimised grid.")
+_OUT_DIR = flags.DEFINE_string("out_dir", "experiments/results", "Where results go.")
+
+_REFERENCE_STEPS = 1000  # the training grid that `subgrid` thins and `optimised` chooses from
 
 
-def _plot(rows: list[dict], floor: float, path: str) -> None:
+def _calls(method: str, num_steps: int) -> int:
+    return 2 * num_steps if method.startswith("trapezoidal") else num_steps
+
+
+def _grid(
+    name: str, num_steps: int, t_end: float, optimise: Callable[[int], np.ndarray]
+) -> np.ndarray:
+    if name == "logit" or num_steps == _REFERENCE_STEPS:
+        return np.asarray(observation_times(num_steps, t_end))
+    if name == "subgrid":
+        return np.asarray(subgrid(observation_times(_REFERENCE_STEPS, t_end), num_steps))
+    return optimise(num_steps)
+
+
+def _optimiser(
+    part: str, predict_fn: Callable, examples: np.ndarray, t_end: float
+) -> Callable[[int], np.ndarray]:
+    """Optimised grids of this part, computed once per K and kept as JSON in out_dir."""
+
+    def optimise(num_steps: int) -> np.ndarray:
+        path = os.path.join(_OUT_DIR.value, f"few_step_{part}_grid_{num_steps}.json")
+        if os.path.exists(path):
+            return grid_files.load_grid(path)[0]
+        times, variance = grids.optimised_grid(
+            jax.random.key(12345), predict_fn, examples, num_steps, t_end=t_end
+        )
+        proxy = float(np.sum(np.asarray(grids.step_errors(times, variance))))
+        info = {"t_end": t_end, "num_examples": int(len(examples)), "proxy": proxy}
+        grid_files.save_grid(path, times, info)
+        return np.asarray(times)
+
+    return optimise
+
+
+def _done_rows(path: str) -> set[tuple]:
+    if not os.path.exists(path):
+        return set()
+    with open(path, encoding="utf-8") as file:
+        rows = [json.loads(line) for line in file if line.strip()]
+    return {(row["method"], row["grid"], row["num_steps"], row["seed"]) for row in rows}
+
+
+def _oracle_metrics(samples: np.ndarray, members: np.ndarray) -> dict[str, float]:
+    flat = samples.reshape(len(samples), -1)
+    matches = np.all(flat[:, None, :] == members[None, :, :], axis=-1)  # (n, J)
+    counts = matches.sum(axis=0)
+    num = len(samples)
+    non_member = 1.0 - counts.sum() / num
+    tv = 0.5 * np.abs(counts / num - 1.0 / len(members)).sum() + 0.5 * non_member
+    return {"member_fraction": 1.0 - non_member, "total_variation": float(tv)}
+
+
+def _exact_draw_tv(num_samples: int, num_members: int, repeats: int = 2000) -> float:
+    """Mean total-variation distance of ``num_samples`` exact uniform draws to the uniform law."""
+    rng = np.random.default_rng(0)
+    counts = rng.multinomial(num_samples, np.full(num_members, 1.0 / num_members), repeats)
+    return float(np.mean(0.5 * np.abs(counts / num_samples - 1.0 / num_members).sum(axis=1)))
+
+
+def _run(
+    part: str,
+    predict_fn: Callable,
+    draw: Callable[[jax.Array, np.ndarray, str], np.ndarray],
+    measure: Callable[[np.ndarray], dict],
+    optimise: Callable[[int], np.ndarray],
+    t_end: float,
+) -> None:
+    """Every (K, method, grid, seed) not yet in the part's JSONL file, appended as it ends."""
+    path = os.path.join(_OUT_DIR.value, f"few_step_{part}.jsonl")
+    done = _done_rows(path)
+    for num_steps in (int(k) for k in _STEPS.value):
+        for method in _METHODS.value:
+            for grid_name in _GRIDS.value:
+                if num_steps == _REFERENCE_STEPS and grid_name != "logit":
+                    continue
+                times = _grid(grid_name, num_steps, t_end, optimise)
+                for seed in (int(s) for s in _SEEDS.value):
+                    if (method, grid_name, num_steps, seed) in done:
+                        continue
+                    started = time.perf_counter()
+                    samples = draw(jax.random.key(1000 * seed + num_steps), times, method)
+                    row = {
+                        "method": method,
+                        "grid": grid_name,
+                        "num_steps": num_steps,
+                        "calls": _calls(method, num_steps),
+                        "seed": seed,
+                        "num_samples": int(len(samples)),
+                        **measure(samples),
+                        "seconds": time.perf_counter() - started,
+                    }
+                    with open(path, "a", encoding="utf-8") as file:
+                        file.write(json.dumps(row) + "\n")
+                    print(row, flush=True)
+
+
+def _oracle_part() -> None:
+    from sklearn.datasets import load_digits
+
+    members = load_digits().images[: _ORACLE_EXAMPLES.value].astype(np.int32)[..., None]
+    oracle = dataset_oracle(members)
+    flat_members = members.reshape(len(members), -1)
+    t_end = _T_END.value
+    floor = _exact_draw_tv(_NUM_SAMPLES.value, len(members))
+    print(f"total-variation floor of {_NUM_SAMPLES.value} exact draws: {floor:.4f}")
+
+    def draw(key: jax.Array, times: np.ndarray, method: str) -> np.ndarray:
+        shape = (_NUM_SAMPLES.value, *members.shape[1:])
+        return np.asarray(sample(key, oracle, shape, times, max_count=16, method=method))
+
+    def measure(samples: np.ndarray) -> dict:
+        return {**_oracle_metrics(samples, flat_members), "tv_floor": floor}
+
+    repeats = -(-_GRID_EXAMPLES.value // len(members))  # each member, several forward draws
+    examples = np.tile(members, (repeats, 1, 1, 1))
+    _run("oracle", oracle, draw, measure, _optimiser("oracle", oracle, examples, t_end), t_end)
+
+
+def _digits_part() -> None:
+    from blackout_jax import data
+    from blackout_jax.metrics import digits_features
+    from blackout_jax.run import config as config_lib
+    from blackout_jax.run import generate, inference
+
+    if _CONFIG.value is None or _WORKDIR.value is None:
+        raise app.UsageError("--part=digits needs --config and --workdir of a trained run")
+    config = inference.run_config(config_lib.parse(_CONFIG.value), _WORKDIR.value)
+    dataset = data.load_dataset(
+        config.data, seed=config.seed, size_divisor=config.model.size_divisor
+    )
+    if dataset.name != "digits":
+        raise app.UsageError("the digits part needs a digits run")
+    model = inference.load_trained_model(config, _WORKDIR.value, dataset)
+    t_end = config.diffusion.t_end
+    train = np.asarray(digits_features.digits_train_test_split()[0])
+    examples = train[: _GRID_EXAMPLES.value].reshape(-1, *model.image_shape)
+
+    def draw(key: jax.Array, times: np.ndarray, method: str) -> np.ndarray:
+        return generate.generate_samples(
+            key,
+            model.predict_fn,
+            num_samples=_NUM_SAMPLES.value,
+            example_shape=model.image_shape,
+            times=times,
+            max_count=model.max_count,
+            method=method,
+            chunk_size=_NUM_SAMPLES.value,
+        )
+
+    def measure(samples: np.ndarray) -> dict:
+        quality = digits_features.digits_sample_metrics(samples)
+        classes = np.asarray(quality["class_distribution"])
+        entropy = float(-np.sum(classes[classes > 0] * np.log(classes[classes > 0])))
+        return {
+            "frechet_distance": quality["frechet_distance"],
+            "frechet_floor": quality["frechet_floor"],
+            "fd_over_floor": quality["frechet_distance"] / quality["frechet_floor"],
+            "class_entropy": entropy,
+            "checkpoint_step": int(model.step),
+        }
+
+    optimise = _optimiser("digits", model.predict_fn, examples, t_end)
+    _run("digits", model.predict_fn, draw, measure, optimise, t_end)
+
+
+_REPORTED = {
+    "oracle": (("member_fraction", "member fraction"), ("total_variation", "TV to uniform")),
+    "digits": (("fd_over_floor", "Fréchet distance / floor"), ("class_entropy", "class entropy")),
+}
+
+
+def _summaries(rows: list[dict], metric: str) -> dict[tuple[str, str, int], tuple]:
+    """``(method, grid, K) -> (calls, mean, half width of the 95% t-interval, seeds)``."""
+    groups: dict[tuple[str, str, int], list[float]] = {}
+    calls = {}
+    for row in rows:
+        key = (row["method"], row["grid"], row["num_steps"])
+        groups.setdefault(key, []).append(float(row[metric]))
+        calls[key] = row["calls"]
+    out = {}
+    for key, values in sorted(groups.items()):
+        values = np.asarray(values)
+        half = 0.0
+        if len(values) > 1:
+            half = stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
+        out[key] = (calls[key], float(values.mean()), float(half), len(values))
+    return out
+
+
+def _plot(part: str, rows: list[dict], path: str) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(6, 4), dpi=100)
+    metrics = _REPORTED[part]
+    figure = Figure(figsize=(11, 4.5), dpi=100)
     FigureCanvasAgg(figure)
-    axis = figure.add_subplot(1, 1, 1)
-    for method in sorted({row["method"] for row in rows}):
-        points = [
-            (row["num_steps"], row["frechet_distance"]) for row in rows if row["method"] == method
-        ]
-        steps, values = zip(*points, strict=True)
-        axis.plot(steps, values, "o-", label=method)
-    axis.axhline(floor, color="gray", linestyle="--", label="real-vs-real floor")
-    axis.set_xscale("log")
-    axis.set_yscale("log")
-    axis.set_xlabel("sampling steps K")
-    axis.set_ylabel("Fréchet distance (classifier features)")
-    axis.legend()
-    axis.grid(True, which="both", alpha=0.3)
+    for panel, (metric, label) in enumerate(metrics):
+        axis = figure.add_subplot(1, len(metrics), panel + 1)
+        summary = _summaries(rows, metric)
+        for method, color in zip(METHODS, ("C0", "C1", "C2", "C3"), strict=True):
+            for grid_name, style in (("logit", "o-"), ("subgrid", "s:"), ("optimised", "^--")):
+                points = sorted(
+                    (calls, mean, half)
+                    for (m, g, k), (calls, mean, half, _) in summary.items()
+                    if m == method and (g == grid_name or (k == _REFERENCE_STEPS and g == "logit"))
+                )
+                if not points:
+                    continue
+                x, y, err = (np.asarray(v) for v in zip(*points, strict=True))
+                name = f"{method}/{grid_name}"
+                axis.errorbar(x, y, yerr=err, fmt=style, color=color, ms=3, capsize=2, label=name)
+        axis.set_xscale("log")
+        if metric == "fd_over_floor":
+            axis.set_yscale("log")
+            axis.axhline(1.0, color="gray", linestyle="--", label="real-vs-real floor")
+        if metric == "class_entropy":
+            axis.axhline(np.log(10.0), color="gray", linestyle="--", label="balanced classes")
+        if metric == "total_variation":
+            floor = float(np.mean([row["tv_floor"] for row in rows]))
+            axis.axhline(floor, color="gray", linestyle="--", label="exact draws")
+        axis.set_xlabel("network calls")
+        axis.set_ylabel(label)
+        axis.grid(True, which="both", alpha=0.3)
+    figure.axes[0].legend(fontsize=6)
+    figure.axes[-1].legend(handles=figure.axes[-1].get_lines()[-1:], fontsize=6)
     figure.tight_layout()
     figure.savefig(path)
+
+
+def _report() -> None:
+    for part in ("oracle", "digits"):
+        path = os.path.join(_OUT_DIR.value, f"few_step_{part}.jsonl")
+        if not os.path.exists(path):
+            continue
+        with open(path, encoding="utf-8") as file:
+            rows = [json.loads(line) for line in file if line.strip()]
+        _plot(part, rows, os.path.join(_OUT_DIR.value, f"few_step_{part}.png"))
+        metrics = _REPORTED[part]
+        summaries = [_summaries(rows, metric) for metric, _ in metrics]
+        print(f"\n### {part}\n")
+        print("| method | grid | K | calls | " + " | ".join(l for _, l in metrics) + " | seeds |")
+        print("|---|---|---|---|" + "---|" * len(metrics) + "---|")
+        for key in sorted(summaries[0], key=lambda k: (k[0], k[1], k[2])):
+            cells = [f"{s[key][1]:.3f} ± {s[key][2]:.3f}" for s in summaries]
+            calls, seeds = summaries[0][key][0], summaries[0][key][3]
+            print(
+                f"| {key[0]} | {key[1]} | {key[2]} | {calls} | "
+                + " | ".join(cells)
+                + f" | {seeds} |"
+            )
 
 
 def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
-    config = _CONFIG.value
-    dataset = data.load_dataset(
-        config.data, seed=int(config.seed), size_divisor=2 ** (len(config.model.ch_mult) - 1)
-    )
-    if dataset.name != "digits":
-        raise app.UsageError("the few-step study's quality metric is defined for digits runs")
-    model = inference.load_trained_model(config, _WORKDIR.value, dataset)
-    test = np.asarray(dataset.test_examples(None))
-    nats = inference.likelihood_over(
-        model, test, batch_size=int(config.eval.batch_size), key=jax.random.key(0)
-    )
-    bits_per_dim = float(np.mean(nats)) / (math.prod(model.image_shape) * math.log(2.0))
-
-    rows = []
-    for method in ("binomial_bridge", "tau_leaping"):
-        for num_steps in (int(k) for k in _STEPS.value):
-            started = time.perf_counter()
-            samples = generate.generate_samples(
-                jax.random.key(num_steps),
-                model.predict_fn,
-                num_samples=_NUM_SAMPLES.value,
-                example_shape=model.image_shape,
-                times=schedule.observation_times(num_steps, float(config.diffusion.t_end)),
-                max_count=model.max_count,
-                method=method,
-                chunk_size=min(_NUM_SAMPLES.value, int(config.sampling.batch_size)),
-            )
-            seconds = time.perf_counter() - started
-            quality = digits_features.digits_sample_metrics(samples)
-            classes = np.asarray(quality["class_distribution"])
-            entropy = float(-np.sum(classes[classes > 0] * np.log(classes[classes > 0])))
-            rows.append(
-                {
-                    "method": method,
-                    "num_steps": num_steps,
-                    "frechet_distance": quality["frechet_distance"],
-                    "frechet_floor": quality["frechet_floor"],
-                    "class_entropy": entropy,
-                    "seconds": seconds,
-                }
-            )
-            print(rows[-1], flush=True)
-
-    out = _OUT.value or os.path.join(_WORKDIR.value, "few_step")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    summary = {"step": model.step, "bits_per_dim": bits_per_dim, "rows": rows}
-    with open(out + ".json", "w", encoding="utf-8") as file:
-        json.dump(summary, file, indent=2)
-    _plot(rows, rows[0]["frechet_floor"], out + ".png")
-    print(f"\ncheckpoint step {model.step}; bound {bits_per_dim:.4f} bits/dim (any K)\n")
-    print("| method | K | Fréchet distance | floor | class entropy | seconds |")
-    print("|---|---|---|---|---|---|")
-    for row in rows:
-        print(
-            f"| {row['method']} | {row['num_steps']} | {row['frechet_distance']:.2f} | "
-            f"{row['frechet_floor']:.2f} | {row['class_entropy']:.3f} | {row['seconds']:.1f} |"
-        )
-    print(f"\nwrote {out}.json and {out}.png")
+    os.makedirs(_OUT_DIR.value, exist_ok=True)
+    {"oracle": _oracle_part, "digits": _digits_part, "report": _report}[_PART.value]()
 
 
 if __name__ == "__main__":

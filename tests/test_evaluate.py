@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from blackout_jax.run import train
+from blackout_jax.run import grid_files, train
 from configs import tiny
 from tests.cli import run_main
 
@@ -140,3 +140,23 @@ def test_inference_uses_the_network_the_run_was_trained_with(tmp_path):
     assert len(notes) == 1 and notes[0].endswith("model.nf = 4 (command line: 8)")
     with np.load(workdir / "samples" / "samples_2.npz") as archive:
         assert archive["samples"].shape == (2, 8, 8, 1)
+
+
+def test_an_optimised_grid_is_fitted_once_per_checkpoint_and_reused(trained_run, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(trained_run, workdir)
+    flags = (
+        "--config.sampling.grid=optimised",
+        "--config.sampling.num_steps=4",
+        "--config.sampling.num_samples=4",
+    )
+    result = _mode(workdir, "sample", *flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    path = workdir / "grids" / "optimised_6_4.json"
+    times, info = grid_files.load_grid(path)
+    assert times.shape == (5,) and times[0] == 0 and np.all(np.diff(times) > 0)
+    assert np.isclose(times[-1], tiny.get_config().diffusion.t_end) and info["step"] == 6
+    written = path.stat().st_mtime_ns
+    result = _mode(workdir, "sample", *flags)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "fitting an optimised" not in result.stdout and path.stat().st_mtime_ns == written

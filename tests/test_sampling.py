@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from blackout_jax import METHODS, dataset_oracle, impute, observation_times, sample, subgrid
+from blackout_jax import (
+    METHODS,
+    dataset_oracle,
+    impute,
+    observation_times,
+    sample,
+    subgrid,
+)
+from tests import exact_kernels
 
 MAX_COUNT = 16
 T_END = 15.0
@@ -64,6 +72,9 @@ def test_sample_shape_dtype_range_and_keys(method: str) -> None:
 SINGLE_STEP_CASES = {
     "binomial_bridge": [(3.4, 3), (3.6, 4), (40.0, MAX_COUNT), (-2.0, 0), (0.0, 0)],
     "tau_leaping": [(0.0, 0), (40.0, MAX_COUNT)],
+    # Two stages t_end -> t_end / 2 -> 0: the first has r ~ e^{-7.5}, the second r = 1.
+    "trapezoidal_bridge": [(40.0, MAX_COUNT), (-2.0, 0), (0.0, 0)],
+    "trapezoidal_leaping": [(0.0, 0), (40.0, MAX_COUNT)],
 }
 
 
@@ -98,7 +109,11 @@ def test_bridge_walk_has_the_exact_forward_marginal(chi_square_pvalue, stop_inde
 
 @pytest.mark.parametrize("method", METHODS)
 def test_single_step_law_of_each_method(chi_square_pvalue, method: str) -> None:
-    """From the empty start, one step t_end -> s with yhat = N: Binomial(N, r) or Poisson(N r)."""
+    """From the empty start, one step t_end -> s with yhat = N - n: its exact law.
+
+    Binomial(N, r) for both bridges (the trapezoidal one extrapolates exactly N - n_mid here),
+    clipped Poisson(N r) for tau-leaping, the two-stage mixture for trapezoidal leaping.
+    """
     s = 0.5
     times = jnp.array([0.0, s, T_END])
     draws = sample(
@@ -111,11 +126,16 @@ def test_single_step_law_of_each_method(chi_square_pvalue, method: str) -> None:
     )
     r = np.exp(-s) * np.expm1(-(T_END - s)) / np.expm1(-T_END)
     support = np.arange(MAX_COUNT + 1)
-    if method == "binomial_bridge":
+    if method in ("binomial_bridge", "trapezoidal_bridge"):
         pmf = stats.binom.pmf(support, MAX_COUNT, r)
-    else:  # clip(Poisson(N r), 0, N)
+    elif method == "tau_leaping":  # clip(Poisson(N r), 0, N)
         pmf = stats.poisson.pmf(support, MAX_COUNT * r)
         pmf[-1] += stats.poisson.sf(MAX_COUNT, MAX_COUNT * r)
+    else:
+        kernel = exact_kernels.step_kernel(
+            method, lambda states, t: MAX_COUNT - states, T_END, s, MAX_COUNT
+        )
+        pmf = kernel[0]
     assert chi_square_pvalue(np.asarray(draws), support, pmf) > 1e-3
 
 
@@ -206,7 +226,7 @@ def test_impute_keeps_observations_and_completes_a_member(method: str) -> None:
     # tau-leaping's (seeds 14-23; its births can overshoot); chance is about 1/6.
     assert len(np.unique(data[:, 0, :], axis=0)) == 6
     members = np.mean(np.all(filled == counts, axis=(1, 2)))
-    assert members >= (0.5 if method == "binomial_bridge" else 0.2)
+    assert members >= (0.5 if method.endswith("bridge") else 0.2)
     if method == "binomial_bridge":  # under jit, with the counts traced
         jitted = jax.jit(fill)(jax.random.key(14), np.where(mask, counts, 0))
         np.testing.assert_array_equal(np.asarray(jitted), filled)

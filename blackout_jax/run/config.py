@@ -29,6 +29,7 @@ from blackout_jax.sampling import METHODS, STARTS
 from blackout_jax.schedule import GRIDS
 
 SAMPLE_METRICS = ("auto", "digits", "inception", "none")
+OPTIMISED_GRID = "optimised"  # a grid fitted to a trained model: see blackout_jax.run.inference
 
 
 def setting(
@@ -144,9 +145,11 @@ class SamplingConfig:
     method: str = setting("binomial_bridge", "sampler", choices=METHODS)
     grid: str = setting(
         "logit",
-        "sampler times (blackout_jax.schedule.sampling_times): 'logit' = a fresh num_steps-point "
-        "reference grid, 'subgrid' = every d-th training time as the reference does",
-        choices=GRIDS,
+        "sampler times: 'logit' = a fresh num_steps-point reference grid, 'subgrid' = every "
+        "d-th training time as the reference does, 'optimised' = times chosen for the trained "
+        "model (blackout_jax.grids.optimised_grid), saved as WORKDIR/grids/optimised_<step>_<K>"
+        ".json on first use",
+        choices=(*GRIDS, OPTIMISED_GRID),
     )
     start: str = setting(
         "prior",
@@ -338,9 +341,15 @@ def _check_across_fields(config: ExperimentConfig) -> None:
 
 
 def sampling_times(config: ExperimentConfig) -> Any:
-    """The sampler's times of ``config.sampling`` (:func:`blackout_jax.schedule.sampling_times`)."""
+    """The sampler's times of ``config.sampling`` (:func:`blackout_jax.schedule.sampling_times`).
+
+    For ``sampling.grid = "optimised"``, which needs a trained model
+    (:func:`blackout_jax.run.inference.sampler_times`), the ``"logit"`` grid: the sample grids
+    drawn during training use it.
+    """
+    grid = config.sampling.grid
     return schedule.sampling_times(
-        config.sampling.grid,
+        "logit" if grid == OPTIMISED_GRID else grid,
         config.sampling.num_steps,
         t_end=config.diffusion.t_end,
         training_steps=config.diffusion.num_steps,

@@ -29,13 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from blackout_jax import likelihood, models, sampling
+from blackout_jax import grids, likelihood, models, sampling
 from blackout_jax.data import count_checks
 from blackout_jax.run import (
     checkpointing,
     generate,
+    grid_files,
     held_out,
     network,
     parallel,
@@ -143,6 +145,44 @@ def load_trained_model(
     )
 
 
+GRID_EXAMPLES = 300  # training examples the optimised grid is fitted on
+GRIDS_DIR = "grids"
+
+
+def sampler_times(
+    config: ExperimentConfig, workdir: str | os.PathLike[str], model: TrainedModel, dataset: Any
+) -> jax.Array:
+    """The times the sampler walks: :func:`blackout_jax.run.config.sampling_times`, or for
+    ``sampling.grid = "optimised"`` the grid of :func:`blackout_jax.grids.optimised_grid` for this
+    checkpoint and ``K``, read from ``WORKDIR/grids/optimised_<step>_<K>.json`` or, the first
+    time, fitted on the first :data:`GRID_EXAMPLES` training examples and written there."""
+    sampler = config.sampling
+    if sampler.grid != config_lib.OPTIMISED_GRID:
+        return config_lib.sampling_times(config)
+    path = Path(workdir, GRIDS_DIR, f"optimised_{model.step}_{sampler.num_steps}.json")
+    if path.exists():
+        return jnp.asarray(grid_files.load_grid(path)[0])
+    count = min(int(dataset.num_train), GRID_EXAMPLES)
+    print(
+        f"fitting an optimised {sampler.num_steps}-step grid to the model of step {model.step} "
+        f"on {count} training examples ...",
+        flush=True,
+    )
+    examples = np.asarray(dataset.train_source.read(np.arange(count)))
+    times, _ = grids.optimised_grid(
+        stream_key(config.seed, Stream.GRID),
+        model.predict_fn,
+        jnp.asarray(examples.reshape(count, *model.image_shape)),
+        sampler.num_steps,
+        t_end=config.diffusion.t_end,
+    )
+    if parallel.is_primary():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        info = {"step": model.step, "num_examples": count, "t_end": config.diffusion.t_end}
+        grid_files.save_grid(path, times, info)
+    return times
+
+
 def sample_chunk_dir(config: ExperimentConfig, workdir: str | os.PathLike[str], step: int) -> Path:
     """Where the chunks of a sample command are kept until its result is written (resume)."""
     sampler = config.sampling
@@ -152,16 +192,20 @@ def sample_chunk_dir(config: ExperimentConfig, workdir: str | os.PathLike[str], 
 
 
 def draw_samples(
-    config: ExperimentConfig, workdir: str | os.PathLike[str], model: TrainedModel
+    config: ExperimentConfig,
+    workdir: str | os.PathLike[str],
+    model: TrainedModel,
+    times: jax.Array,
 ) -> np.ndarray:
-    """``sampling.num_samples`` samples of ``model`` (resumable chunks under ``samples/``)."""
+    """``sampling.num_samples`` samples of ``model`` on ``times`` (resumable chunks under
+    ``samples/``)."""
     sampler = config.sampling
     return generate.generate_samples(
         jax.random.fold_in(stream_key(config.seed, Stream.SAMPLE), model.step),
         model.predict_fn,
         num_samples=sampler.num_samples,
         example_shape=model.image_shape,
-        times=config_lib.sampling_times(config),
+        times=times,
         max_count=model.max_count,
         method=sampler.method,
         start=sampler.start,
@@ -183,7 +227,7 @@ def sample_run(config: Any, workdir: str | os.PathLike[str], dataset: Any) -> Pa
     """Draw ``sampling.num_samples`` samples and write ``samples/samples_<step>.npz`` + PNG."""
     config = config_lib.parse(config)
     model = load_trained_model(config, workdir, dataset)
-    samples = draw_samples(config, workdir, model)
+    samples = draw_samples(config, workdir, model, sampler_times(config, workdir, model, dataset))
     path = Path(workdir, "samples", f"samples_{model.step}.npz")
     if parallel.is_primary():
         np.savez(
@@ -244,7 +288,9 @@ def evaluate_run(config: Any, workdir: str | os.PathLike[str], dataset: Any) -> 
         "bits_per_dim_ci95": float(likelihood.bits_per_dim(half_width, num_dims)),
     }
     if kind != "none":
-        samples = draw_samples(config, workdir, model)
+        samples = draw_samples(
+            config, workdir, model, sampler_times(config, workdir, model, dataset)
+        )
         results["sampler"] = {
             "method": config.sampling.method,
             "num_steps": config.sampling.num_steps,
@@ -403,7 +449,7 @@ def impute_run(
     counts, mask = read_imputation_input(input_path, image_shape, int(dataset.max_count))
     model = load_trained_model(config, workdir, dataset)
     sampler = config.sampling
-    times = config_lib.sampling_times(config)
+    times = sampler_times(config, workdir, model, dataset)
 
     def complete(key: jax.Array, observed_counts: jax.Array, observed: jax.Array) -> jax.Array:
         return sampling.impute(

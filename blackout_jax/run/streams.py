@@ -20,6 +20,7 @@ class Stream(enum.IntEnum):
     EVALUATE = 4  # the bound of --mode=evaluate
     IMPUTE = 5  # --mode=impute
     SAMPLING_DROPOUT = 6  # the network's dropout masks when sampling.dropout is on
+    GRID = 7  # the forward draws of the optimised grid's error measurements
 
 
 DROPOUT_STREAM = 0x64726F70
