@@ -79,7 +79,6 @@ def _empty_folder(folder: pathlib.Path) -> None:
 DAMAGES = {
     "truncated array file": _truncate_array_file,
     "emptied data_iterator JSON": lambda d: (d / "data_iterator" / "metadata").write_text(""),
-    "deleted manifest": lambda d: [p.unlink() for p in (d / "state").rglob("manifest.ocdbt")],
     "state folder missing": lambda d: shutil.rmtree(d / "state"),
     "empty step folder": _empty_folder,
 }
