@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import blackout_jax as bj
@@ -13,16 +14,22 @@ from blackout_jax.run import held_out
 DATA = np.random.default_rng(2).integers(0, 5, size=(7, 2, 2, 1))
 
 
-def test_map_over_batches_pads_and_trims():
-    seen = []
-
-    def compute(batch, index):
-        seen.append((index, batch.shape))
-        return batch.sum(axis=(1, 2, 3))
-
-    values = held_out.map_over_batches(compute, DATA, batch_size=3)
-    np.testing.assert_array_equal(values, DATA.sum(axis=(1, 2, 3)))
-    assert seen == [(0, (3, 2, 2, 1)), (1, (3, 2, 2, 1)), (2, (3, 2, 2, 1))]
+def test_loss_over_keys_each_example_by_its_index_whatever_its_batch():
+    key = jax.random.key(5)
+    oracle = jax.tree_util.Partial(bj.dataset_oracle(DATA))
+    values = held_out.loss_over(
+        key, oracle, DATA, batch_size=3, weighting="elbo", t_end=8.0, num_steps=100
+    )
+    assert values.shape == (7,)  # three batches of 3, the last padded, padding dropped
+    expected = bj.training_loss(
+        bj.example_keys(key, jnp.arange(7, dtype=jnp.uint32)),
+        oracle,
+        jnp.asarray(DATA),
+        weighting="elbo",
+        t_end=8.0,
+        num_steps=100,
+    )
+    np.testing.assert_allclose(values, np.asarray(expected), rtol=1e-5)
 
 
 def test_bound_over_is_the_bound_of_each_batch_with_its_own_key():

@@ -23,6 +23,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from blackout_jax import sampling
+from blackout_jax.run import parallel
 
 Array = jax.Array
 ChunkFn = Callable[..., Array]
@@ -128,7 +129,7 @@ def run_in_chunks(
             start = index * chunk_size
             chunk_inputs = [_padded_rows(np.asarray(a), start, chunk_size) for a in inputs]
             if sharding is not None:
-                chunk_inputs = [jax.device_put(a, sharding) for a in chunk_inputs]
+                chunk_inputs = [parallel.shared_array(a, sharding) for a in chunk_inputs]
             result = compute_chunk(jax.random.fold_in(key, index), *chunk_inputs)
             chunk = np.asarray(multihost_utils.process_allgather(result, tiled=True))
             if path is not None and jax.process_index() == 0:

@@ -14,12 +14,14 @@ from typing import Any
 import numpy as np
 
 from blackout_jax import argument_checks
+from blackout_jax.run import reporting
 
 
 def save_grid(path: str | os.PathLike[str], times: Any, info: dict[str, Any] | None = None) -> None:
     """Write ``times`` ``(K + 1,)`` (checked as a sampling grid) and ``info`` to ``path``.
 
-    The file is written beside its final name and renamed, so readers never see half of it.
+    Written with :func:`blackout_jax.run.reporting.write_json` (a temporary file and an atomic
+    rename), so readers never see half of it.
 
     Raises:
       ValueError: ``times`` is not a valid grid (1-D, starts at 0, strictly increasing).
@@ -27,11 +29,7 @@ def save_grid(path: str | os.PathLike[str], times: Any, info: dict[str, Any] | N
     """
     values = np.asarray(times, np.float64)
     argument_checks.check_time_grid(values)
-    text = json.dumps({"times": values.tolist(), "info": dict(info or {})}, indent=1)
-    partial = f"{os.fspath(path)}.partial"
-    with open(partial, "w", encoding="utf-8") as file:
-        file.write(text)
-    os.replace(partial, path)
+    reporting.write_json(path, {"times": values.tolist(), "info": dict(info or {})})
 
 
 def load_grid(path: str | os.PathLike[str]) -> tuple[np.ndarray, dict[str, Any]]:

@@ -1,69 +1,24 @@
 """Per-example quantities over a whole dataset: the likelihood bound and the held-out loss.
 
-:func:`map_over_batches` is the one loop that pads, batches, shards and trims; the training
-evaluations and ``--mode=evaluate`` both compute the bound through :func:`bound_over`, and the
-held-out loss through :func:`loss_over`.
+Both go through :func:`blackout_jax.run.generate.run_in_chunks`, the one loop that pads, batches,
+shards, keys and trims: batch ``i`` of ``batch_size`` examples (every host holds all of them) is
+split over the devices and keyed ``fold_in(key, i)``. The training evaluations and
+``--mode=evaluate`` compute the bound through :func:`bound_over` and the held-out loss through
+:func:`loss_over`.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from blackout_jax import likelihood, losses
-from blackout_jax.run import parallel
+from blackout_jax.run import generate, parallel
 
 Array = jax.Array
-
-
-def batch_sharding_for(size: int) -> jax.sharding.Sharding:
-    """Split a batch of ``size`` over every device when it divides evenly, else replicate it."""
-    mesh = parallel.create_mesh()
-    if size % jax.device_count() == 0:
-        return parallel.batch_sharding(mesh)
-    return parallel.replicated_sharding(mesh)
-
-
-def map_over_batches(
-    compute_batch: Callable[[Array, int], Array],
-    examples: np.ndarray,
-    *,
-    batch_size: int,
-    description: str = "",
-) -> np.ndarray:
-    """``compute_batch(batch, index) -> (batch_size,)`` over ``examples`` in batches, trimmed.
-
-    ``examples`` (every host holds all of them) is cut into batches of ``batch_size``, the last
-    padded with zeros; batch ``index`` covers rows ``[index B, (index + 1) B)`` and is split over
-    the devices (:func:`batch_sharding_for`).
-
-    With a ``description`` and more than one batch, the primary host shows a progress bar.
-
-    Returns:
-      ``(len(examples),)`` NumPy array of per-example values (padding dropped).
-    """
-    examples = np.asarray(examples)
-    num = examples.shape[0]
-    padded = -(-num // batch_size) * batch_size
-    padding = np.zeros((padded - num, *examples.shape[1:]), examples.dtype)
-    batches = np.concatenate([examples, padding]).reshape(-1, batch_size, *examples.shape[1:])
-    sharding = batch_sharding_for(batch_size)
-    indices: Sequence[int] = range(len(batches))
-    if description and len(batches) > 1 and parallel.is_primary():
-        from tqdm import tqdm
-
-        indices = tqdm(indices, desc=description, unit="batch", leave=False)
-    values = []
-    for index in indices:
-        value = compute_batch(parallel.shared_array(batches[index], sharding), index)
-        if not isinstance(indices, range):
-            value.block_until_ready()  # the bar shows work done, not work dispatched
-        values.append(value)
-    return np.concatenate(parallel.to_host(values))[:num]
 
 
 def bound_over(
@@ -83,9 +38,9 @@ def bound_over(
       turns them into bits per count).
     """
 
-    def bound(batch: Array, index: int) -> Array:
+    def bound(batch_key: Array, batch: Array) -> Array:
         return likelihood.nll_bound(
-            jax.random.fold_in(key, index),
+            batch_key,
             predict_fn,
             batch,
             t_end=t_end,
@@ -93,7 +48,28 @@ def bound_over(
             num_time_samples=num_time_samples,
         )
 
-    return map_over_batches(bound, examples, batch_size=batch_size, description="likelihood bound")
+    return _over_batches(key, bound, examples, batch_size, "likelihood bound")
+
+
+def _over_batches(
+    key: Array,
+    compute: Callable[..., Array],
+    examples: np.ndarray,
+    batch_size: int,
+    description: str,
+    *more_inputs: np.ndarray,
+) -> np.ndarray:
+    """``compute(fold_in(key, i), batch_i, ...)`` over ``examples`` in batches, padding dropped."""
+    return generate.run_in_chunks(
+        key,
+        compute,
+        num_examples=len(examples),
+        chunk_size=batch_size,
+        inputs=(np.asarray(examples), *more_inputs),
+        sharding=parallel.batch_sharding_for(batch_size),
+        progress=True,
+        description=description,
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("weighting", "t_end", "num_steps"))
@@ -101,13 +77,12 @@ def _batch_loss(
     key: Array,
     predict_fn: Callable[[Array, Array], Array],
     batch: Array,
-    first_index: Array,
+    indices: Array,
     *,
     weighting: str,
     t_end: float,
     num_steps: int,
 ) -> Array:
-    indices = first_index.astype(jnp.uint32) + jnp.arange(batch.shape[0], dtype=jnp.uint32)
     return losses.training_loss(
         losses.example_keys(key, indices),
         predict_fn,
@@ -134,13 +109,14 @@ def loss_over(
     compilation serves every parameter value.
     """
 
-    def loss(batch: Array, index: int) -> Array:
-        first = jnp.asarray(index * batch_size, jnp.uint32)
+    def loss(batch_key: Array, batch: Array, indices: Array) -> Array:
+        del batch_key  # example g draws from fold_in(key, g) whatever its batch
         return _batch_loss(
-            key, predict_fn, batch, first, weighting=weighting, t_end=t_end, num_steps=num_steps
+            key, predict_fn, batch, indices, weighting=weighting, t_end=t_end, num_steps=num_steps
         )
 
-    return map_over_batches(loss, examples, batch_size=batch_size, description="held-out loss")
+    indices = np.arange(len(examples), dtype=np.uint32)
+    return _over_batches(key, loss, examples, batch_size, "held-out loss", indices)
 
 
 def histogram_bits_per_dim(train: np.ndarray, test: np.ndarray, max_count: int) -> float:

@@ -211,16 +211,9 @@ def draw_samples(
         start=sampler.start,
         chunk_size=sampler.batch_size,
         chunk_dir=sample_chunk_dir(config, workdir, model.step),
-        sharding=_state_sharding(sampler.batch_size),
+        sharding=parallel.batch_sharding_for(sampler.batch_size),
         progress=True,
     )
-
-
-def _state_sharding(size: int) -> jax.sharding.Sharding | None:
-    """The sampler state split over every device when ``size`` divides evenly, else XLA's pick."""
-    if size % jax.device_count() == 0:
-        return parallel.batch_sharding(parallel.create_mesh())
-    return None
 
 
 def sample_run(config: Any, workdir: str | os.PathLike[str], dataset: Any) -> Path:
@@ -464,7 +457,7 @@ def impute_run(
             resamples=sampler.impute_resamples,
             particles=sampler.impute_particles,
             progress=parallel.is_primary(),
-            sharding=_state_sharding(sampler.batch_size),
+            sharding=parallel.batch_sharding_for(sampler.batch_size),
         )
 
     completed = generate.run_in_chunks(
@@ -473,7 +466,7 @@ def impute_run(
         num_examples=len(counts),
         chunk_size=sampler.batch_size,
         inputs=(counts, mask),
-        sharding=_state_sharding(sampler.batch_size),
+        sharding=parallel.batch_sharding_for(sampler.batch_size),
     )
     path = Path(workdir, "imputed", f"imputed_{model.step}.npz")
     if parallel.is_primary():

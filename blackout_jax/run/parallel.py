@@ -87,6 +87,14 @@ def replicated_sharding(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def batch_sharding_for(size: int) -> NamedSharding:
+    """A batch of ``size`` split over every device when it divides evenly, else replicated."""
+    mesh = create_mesh()
+    if size % jax.device_count() == 0:
+        return batch_sharding(mesh)
+    return replicated_sharding(mesh)
+
+
 def global_batch(local_batch: np.ndarray, sharding: NamedSharding) -> jax.Array:
     """One global array from this process's rows of a global batch.
 
