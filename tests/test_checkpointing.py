@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from types import SimpleNamespace
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -120,3 +123,21 @@ def test_restore_part_reads_only_the_requested_subtree(tmp_path):
     with pytest.raises(FileNotFoundError, match="available steps: \\[4\\]"):
         store.restore_part(6, {"params": {"dense": {"kernel": kernel}}})
     store.close()
+
+
+def test_only_closed_loop_callbacks_of_abandoned_reads_are_dropped(monkeypatch):
+    reached = []
+    monkeypatch.setattr("sys.unraisablehook", reached.append)
+    checkpointing._drop_callbacks_of_abandoned_reads()
+    installed = sys.unraisablehook
+    checkpointing._drop_callbacks_of_abandoned_reads()
+    assert sys.unraisablehook is installed  # once per process, not a chain of hooks
+
+    def report(error):
+        sys.unraisablehook(SimpleNamespace(exc_type=type(error), exc_value=error))
+
+    report(RuntimeError("Event loop is closed"))
+    report(RuntimeError("something else"))
+    report(ValueError("Event loop is closed"))
+    assert [str(u.exc_value) for u in reached] == ["something else", "Event loop is closed"]
+    assert isinstance(reached[1].exc_value, ValueError)

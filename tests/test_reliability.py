@@ -79,6 +79,7 @@ def _empty_folder(folder: pathlib.Path) -> None:
 DAMAGES = {
     "truncated array file": _truncate_array_file,
     "emptied data_iterator JSON": lambda d: (d / "data_iterator" / "metadata").write_text(""),
+    "deleted manifest": lambda d: [p.unlink() for p in (d / "state").rglob("manifest.ocdbt")],
     "state folder missing": lambda d: shutil.rmtree(d / "state"),
     "empty step folder": _empty_folder,
 }
@@ -91,6 +92,7 @@ def test_training_falls_back_to_the_newest_checkpoint_that_restores(run_copy, da
     assert result.returncode == 0, result.stderr[-3000:]
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "checkpoint 6" in warnings[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
     assert (run_copy / "checkpoints" / "6.damaged").is_dir()  # set aside, never deleted
     assert "resumed from the checkpoint of step 3" in result.stdout
     assert _train_rows(run_copy) == [2, 4, 6, 8]

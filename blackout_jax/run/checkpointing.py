@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -35,6 +36,31 @@ _T = TypeVar("_T")
 
 class NoUsableCheckpointError(FileNotFoundError):
     """Every checkpoint of a run folder failed to restore."""
+
+
+def _drop_callbacks_of_abandoned_reads() -> None:
+    """Keep the callbacks of reads abandoned by a failed restore off the terminal.
+
+    When one array of a checkpoint fails to read (a missing ``manifest.ocdbt``, a truncated
+    file), orbax closes the event loop of that restore while tensorstore still has the other
+    reads in flight; as they finish, each callback fails with ``RuntimeError('Event loop is
+    closed')``, reported as an unraisable exception: a traceback per array, hundreds in all,
+    printed at times in the middle of the one-line warning. They say nothing beyond the failure
+    already reported, so they are dropped; every other unraisable exception reaches the hook
+    that was there before. Installed once per process, before the first restore.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "drops_abandoned_reads", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
+            return
+        previous(unraisable)
+
+    hook.drops_abandoned_reads = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 def failure_reason(error: BaseException) -> str:
@@ -254,6 +280,7 @@ class CheckpointStore:
           NoUsableCheckpointError: there are checkpoints and none restores.
         """
         steps = self.all_steps()
+        _drop_callbacks_of_abandoned_reads()
         for step in reversed(steps):
             try:
                 return restore(step)
