@@ -17,6 +17,7 @@ import sys
 import time
 
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from blackout_jax.run import reporting, train
@@ -184,6 +185,37 @@ def test_disk_full_is_one_message_naming_the_file_and_the_last_checkpoint(tmp_pa
     assert len(message.splitlines()) == 1
     leftovers = [p for p in (tmp_path / "run").rglob("*") if p.name.endswith(".tmp")]
     assert leftovers == [] and (tmp_path / "run" / "checkpoints" / "3").is_dir()
+
+
+def test_disk_full_inside_a_checkpoint_save_is_one_message_and_leaves_no_partial_folder(
+    tmp_path, monkeypatch, caplog
+):
+    """The checkpoint of step 6 meets a full disk in orbax's background save of a JSON item."""
+    config = tiny.get_config()
+    config.training.num_steps = 6
+    handler = ocp.handlers.JsonCheckpointHandler
+    original_save = handler._save_fn
+    metadata_saves = []
+
+    async def save(self, item, directory):
+        if directory.name.split(".")[0] == "metadata":  # metadata.orbax-checkpoint-tmp
+            metadata_saves.append(directory)
+            if len(metadata_saves) == 2:
+                raise OSError(errno.ENOSPC, "No space left on device", str(directory / "metadata"))
+        return await original_save(self, item, directory)
+
+    monkeypatch.setattr(handler, "_save_fn", save)
+    with pytest.raises(train.DiskFullError) as info:
+        train.train_and_evaluate(config, tmp_path / "run")
+    message = str(info.value)
+    assert len(message.splitlines()) == 1 and "step 3 in" in message, message
+    assert "metadata.orbax-checkpoint-tmp/metadata" in message, message
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == []  # no orbax tracebacks
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["3"]  # no half-written folder
+    monkeypatch.undo()  # space freed: the same command resumes from step 3
+    assert train.train_and_evaluate(config, tmp_path / "run").step == 6
+    assert _train_rows(tmp_path / "run") == [2, 4, 6]
 
 
 def _write_npz(path, **arrays):

@@ -21,6 +21,8 @@ import dataclasses
 import os
 import shutil
 import sys
+import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -106,8 +108,20 @@ def check_metadata(metadata: dict[str, Any], dataset: Any, workdir: str) -> None
             )
 
 
-def remove_unfinished(directory: str | os.PathLike[str]) -> None:
-    """Delete the temporary folders of saves that did not finish (``*.orbax-checkpoint-tmp*``)."""
+def remove_unfinished(directory: str | os.PathLike[str], *, patience_seconds: float = 60.0) -> None:
+    """Delete the temporary folders of saves that did not finish (``*.orbax-checkpoint-tmp*``).
+
+    When one item of a save fails (a full disk), orbax reports it while the writes of the other
+    items are still running in orbax's threads and adding files; those threads are waited for
+    first (at most ``patience_seconds`` in all), so that nothing is written after the folder is
+    gone.
+    """
+    deadline = time.monotonic() + patience_seconds
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and type(thread).__module__.startswith(
+            "orbax."
+        ):
+            thread.join(max(0.0, deadline - time.monotonic()))
     if not os.path.isdir(directory):
         return
     for name in os.listdir(directory):
@@ -366,6 +380,8 @@ class CheckpointStore:
         self._manager.wait_until_finished()
 
     def close(self) -> None:
-        """Finish pending saves and release the manager."""
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Finish pending saves and release the manager (also when a save failed)."""
+        try:
+            self._manager.wait_until_finished()
+        finally:
+            self._manager.close()

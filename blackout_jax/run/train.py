@@ -42,6 +42,7 @@ import dataclasses
 import errno
 import functools
 import json
+import logging
 import os
 import signal
 import sys
@@ -90,6 +91,25 @@ def _no_space_error(error: BaseException) -> OSError | None:
             return current
         current = current.__cause__ or current.__context__
     return None
+
+
+class _DropDiskFullTracebacks(logging.Filter):
+    """Drops the log records (with tracebacks) of orbax's background threads whose error is a
+    full disk: :func:`train_and_evaluate` reports that in one line naming the file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return error is None or _no_space_error(error) is None
+
+
+@contextlib.contextmanager
+def _disk_full_reported_once() -> Any:
+    logger, log_filter = logging.getLogger("absl"), _DropDiskFullTracebacks()
+    logger.addFilter(log_filter)
+    try:
+        yield
+    finally:
+        logger.removeFilter(log_filter)
 
 
 class IncompatibleRunError(ValueError):
@@ -740,12 +760,14 @@ def train_and_evaluate(
         if parallel.is_primary():
             stack.enter_context(RunFolderLock(workdir))
         shutdown = stack.enter_context(_ShutdownFlag())
+        stack.enter_context(_disk_full_reported_once())
         trainer = Trainer.restore_or_init(config, workdir, dataset)
         try:
             result = _train_loop(trainer, shutdown)
+            trainer.close()  # waits for the last save, whose failure shows only here
         except Exception as error:
             full = _no_space_error(error)
-            trainer.close(raise_errors=full is None)
+            trainer.close(raise_errors=False)
             if full is None:
                 raise
             raise DiskFullError(
@@ -753,7 +775,6 @@ def train_and_evaluate(
                 f"last intact checkpoint is {trainer.intact_checkpoint()}; free space and run "
                 "the same command again to resume",
             ) from None
-        trainer.close()
         return result
 
 
