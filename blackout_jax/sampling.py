@@ -285,10 +285,9 @@ def unthin(
       method: one of :data:`METHODS`, as for :func:`sample`. The default
         ``"trapezoidal_bridge"`` rounds the predicted missing counts without bias; the
         reference's ``"binomial_bridge"`` rounds them to the nearest whole number, which
-        favours the most likely ``x``: with the dataset oracle (tests/test_unthin.py) it drops
-        a posterior member of weight 0.02 entirely, where the trapezoidal bridge draws it at
-        its weight. The leaping methods overshoot (more births than units missing), which
-        takes a fine grid to make rare.
+        favours the most likely ``x`` (rare values of the posterior are drawn too seldom). The
+        leaping methods can add more units than are missing, which takes a fine grid to make
+        rare. experiments/RESULTS.md ("Un-thinning") compares them with the dataset oracle.
       grid: one of :data:`blackout_jax.schedule.UNTHIN_GRIDS`.
       progress: report the steps on stderr, as for :func:`sample`.
       sharding: optional sharding of the state (split the batch over devices).
