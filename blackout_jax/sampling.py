@@ -47,6 +47,10 @@ steps (``k >> 1``): it is for fine grids. Births never exceed ``N - n``. The las
 unextrapolated (the reference grids end with ``t_1 ~ e^{-t_end}``, so this step hardly
 matters). A two-stage step is one iteration of the same ``lax.scan``.
 
+:func:`unthin` runs the same loop from a given state (a thinned observation) at ``t* = -ln q``
+on one grid per example, ``(B, K + 1)``: each step's ``t`` and ``s`` are then ``(B,)`` and the
+draws below take one bridge probability per example (one table per example).
+
 The loop is a ``lax.scan`` inside ``jax.jit``: one dispatch per call, the network the only heavy
 work per step. The bridge's binomials are drawn by exact inversion against a per-step
 ``(N + 1)^2`` table (:mod:`blackout_jax.draws`), since ``r`` is shared by every count of a step;
