@@ -27,14 +27,15 @@ ranked ``1..S-1`` among the samples, which is exactly 15/17 for exact posterior 
 shares ranked below and above all samples are 1/17 = 0.059 each then. Writes ``<out>.json``
 and ``<out>.png`` (examples at each ``q``; with ``--save_samples`` also the draws).
 
-    python -m experiments.unthin_study --part=oracle [--out=experiments/results/unthin_oracle]
+    python -m experiments.unthin_study --part=oracle [--oracle_steps=50,200] \
+        [--oracle_draws=4000] [--out=experiments/results/unthin_oracle]
 
 compares the sampler methods where the posterior is known exactly: eight random vectors of six
 counts in 0..8 (seed 0), :func:`blackout_jax.dataset_oracle` as the denoiser, and for
 ``q = 0.5`` and ``0.1`` the observation (of 20 thinnings of random members, seed 1) whose
 posterior over the members ``w_j ∝ prod_i Binomial(y_i; x_{j,i}, q)`` is widest; 4000 draws per
-method and step count. Reported: the share of draws that are members and the total variation
-distance between the members' drawn frequencies and ``w``.
+method and step count (``--oracle_draws``). Reported: the share of draws that are members and
+the total variation distance between the members' drawn frequencies and ``w``.
 """
 
 from __future__ import annotations
@@ -66,8 +67,8 @@ _BATCH = flags.DEFINE_integer("batch_size", 400, "Rows (example x sample) per sa
 _OUT = flags.DEFINE_string("out", "experiments/results/unthin_digits", "Output prefix.")
 _SAVE_SAMPLES = flags.DEFINE_bool("save_samples", False, "Also write <out>_samples_<q>.npz.")
 _PART = flags.DEFINE_enum("part", "network", ["network", "oracle"], "Which study to run.")
-_ORACLE_STEPS = (50, 200)
-_ORACLE_DRAWS = 4000
+_ORACLE_STEPS = flags.DEFINE_list("oracle_steps", ["50", "200"], "--part=oracle: step counts.")
+_ORACLE_DRAWS = flags.DEFINE_integer("oracle_draws", 4000, "--part=oracle: draws per setting.")
 
 
 def linear_shrinkage(train: np.ndarray, q: float, rng: np.random.Generator) -> np.ndarray:
@@ -189,12 +190,12 @@ def oracle_study() -> dict:
         observed = max(candidates, key=entropy)
         weights = posterior(observed)
         for method in bj.METHODS:
-            for steps in _ORACLE_STEPS:
+            for steps in map(int, _ORACLE_STEPS.value):
                 drawn = np.asarray(
                     bj.unthin(
                         jax.random.key(0),
                         bj.dataset_oracle(members),
-                        np.tile(observed, (_ORACLE_DRAWS, 1)),
+                        np.tile(observed, (_ORACLE_DRAWS.value, 1)),
                         q,
                         max_count=8,
                         num_steps=steps,
@@ -223,7 +224,8 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
     if _PART.value == "oracle":
         result = oracle_study() | {
-            "command": "python -m experiments.unthin_study --part=oracle",
+            "command": "python -m experiments.unthin_study --part=oracle "
+            f"--oracle_steps={','.join(_ORACLE_STEPS.value)} --oracle_draws={_ORACLE_DRAWS.value}",
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__}",
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         }
