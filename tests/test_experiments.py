@@ -14,16 +14,23 @@ from tests.cli import REPO_ROOT, cpu_environment
 pytestmark = pytest.mark.slow
 
 
-def test_the_imputation_study_runs_as_a_module(tmp_path):
-    out = tmp_path / "study"
-    result = subprocess.run(
-        [sys.executable, "-m", "experiments.imputation_study", "--fractions=0.5",
-         "--resamples=1", "--particles=2", "--num_examples=2", "--num_steps=2", f"--out={out}"],
+def _run_study(module: str, *arguments: str) -> subprocess.CompletedProcess:
+    """``python -m module arguments`` from the repository root on the CPU."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *arguments],
         cwd=REPO_ROOT,
         env=cpu_environment(),
         capture_output=True,
         text=True,
         timeout=600,
+    )
+
+
+def test_the_imputation_study_runs_as_a_module(tmp_path):
+    out = tmp_path / "study"
+    result = _run_study(
+        "experiments.imputation_study", "--fractions=0.5", "--resamples=1", "--particles=2",
+        "--num_examples=2", "--num_steps=2", f"--out={out}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
@@ -38,14 +45,9 @@ def test_the_imputation_study_runs_as_a_module(tmp_path):
 
 def test_the_unthinning_oracle_study_runs_as_a_module(tmp_path):
     out = tmp_path / "oracle"
-    result = subprocess.run(
-        [sys.executable, "-m", "experiments.unthin_study", "--part=oracle", "--oracle_steps=2",
-         "--oracle_draws=20", f"--out={out}"],
-        cwd=REPO_ROOT,
-        env=cpu_environment(),
-        capture_output=True,
-        text=True,
-        timeout=600,
+    result = _run_study(
+        "experiments.unthin_study", "--part=oracle", "--oracle_steps=2", "--oracle_draws=20",
+        f"--out={out}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
