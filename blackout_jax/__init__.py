@@ -30,7 +30,7 @@ from blackout_jax.process import (
     forward_sample,
     survival_probability,
 )
-from blackout_jax.sampling import METHODS, impute, sample
+from blackout_jax.sampling import METHODS, impute, sample, unthin
 from blackout_jax.schedule import (
     GRIDS,
     continuous_time,
@@ -72,4 +72,5 @@ __all__ = [
     "subgrid",
     "survival_probability",
     "training_loss",
+    "unthin",
 ]

@@ -78,6 +78,18 @@ def check_positive_scalar(name: str, value: Any) -> None:
         raise ValueError(f"{name} must be a finite number > 0, got {values.item()!r}")
 
 
+def check_survival(name: str, value: Any) -> None:
+    """Survival probabilities: finite, ``0 < q <= 1`` (a scalar or any shape)."""
+    values = concrete_value(value)
+    if values is None:
+        return
+    if not np.issubdtype(values.dtype, np.number) or np.iscomplexobj(values):
+        raise ValueError(f"{name} must hold real numbers, got dtype {values.dtype}")
+    values = values.astype(np.float64)
+    _first_bad(name, values, ~np.isfinite(values), "must be finite")
+    _first_bad(name, values, ~((values > 0) & (values <= 1)), "must be in (0, 1]")
+
+
 def check_earlier(s: Any, t: Any) -> None:
     """``s < t`` everywhere (after broadcasting); names ``s`` and the first offending pair."""
     s_values, t_values = concrete_value(s), concrete_value(t)

@@ -5,6 +5,7 @@
     blackout-jax --config=configs/digits.py --workdir=runs/digits --mode=sample
     blackout-jax --config=configs/digits.py --workdir=runs/digits --mode=evaluate
     blackout-jax --config=configs/digits.py --workdir=runs/digits --mode=impute --input=obs.npz
+    blackout-jax --config=configs/digits.py --workdir=runs/digits --mode=unthin --input=dim.npz
     blackout-jax --config=configs/digits.py --mode=show_config
 
 ``blackout-jax`` is the installed console command; ``python -m blackout_jax.main`` takes the same
@@ -13,9 +14,11 @@ flags. ``--help`` prints the modes, the configs found in ``configs/`` and the fl
 Modes: ``train`` (default) trains or resumes; ``sample`` writes
 ``WORKDIR/samples/samples_<step>.npz`` and a PNG grid; ``evaluate`` writes
 ``WORKDIR/eval/metrics_<step>.json``; ``impute`` completes the unobserved counts of an ``.npz``
-with arrays ``counts`` and ``mask`` (True = observed) into ``WORKDIR/imputed/``. The last three
-use the EMA parameters of checkpoint ``sampling.checkpoint_step`` (-1 = the latest) and the
-network, data and diffusion settings stored in the run folder (see
+with arrays ``counts`` and ``mask`` (True = observed) into ``WORKDIR/imputed/``; ``unthin``
+draws ``sampling.num_posterior_samples`` samples of the counts behind each thinned observation
+of an ``.npz`` (``counts``, optional ``survival`` and ``truth``) into ``WORKDIR/unthinned/``.
+The last four use the EMA parameters of checkpoint ``sampling.checkpoint_step`` (-1 = the
+latest) and the network, data and diffusion settings stored in the run folder (see
 :func:`blackout_jax.run.inference.run_config`). ``show_config`` prints every config field with
 its value after the overrides and its meaning, one ``section.field = value  # meaning`` line
 each, and needs no ``--workdir``.
@@ -62,11 +65,17 @@ MODES = {
     "sample": "draw sampling.num_samples samples into WORKDIR/samples/samples_<step>.npz + .png",
     "evaluate": "likelihood bound and sample metrics into WORKDIR/eval/metrics_<step>.json",
     "impute": "complete the unobserved counts of --input into WORKDIR/imputed/",
+    "unthin": "posterior samples of the counts behind thinned observations --input into "
+    "WORKDIR/unthinned/",
     "show_config": "print every config field and its value (after overrides) and exit",
 }
 _MODE = flags.DEFINE_enum("mode", "train", list(MODES), "What to do; --help describes each mode.")
 _INPUT = flags.DEFINE_string(
-    "input", None, "For --mode=impute: an .npz with arrays 'counts' and 'mask' (True = observed)."
+    "input",
+    None,
+    "For --mode=impute: an .npz with arrays 'counts' and 'mask' (True = observed). For "
+    "--mode=unthin: an .npz with 'counts' (thinned observations), optionally 'survival' (one "
+    "q per example; else sampling.survival) and 'truth'.",
 )
 _COORDINATOR_ADDRESS = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0, for multi-process jobs started by hand."
@@ -145,6 +154,8 @@ def main(argv: list[str]) -> None:
 
     if mode == "impute" and not _INPUT.value:
         cli.fail("--mode=impute needs --input=<file.npz> with arrays 'counts' and 'mask'")
+    if mode == "unthin" and not _INPUT.value:
+        cli.fail("--mode=unthin needs --input=<file.npz> with an array 'counts'")
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
         cli.fail(f"no checkpoints in {workdir}: train first (--mode=train)")
     try:
@@ -152,6 +163,8 @@ def main(argv: list[str]) -> None:
             inference.sample_run(config, workdir, dataset)
         elif mode == "evaluate":
             inference.evaluate_run(config, workdir, dataset)
+        elif mode == "unthin":
+            inference.unthin_run(config, workdir, dataset, _INPUT.value)
         else:
             inference.impute_run(config, workdir, dataset, _INPUT.value)
     except (ValueError, FileNotFoundError) as error:

@@ -47,6 +47,10 @@ steps (``k >> 1``): it is for fine grids. Births never exceed ``N - n``. The las
 unextrapolated (the reference grids end with ``t_1 ~ e^{-t_end}``, so this step hardly
 matters). A two-stage step is one iteration of the same ``lax.scan``.
 
+:func:`unthin` runs the same loop from a given state (a thinned observation) at ``t* = -ln q``
+on one grid per example, ``(B, K + 1)``: each step's ``t`` and ``s`` are then ``(B,)`` and the
+draws below take one bridge probability per example (one table per example).
+
 The loop is a ``lax.scan`` inside ``jax.jit``: one dispatch per call, the network the only heavy
 work per step. The bridge's binomials are drawn by exact inversion against a per-step
 ``(N + 1)^2`` table (:mod:`blackout_jax.draws`), since ``r`` is shared by every count of a step;
@@ -74,7 +78,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from blackout_jax import argument_checks, draws, functional, likelihood, process
+from blackout_jax import argument_checks, draws, functional, likelihood, process, schedule
 
 Array = jax.Array
 PredictFn = Callable[[Array, Array], Array]
@@ -133,6 +137,7 @@ def sample(
         key,
         functional.as_partial(predict_fn),
         jnp.asarray(times, jnp.float32),
+        None,
         None,
         None,
         shape=tuple(int(d) for d in shape),
@@ -231,6 +236,7 @@ def impute(
         jnp.asarray(times, jnp.float32),
         jnp.repeat(jnp.asarray(counts).astype(jnp.int32), particles, axis=0),
         jnp.repeat(observed_values, particles, axis=0),
+        None,
         shape=(counts_shape[0] * particles, *counts_shape[1:]),
         max_count=int(max_count),
         method=method,
@@ -242,8 +248,108 @@ def impute(
     )
 
 
+def unthin(
+    key: Array,
+    predict_fn: PredictFn,
+    observed: Array,
+    survival: float | Array,
+    *,
+    max_count: int,
+    num_steps: int,
+    method: str = "trapezoidal_bridge",
+    grid: str = "logit",
+    progress: bool = False,
+    sharding: jax.sharding.Sharding | None = None,
+) -> Array:
+    """Draw counts ``x`` given an observation ``y ~ Binomial(x, q)`` of them (un-thinning).
+
+    Keeping each unit with probability ``q`` is the forward process run to ``t* = -ln q``, so
+    ``y`` is a draw of ``n_{t*}`` given ``n_0 = x`` and ``p(x | y) = p(n_0 | n_{t*} = y)``: the
+    reverse process started from the state ``y`` at ``t*`` and walked down to 0 samples it,
+    exactly for an exact denoiser (any ``q``, no retraining). It is :func:`sample`'s loop with
+    that start and a grid from ``t*`` to 0 per example (:func:`blackout_jax.schedule.
+    unthinning_times`: ``K`` steps, ``logit(p_t)`` evenly spaced from ``t*`` down to the
+    time ``t_1`` at which all but ``exp(-15)`` of the missing units are born, then 0). With
+    one ``q`` per example each example has its own grid, and ``predict_fn`` gets each
+    example's own time ``t (B,)``.
+
+    The one assumption is the observation model: every unit kept independently with the known
+    probability ``q``. A trained network has learnt ``E[n_0 - n_t | n_t]`` only for
+    ``t <= t_end``: ``t*`` must not exceed the model's ``t_end`` (``q >= exp(-t_end)``).
+
+    Args:
+      key: PRNG key.
+      predict_fn: ``(counts (B, ...), t (B,)) -> yhat``, as for :func:`sample`.
+      observed: ``(B, ...)`` the observed counts ``y``, whole numbers in ``0..max_count``.
+      survival: ``q`` in ``(0, 1]``: a scalar, or ``(B,)`` one per example. Examples with
+        ``q = 1`` are returned as given; when every ``q`` is 1 (and known) ``predict_fn`` is
+        not called.
+      max_count: largest count ``N`` (``>= 1``).
+      num_steps: sampler steps ``K >= 1`` between ``t*`` and 0.
+      method: one of :data:`METHODS`, as for :func:`sample`. The default
+        ``"trapezoidal_bridge"`` rounds the predicted missing counts without bias; the
+        reference's ``"binomial_bridge"`` rounds them to the nearest whole number, which
+        favours the most likely ``x`` (rare values of the posterior are drawn too seldom). The
+        leaping methods can add more units than are missing, which takes a fine grid to make
+        rare. experiments/RESULTS.md ("Un-thinning") compares them with the dataset oracle.
+      grid: one of :data:`blackout_jax.schedule.UNTHIN_GRIDS`.
+      progress: report the steps on stderr, as for :func:`sample`.
+      sharding: optional sharding of the state (split the batch over devices).
+
+    Returns:
+      int32 ``(B, ...)`` draws of ``x``, each ``>= y`` and ``<= max_count``.
+
+    Raises:
+      ValueError: a bad ``method``, ``grid``, ``num_steps`` or ``max_count``; an empty
+        ``observed``; a ``survival`` of another shape; and, when concrete, counts that
+        are not whole numbers in ``0..max_count`` or a ``survival`` outside ``(0, 1]``.
+    """
+    if grid not in schedule.UNTHIN_GRIDS:
+        raise ValueError(f"grid must be one of {schedule.UNTHIN_GRIDS}, got {grid!r}")
+    shape = tuple(int(d) for d in np.shape(observed))
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer) or num_steps < 1:
+        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
+    _check_sampler_arguments(shape, None, max_count, method, "prior")
+    if (
+        np.ndim(survival) not in (0, 1)
+        or np.ndim(survival) == 1
+        and np.shape(survival) != (shape[0],)
+    ):
+        raise ValueError(
+            f"survival must be a scalar or one value per example, shape ({shape[0]},), got "
+            f"shape {np.shape(survival)}"
+        )
+    argument_checks.check_counts("observed", observed, max_count)
+    survival_values = argument_checks.concrete_value(survival)
+    if survival_values is not None:
+        argument_checks.check_survival("survival", survival_values)
+        if np.all(survival_values == 1):
+            return jnp.asarray(observed).astype(jnp.int32)
+    q = jnp.asarray(survival, jnp.float32)
+    thinned = q < 1.0
+    times = schedule.unthinning_times(jnp.where(thinned, q, 0.5), int(num_steps))
+    counts = jnp.asarray(observed).astype(jnp.int32)
+    drawn = _run_sampler(
+        key,
+        functional.as_partial(predict_fn),
+        times,
+        None,
+        None,
+        counts,
+        shape=shape,
+        max_count=int(max_count),
+        method=method,
+        start="prior",
+        resamples=1,
+        particles=1,
+        progress=bool(progress),
+        sharding=sharding,
+    )
+    return jnp.where(_per_example(thinned, len(shape)), drawn, counts)
+
+
 def _check_sampler_arguments(
-    shape: tuple[int, ...], times: Array, max_count: int, method: str, start: str
+    shape: tuple[int, ...], times: Array | None, max_count: int, method: str, start: str
 ) -> None:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -252,7 +358,8 @@ def _check_sampler_arguments(
     argument_checks.check_max_count(max_count)
     if len(shape) < 1 or any(int(d) < 1 for d in shape):
         raise ValueError(f"shape must be a non-empty tuple of positive sizes, got {shape!r}")
-    argument_checks.check_time_grid(times)
+    if times is not None:
+        argument_checks.check_time_grid(times)
 
 
 @functools.partial(
@@ -274,6 +381,7 @@ def _run_sampler(
     times: Array,
     observed_counts: Array | None,
     observed: Array | None,
+    initial_counts: Array | None,
     *,
     shape: tuple[int, ...],
     max_count: int,
@@ -284,9 +392,16 @@ def _run_sampler(
     progress: bool,
     sharding: jax.sharding.Sharding | None,
 ) -> Array:
+    """The one sampler loop of :func:`sample`, :func:`impute` and :func:`unthin`.
+
+    ``times`` is one grid ``(K + 1,)`` shared by the batch, or one grid per example
+    ``(B, K + 1)``: then every step's ``t`` and ``s`` are ``(B,)`` and the draws take one
+    bridge probability per example. ``initial_counts`` (``shape``), when given, is the state at
+    the grid's last time instead of a draw of the start.
+    """
     batch = shape[0]
-    num_steps = times.shape[0] - 1
-    t_end = times[-1]
+    num_steps = times.shape[-1] - 1
+    t_end = _per_example(times[..., -1], len(shape))
     prior_key, loop_key = jax.random.split(key)
 
     def constrain(counts: Array) -> Array:
@@ -294,7 +409,9 @@ def _run_sampler(
             return counts
         return jax.lax.with_sharding_constraint(counts, sharding)
 
-    if start == "zeros":
+    if initial_counts is not None:
+        initial = initial_counts
+    elif start == "zeros":
         initial = jnp.zeros(shape, jnp.int32)
     else:
         initial = likelihood.prior_sample(prior_key, shape, t_end=t_end, max_count=max_count)
@@ -306,7 +423,7 @@ def _run_sampler(
     initial = constrain(initial)
 
     def predict(counts: Array, t: Array) -> Array:
-        return predict_fn(counts, jnp.full((batch,), t, jnp.float32)).astype(jnp.float32)
+        return predict_fn(counts, jnp.broadcast_to(t, (batch,))).astype(jnp.float32)
 
     def reverse_step(key: Array, counts: Array, t: Array, s: Array) -> Array:
         return advance(key, counts, predict(counts, t), t, s)
@@ -321,13 +438,13 @@ def _run_sampler(
             trials = jnp.clip(jnp.round(pred), 0.0, room)
             if observed is not None:  # observed entries follow the exact bridge to their value
                 trials = jnp.where(observed, observed_counts - counts, trials)
-            return counts + draws.binomial_by_inversion(draw_key, trials, r, max_count)
+            return counts + _binomial(draw_key, trials, r, max_count)
         # clip(n_t + Poisson(yhat r), 0, N) = n_t + min(Poisson(yhat r), N - n_t)
         room = max_count - counts
-        new_counts = counts + draws.capped_poisson_scaled(draw_key, pred, r, room, max_count)
+        new_counts = counts + _capped_poisson(draw_key, pred, r, room, max_count)
         if observed is not None:
             missing = observed_counts - counts
-            bridged = counts + draws.binomial_by_inversion(observed_key, missing, r, max_count)
+            bridged = counts + _binomial(observed_key, missing, r, max_count)
             new_counts = jnp.where(observed, bridged, new_counts)
         return new_counts
 
@@ -340,7 +457,7 @@ def _run_sampler(
         frozen = pred  # the missing counts at mid that pred implies, before this stage's births
         if method == "trapezoidal_bridge":
             frozen = pred - (mid_counts - counts).astype(jnp.float32)
-        extrapolated = pred_mid + weight * (pred_mid - frozen)
+        extrapolated = pred_mid + _per_example(weight, len(shape)) * (pred_mid - frozen)
         return stage(second_key, mid_counts, extrapolated, s, mid)
 
     def stage(key: Array, counts: Array, expected: Array, s: Array, t: Array) -> Array:
@@ -350,14 +467,14 @@ def _run_sampler(
         room = max_count - counts
         if method == "trapezoidal_bridge":
             trials = _unbiased_round(round_key, jnp.clip(expected, 0.0, room.astype(jnp.float32)))
-            births = draws.binomial_by_inversion(draw_key, trials, r, max_count)
+            births = _binomial(draw_key, trials, r, max_count)
         else:  # frozen intensity over the clock -log(1 - p): -log(1 - r); 1 when r = 1 (s = 0)
             clock = jnp.where(r < 1.0, -jnp.log1p(-jnp.minimum(r, 1.0 - 1e-7)), 1.0)
-            births = draws.capped_poisson_scaled(draw_key, expected, clock, room, max_count)
+            births = _capped_poisson(draw_key, expected, clock, room, max_count)
         new_counts = counts + births
         if observed is not None:  # observed entries follow the exact bridge to their value
             missing = observed_counts - counts
-            bridged = counts + draws.binomial_by_inversion(observed_key, missing, r, max_count)
+            bridged = counts + _binomial(observed_key, missing, r, max_count)
             new_counts = jnp.where(observed, bridged, new_counts)
         return new_counts
 
@@ -368,7 +485,7 @@ def _run_sampler(
         def step_and_thin(round_index: Array, counts: Array) -> Array:
             step_key, thin_key = jax.random.split(jax.random.fold_in(key, round_index))
             stepped = constrain(reverse_step(step_key, counts, t, s))
-            return constrain(draws.binomial_by_inversion(thin_key, stepped, survival, max_count))
+            return constrain(_binomial(thin_key, stepped, survival, max_count))
 
         counts = jax.lax.fori_loop(0, resamples - 1, step_and_thin, counts)
         return reverse_step(jax.random.fold_in(key, resamples), counts, t, s)
@@ -414,16 +531,45 @@ def _run_sampler(
         return new_carry, None
 
     ks = jnp.arange(num_steps, 0, -1)
+    steps = times.T  # (K + 1,) or (K + 1, B): row k holds the time(s) t_k
     if particles == 1:
-        final, _ = jax.lax.scan(step, initial, (ks, times[ks], times[ks - 1]))
+        final, _ = jax.lax.scan(step, initial, (ks, steps[ks], steps[ks - 1]))
         return final
     no_weights = jnp.zeros((num_examples, particles), jnp.float32)
     carry = (initial, no_weights, jnp.zeros((batch,), jnp.float32))
-    (final, log_weights, twist), _ = jax.lax.scan(step, carry, (ks, times[ks], times[ks - 1]))
+    (final, log_weights, twist), _ = jax.lax.scan(step, carry, (ks, steps[ks], steps[ks - 1]))
     # At s = 0 the observed entries equal x_obs: the twist has done its work and is divided out.
     log_weights = log_weights - twist.reshape(num_examples, particles)
     pick = jax.random.categorical(jax.random.fold_in(loop_key, 0), log_weights)
     return final.reshape(num_examples, particles, *shape[1:])[jnp.arange(num_examples), pick]
+
+
+def _per_example(value: Array, ndim: int) -> Array:
+    """A scalar as it is; one value per example ``(B,)`` as ``(B, 1, ..., 1)`` of ``ndim`` axes."""
+    return value if value.ndim == 0 else value.reshape(value.shape + (1,) * (ndim - 1))
+
+
+def _binomial(key: Array, trials: Array, r: Array, max_count: int) -> Array:
+    """``Binomial(trials, r)`` by inversion: ``r`` one scalar, or one per example ``(B,)``.
+
+    Per example, each example draws with its own key ``split(key, B)[b]`` against its own
+    table (:func:`blackout_jax.draws.binomial_by_inversion`, vectorised over the batch).
+    """
+    if r.ndim == 0:
+        return draws.binomial_by_inversion(key, trials, r, max_count)
+    keys = jax.random.split(key, trials.shape[0])
+    one = functools.partial(draws.binomial_by_inversion, max_trials=max_count)
+    return jax.vmap(one)(keys, trials, r)
+
+
+def _capped_poisson(key: Array, scale: Array, r: Array, room: Array, max_count: int) -> Array:
+    """``min(Poisson(scale r), room)``: ``r`` one scalar, or one per example ``(B,)`` (as in
+    :func:`_binomial`; :func:`blackout_jax.draws.capped_poisson_scaled`)."""
+    if r.ndim == 0:
+        return draws.capped_poisson_scaled(key, scale, r, room, max_count)
+    keys = jax.random.split(key, scale.shape[0])
+    one = functools.partial(draws.capped_poisson_scaled, max_count=max_count)
+    return jax.vmap(one)(keys, scale, r, room)
 
 
 def _two_stage_midpoint(t: Array, s: Array) -> tuple[Array, Array]:

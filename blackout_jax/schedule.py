@@ -13,6 +13,10 @@ Sampling grids with fewer steps than training (:func:`sampling_times`, choices :
 ``"logit"`` is a fresh ``K``-point reference grid, ``"subgrid"`` takes every ``T/K``-th point of
 the ``T``-point training grid, as the reference's generation code does.
 
+Un-thinning grids (:func:`unthinning_times`) run from ``t* = -ln q`` instead of ``t_end``: the
+reverse process of :func:`blackout_jax.unthin` starts from an observation thinned with survival
+``q``.
+
 All functions return float32 arrays and work under ``jax.jit``/``jax.vmap`` (``num_steps`` is a
 Python int).
 """
@@ -159,3 +163,49 @@ def sampling_times(grid: str, num_steps: int, *, t_end: float, training_steps: i
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
     return _GRID_BUILDERS[grid](int(num_steps), t_end, training_steps)
+
+
+UNTHIN_GRIDS = ("logit",)
+"""The grids of :func:`unthinning_times` (``grid`` of :func:`blackout_jax.unthin`)."""
+
+UNTHIN_CLOCK_SPAN = 15.0
+"""``t_1`` of an un-thinning grid leaves a fraction ``exp(-UNTHIN_CLOCK_SPAN)`` of the missing
+units unborn (``1 - p_{t_1} = exp(-15) (1 - q)``, about 3e-7 of them)."""
+
+
+def unthinning_times(survival: Array, num_steps: int) -> Array:
+    """Grids from ``t* = -ln q`` down to 0 for observations thinned with survival ``q``.
+
+    ``times[..., 0] = 0``, ``times[..., K] = t*`` and, for ``k = 1..K``, ``logit(p_{t_k})``
+    evenly spaced in ``k`` (as on the reference grid) from ``logit(p_{t_1})`` down to
+    ``logit(q)``, where ``t_1`` is the time at which all but a fraction
+    ``exp(-UNTHIN_CLOCK_SPAN)`` of the missing units are born: ``1 - p_{t_1} = exp(-15) (1 - q)``
+    (a missing unit is unborn at ``t`` with probability ``(1 - p_t) / (1 - q)``). The last step
+    ``t_1 -> 0`` therefore adds next to nothing, as on the reference grid, whose ``t_1 ~
+    exp(-t_end)``. The reference grid of ``t_end = t*`` itself
+    (``observation_times(K, t*)``) does not serve: its ``t_1 = t* - log(expm1(t*))`` exceeds
+    ``t*`` for ``q > 1/2``, and for smaller ``q`` it leaves a fraction ``~ exp(-t*)`` (10% at
+    ``q = 0.1``) to the last step.
+
+    Args:
+      survival: ``q`` in ``(0, 1)``, a scalar or any shape (``(B,)``: one grid per example).
+      num_steps: ``K >= 1`` (a Python int); ``K = 1`` gives ``[0, t*]``.
+
+    Returns:
+      float32 ``(*survival.shape, K + 1)``, increasing along the last axis.
+    """
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
+        raise ValueError(f"num_steps must be a Python int, got {num_steps!r}")
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    q = jnp.asarray(survival, jnp.float32)[..., None]
+    log_missing = jnp.log1p(-q)  # log(1 - q)
+    end_logit = jnp.log(q) - log_missing
+    first_missing = jnp.exp(log_missing - UNTHIN_CLOCK_SPAN)  # 1 - p_{t_1}
+    first_logit = jnp.log1p(-first_missing) - (log_missing - UNTHIN_CLOCK_SPAN)
+    if num_steps == 1:
+        fraction = jnp.ones((1,), jnp.float32)
+    else:
+        fraction = jnp.arange(num_steps, dtype=jnp.float32) / (num_steps - 1)
+    inner = jax.nn.softplus(-(first_logit + (end_logit - first_logit) * fraction))[..., :-1]
+    return jnp.concatenate([jnp.zeros_like(q), inner, -jnp.log(q)], axis=-1)

@@ -160,3 +160,41 @@ def test_an_optimised_grid_is_fitted_once_per_checkpoint_and_reused(trained_run,
     result = _mode(workdir, "sample", *flags)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "fitting an optimised" not in result.stdout and path.stat().st_mtime_ns == written
+
+
+def test_unthin_writes_posterior_samples_and_refuses_bad_input(trained_run, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(trained_run, workdir)
+    truth = load_digits().images[:3].astype(np.int64)  # (N, H, W): a channel is added
+    survival = np.array([0.5, 0.2, 0.1])
+    observed = np.random.default_rng(0).binomial(truth, survival[:, None, None])
+    np.savez(tmp_path / "thinned.npz", counts=observed, survival=survival, truth=truth)
+    flags = (  # 9 rows in chunks of 4: the last chunk is padded
+        "--config.sampling.num_posterior_samples=3",
+        "--config.sampling.num_steps=4",
+        "--config.sampling.batch_size=4",
+    )
+    result = _mode(workdir, "unthin", f"--input={tmp_path / 'thinned.npz'}", *flags)
+    assert result.returncode == 0, result.stderr
+    with np.load(workdir / "unthinned" / "unthinned_6.npz") as archive:
+        stored = {name: archive[name] for name in archive.files}
+    samples = stored["samples"]
+    assert samples.shape == (3, 3, 8, 8, 1) and samples.dtype == np.int32
+    assert (samples >= observed[:, None, ..., None]).all() and samples.max() <= 16
+    np.testing.assert_allclose(stored["mean"], samples.mean(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(stored["survival"], survival, rtol=1e-6)
+    np.testing.assert_array_equal(stored["truth"][..., 0], truth)
+    np.testing.assert_array_equal(stored["counts"][..., 0], observed)
+    # One row per example: truth | observed | y/q | 3 samples | mean.
+    image = np.asarray(Image.open(workdir / "unthinned" / "unthinned_6.png"))
+    assert abs(image.shape[0] / image.shape[1] - (3 * 9 + 1) / (7 * 9 + 1)) < 0.05
+
+    bad = survival.copy()
+    bad[1] = 0.0
+    np.savez(tmp_path / "bad.npz", counts=observed, survival=bad)
+    shutil.rmtree(workdir / "unthinned")
+    result = _mode(workdir, "unthin", f"--input={tmp_path / 'bad.npz'}")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"{tmp_path / 'bad.npz'}['survival'][1] = 0.0" in lines[0]
+    assert not (workdir / "unthinned").exists()

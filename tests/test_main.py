@@ -145,7 +145,7 @@ def test_help_is_plain_text_listing_every_config_and_exits_0():
     for path, summary in _config_summaries().items():
         listed = [line.split() for line in lines if line.split()[:1] == [path]]
         assert listed == [[path, *summary.split()]]
-    for mode in ("train", "sample", "evaluate", "impute", "show_config"):
+    for mode in ("train", "sample", "evaluate", "impute", "unthin", "show_config"):
         assert any(line.split()[:1] == [mode] for line in lines), mode
     config_help = next(line for line in lines if line.strip().startswith("--config:"))
     assert "None" not in config_help and "configs/digits.py" in config_help

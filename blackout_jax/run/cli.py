@@ -90,6 +90,8 @@ def help_text(modes: Mapping[str, str], own_flags: Sequence[flags.FlagHolder]) -
         "examples:",
         "  blackout-jax --config=configs/digits.py --workdir=runs/digits",
         "  blackout-jax --config=configs/digits.py --workdir=runs/digits --mode=sample",
+        "  blackout-jax --config=configs/digits.py --workdir=runs/digits --mode=unthin "
+        "--input=dim.npz",
         "  blackout-jax --config=configs/tiny.py --mode=show_config --config.model.nf=16",
         "",
         "Running a training command again resumes it. Exit status: 0 done; 75 stopped by",

@@ -170,6 +170,20 @@ class SamplingConfig:
     impute_particles: int = setting(
         5, "--mode=impute: particles per example, reweighted and resampled", minimum=1
     )
+    survival: float = setting(
+        0.5,
+        "--mode=unthin: survival q in (0, 1] with which the observations were thinned, when "
+        "--input has no 'survival' array",
+        strictly_above=0.0,
+    )
+    num_posterior_samples: int = setting(
+        16, "--mode=unthin: posterior samples per example", minimum=1
+    )
+    unthin_method: str = setting(
+        "trapezoidal_bridge",
+        "--mode=unthin: sampler (the default rounds without bias; see blackout_jax.unthin)",
+        choices=METHODS,
+    )
 
 
 DIGITS_MODEL = dataclasses.replace(

@@ -11,6 +11,9 @@
   datasets: FID, IS and KID with the Inception network, see docs/metrics.md).
 * :func:`impute_run` completes the unobserved entries of an ``.npz`` of ``counts`` and
   ``mask`` (``True``/1 = observed) and writes ``WORKDIR/imputed/imputed_<step>.npz``.
+* :func:`unthin_run` draws posterior samples of the counts behind thinned observations (an
+  ``.npz`` of ``counts``, optional ``survival`` and ``truth``) with :func:`blackout_jax.unthin`
+  and writes ``WORKDIR/unthinned/unthinned_<step>.npz`` and a PNG.
 
 Every process of a multi-host job calls these; process 0 writes the files.
 """
@@ -355,8 +358,11 @@ def _inception_metrics(
     )
 
 
-def _read_arrays(path: str | os.PathLike[str], names: tuple[str, ...]) -> list[np.ndarray]:
-    """The named arrays of an ``.npz`` (no pickled objects); errors name the file and array."""
+def _read_arrays(
+    path: str | os.PathLike[str], names: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> list[np.ndarray | None]:
+    """The named arrays of an ``.npz`` (no pickled objects), then the ``optional`` ones (``None``
+    where the file has none); errors name the file and array."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--input {path} does not exist")
     try:
@@ -367,7 +373,10 @@ def _read_arrays(path: str | os.PathLike[str], names: tuple[str, ...]) -> list[n
             if missing:
                 raise ValueError(f"{path} has no array {missing[0]!r} (found {archive.files})")
             arrays = []
-            for name in names:
+            for name in (*names, *optional):
+                if name not in archive.files:
+                    arrays.append(None)
+                    continue
                 try:
                     arrays.append(archive[name])
                 except ValueError as error:  # object arrays need pickle, which is refused
@@ -394,15 +403,7 @@ def read_imputation_input(
         problem (or the two lengths when they differ).
     """
     counts, mask = _read_arrays(path, ("counts", "mask"))
-    arrays = {}
-    for name, array in (("counts", counts), ("mask", mask)):
-        if array.ndim == len(image_shape) and image_shape[-1] == 1:
-            array = array[..., None]
-        if array.shape[1:] != tuple(image_shape) or array.shape[0] < 1:
-            raise ValueError(
-                f"{path}[{name!r}] has shape {array.shape}; expected (N, *{tuple(image_shape)})"
-            )
-        arrays[name] = array
+    arrays = _image_arrays(path, {"counts": counts, "mask": mask}, image_shape)
     counts, mask = arrays["counts"], arrays["mask"]
     if len(counts) != len(mask):
         raise ValueError(f"{path}: 'counts' has {len(counts)} examples but 'mask' has {len(mask)}")
@@ -475,4 +476,197 @@ def impute_run(
         pairs = reporting.imputation_pairs(counts[:50], mask[:50], completed[:50], model.max_count)
         reporting.save_sample_grid(pairs, model.max_count, path.with_suffix(".png"), columns=2)
     print(f"imputed {int((~mask).sum())} missing counts in {len(completed)} examples; wrote {path}")
+    return path
+
+
+def _image_arrays(
+    path: str | os.PathLike[str], named: dict[str, np.ndarray], image_shape: tuple[int, ...]
+) -> dict[str, np.ndarray]:
+    """Each array as ``(N, *image_shape)`` (a missing channel axis of size 1 added)."""
+    shaped = {}
+    for name, array in named.items():
+        if array.ndim == len(image_shape) and image_shape[-1] == 1:
+            array = array[..., None]
+        if array.shape[1:] != tuple(image_shape) or array.shape[0] < 1:
+            raise ValueError(
+                f"{path}[{name!r}] has shape {array.shape}; expected (N, *{tuple(image_shape)})"
+            )
+        shaped[name] = array
+    return shaped
+
+
+def check_survival_values(
+    values: np.ndarray, *, source: str, t_end: float, locate: Any = None
+) -> np.ndarray:
+    """Survival probabilities ``q`` as float32: finite, in ``(0, 1]`` and ``>= exp(-t_end)``.
+
+    ``t* = -ln q`` must not pass the model's ``t_end``: the network has learnt the reverse
+    process only on ``[0, t_end]``.
+
+    Raises:
+      ValueError: ``source[index] = value: ...`` for the first bad value.
+    """
+    locate = locate or count_checks.index_locator(source)
+    if values.dtype.kind not in "iuf":
+        raise ValueError(f"{source} must hold numbers in (0, 1], got dtype {values.dtype}")
+    values = values.astype(np.float64)
+    smallest = math.exp(-t_end)
+    for bad, problem in (
+        (~np.isfinite(values) | (values <= 0) | (values > 1), "survival must be in (0, 1]"),
+        (
+            values < smallest,
+            f"survival below exp(-t_end) = {smallest:.4g} gives t* = -ln q beyond the model's "
+            f"t_end = {t_end:g}",
+        ),
+    ):
+        if bad.any():
+            index = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"{locate(index)} = {values[index].item()!r}: {problem}")
+    return values.astype(np.float32)
+
+
+def read_unthinning_input(
+    path: str | os.PathLike[str],
+    image_shape: tuple[int, ...],
+    max_count: int,
+    *,
+    t_end: float,
+    default_survival: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Read and check the thinned observations of an ``.npz`` before any work is done.
+
+    ``counts`` ``(N, H, W, C)`` or ``(N, H, W)``: whole numbers in ``0..max_count``; optional
+    ``survival`` ``(N,)``, one ``q`` per example in ``(0, 1]`` (else ``default_survival``, the
+    config's ``sampling.survival``, for every example), each ``>= exp(-t_end)``; optional
+    ``truth`` with the shape of ``counts``, whole numbers in ``0..max_count`` and ``>= counts``
+    (the thinning only removes units).
+
+    Returns:
+      ``(counts int32, survival float32 (N,), truth int32 or None)``.
+
+    Raises:
+      ValueError: naming the file, the array, the global index and the value of the first
+        problem (or the config field for a bad ``sampling.survival``).
+    """
+    counts, survival, truth = _read_arrays(path, ("counts",), optional=("survival", "truth"))
+    named = {"counts": counts} | ({} if truth is None else {"truth": truth})
+    named = _image_arrays(path, named, image_shape)
+    checked = {
+        name: count_checks.check_count_values(a, source=f"{path}[{name!r}]", max_count=max_count)
+        for name, a in named.items()
+    }
+    counts = checked["counts"]
+    if truth is not None:
+        truth = checked["truth"]
+        if len(truth) != len(counts):
+            raise ValueError(
+                f"{path}: 'counts' has {len(counts)} examples but 'truth' has {len(truth)}"
+            )
+        below = truth < counts
+        if below.any():
+            index = tuple(int(i) for i in np.argwhere(below)[0])
+            raise ValueError(
+                f"{path}['truth'][{', '.join(map(str, index))}] = {truth[index].item()} is below "
+                f"the observed count {counts[index].item()}: thinning only removes units"
+            )
+    if survival is None:
+        if not 0.0 < default_survival <= 1.0:
+            raise ValueError(
+                f"config field sampling.survival must be in (0, 1], got {default_survival!r}"
+            )
+        source = "config field sampling.survival"
+        survival = check_survival_values(
+            np.full(len(counts), default_survival),
+            source=source,
+            t_end=t_end,
+            locate=lambda index: source,
+        )
+    else:
+        if survival.shape != (len(counts),):
+            raise ValueError(
+                f"{path}['survival'] has shape {survival.shape}; expected ({len(counts)},), one "
+                "survival probability per example"
+            )
+        survival = check_survival_values(survival, source=f"{path}['survival']", t_end=t_end)
+    return counts, survival, truth
+
+
+def unthin_run(
+    config: Any,
+    workdir: str | os.PathLike[str],
+    dataset: Any,
+    input_path: str | os.PathLike[str],
+) -> Path:
+    """Posterior samples of the counts behind thinned observations →
+    ``unthinned/unthinned_<step>.npz`` + PNG.
+
+    Every example is repeated ``S = sampling.num_posterior_samples`` times and the rows go
+    through :func:`blackout_jax.unthin` (``sampling.unthin_method``, ``sampling.num_steps``
+    steps from ``t* = -ln q`` to 0) in chunks of ``sampling.batch_size``
+    (:func:`blackout_jax.run.generate.run_in_chunks`, chunk ``i`` with ``fold_in(key, i)``).
+    The npz holds ``samples`` ``(N, S, H, W, C)`` int32, their ``mean`` ``(N, H, W, C)``,
+    the ``survival`` used ``(N,)``, the observed ``counts`` and, when given, ``truth``. The
+    PNG has one row per example (the first 50): truth (when given) | observed | ``y / q`` |
+    the samples (at most 16) | their mean.
+    """
+    config = config_lib.parse(config)
+    image_shape = tuple(int(d) for d in dataset.image_shape)
+    sampler = config.sampling
+    counts, survival, truth = read_unthinning_input(
+        input_path,
+        image_shape,
+        int(dataset.max_count),
+        t_end=config.diffusion.t_end,
+        default_survival=sampler.survival,
+    )
+    model = load_trained_model(config, workdir, dataset)
+    per_sample = sampler.num_posterior_samples
+    sharding = parallel.batch_sharding_for(sampler.batch_size)
+
+    def draw(key: jax.Array, observed: jax.Array, q: jax.Array) -> jax.Array:
+        return sampling.unthin(
+            key,
+            model.predict_fn,
+            observed,
+            jnp.where(q > 0, q, 1.0),  # rows padding the last chunk: q = 0 -> returned as given
+            max_count=model.max_count,
+            num_steps=sampler.num_steps,
+            method=sampler.unthin_method,
+            progress=parallel.is_primary(),
+            sharding=sharding,
+        )
+
+    samples = generate.run_in_chunks(
+        stream_key(config.seed, Stream.UNTHIN),
+        draw,
+        num_examples=len(counts) * per_sample,
+        chunk_size=sampler.batch_size,
+        inputs=(np.repeat(counts, per_sample, axis=0), np.repeat(survival, per_sample)),
+        sharding=sharding,
+    )
+    samples = samples.reshape(len(counts), per_sample, *image_shape).astype(np.int32)
+    mean = samples.mean(axis=1, dtype=np.float64).astype(np.float32)
+    path = Path(workdir, "unthinned", f"unthinned_{model.step}.npz")
+    if parallel.is_primary():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        extra = {} if truth is None else {"truth": truth}
+        np.savez(path, samples=samples, mean=mean, survival=survival, counts=counts, **extra)
+        shown = slice(0, 50)
+        rows = reporting.unthinning_rows(
+            counts[shown],
+            survival[shown],
+            samples[shown, :16],
+            mean[shown],
+            None if truth is None else truth[shown],
+        )
+        reporting.save_sample_grid(
+            rows.reshape(-1, *image_shape),
+            model.max_count,
+            path.with_suffix(".png"),
+            columns=rows.shape[1],
+        )
+    print(
+        f"drew {per_sample} posterior samples for each of {len(counts)} thinned examples "
+        f"(survival {float(survival.min()):.3g}..{float(survival.max()):.3g}); wrote {path}"
+    )
     return path

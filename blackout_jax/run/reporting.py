@@ -321,6 +321,26 @@ def imputation_pairs(counts: np.ndarray, mask: np.ndarray, completed: np.ndarray
     return pairs.reshape(-1, *pairs.shape[2:])
 
 
+def unthinning_rows(
+    counts: np.ndarray,
+    survival: np.ndarray,
+    samples: np.ndarray,
+    mean: np.ndarray,
+    truth: np.ndarray | None = None,
+) -> np.ndarray:
+    """``(N, columns, H, W, C)`` float images for a grid with one row per example: ``truth``
+    (when given) | the observation ``y`` | ``y / q`` | the ``S`` samples | their mean.
+
+    Args:
+      counts: ``(N, H, W, C)`` observations ``y``; survival: ``(N,)``; samples:
+        ``(N, S, H, W, C)``; mean: ``(N, H, W, C)``; truth: ``(N, H, W, C)`` or ``None``.
+    """
+    rescaled = counts / survival.reshape(-1, *([1] * (counts.ndim - 1)))
+    columns = [] if truth is None else [truth[:, None]]
+    columns += [counts[:, None], rescaled[:, None], samples, mean[:, None]]
+    return np.concatenate([np.asarray(c, np.float64) for c in columns], axis=1)
+
+
 def plot_loss_curve(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[str]) -> None:
     """Write a PNG of the training loss against the step (from metrics rows) and, on a second
     axis, the held-out bits/dim of the evaluation rows."""

@@ -21,6 +21,7 @@ class Stream(enum.IntEnum):
     IMPUTE = 5  # --mode=impute
     SAMPLING_DROPOUT = 6  # the network's dropout masks when sampling.dropout is on
     GRID = 7  # the forward draws of the optimised grid's error measurements
+    UNTHIN = 8  # --mode=unthin
 
 
 DROPOUT_STREAM = 0x64726F70
