@@ -110,6 +110,13 @@ class TrainingConfig:
         "scheduler must read it as finished)",
         minimum=0,
     )
+    label_dropout: float = setting(
+        0.0,
+        "conditional models (model.num_classes > 0): probability that a training label is "
+        "replaced by the null label, for classifier-free guidance",
+        minimum=0.0,
+        below=1.0,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,6 +339,11 @@ def _check_across_fields(config: ExperimentConfig) -> None:
             "config field sampling.num_steps must divide diffusion.num_steps = "
             f"{training_steps} with sampling.grid 'subgrid' (every d-th training time), got "
             f"{sampler.num_steps}; choose a divisor or sampling.grid 'logit'"
+        )
+    if config.training.label_dropout > 0 and config.model.num_classes == 0:
+        raise ValueError(
+            "config field training.label_dropout must be 0 for an unconditional model "
+            f"(model.num_classes = 0), got {config.training.label_dropout}"
         )
     if data.max_count == 0 and data.name != "counts":
         raise ValueError(
