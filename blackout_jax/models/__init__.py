@@ -16,6 +16,7 @@ from blackout_jax.models.predict import (
     example_dropout_keys,
     guided_prediction,
     make_guided_predict_fn,
+    make_label_predict_fn,
     make_predict_fn,
     make_predict_fn_from_model,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "example_dropout_keys",
     "guided_prediction",
     "make_guided_predict_fn",
+    "make_label_predict_fn",
     "make_predict_fn",
     "make_predict_fn_from_model",
     "parameter_count",

@@ -246,6 +246,37 @@ def make_guided_predict_fn(
     )
 
 
+def make_label_predict_fn(
+    graphdef: nnx.GraphDef,
+    state: nnx.State,
+    *more_states: nnx.State,
+    guidance_scale: float = 0.0,
+    dropout_key: Array | None = None,
+) -> Callable[[Array], jax.tree_util.Partial]:
+    """``labels (B,) -> predict_fn`` of a conditional network with guidance scale ``w``.
+
+    ``w = 0``: :func:`make_predict_fn` with the labels (one network call on the batch, the
+    conditional prediction exactly); ``w > 0``: :func:`make_guided_predict_fn`. The samplers'
+    chunk loop calls it with each chunk's labels.
+    """
+
+    def for_labels(labels: Array) -> jax.tree_util.Partial:
+        if guidance_scale == 0:
+            return make_predict_fn(
+                graphdef, state, *more_states, dropout_key=dropout_key, labels=labels
+            )
+        return make_guided_predict_fn(
+            graphdef,
+            state,
+            *more_states,
+            labels=labels,
+            guidance_scale=guidance_scale,
+            dropout_key=dropout_key,
+        )
+
+    return for_labels
+
+
 def make_predict_fn_from_model(
     model: nnx.Module, *, dropout_key: Array | None = None
 ) -> jax.tree_util.Partial:

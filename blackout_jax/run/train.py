@@ -451,12 +451,38 @@ class Evaluator:
         train_examples = np.asarray(dataset.train_source.read(indices))
         return held_out.histogram_bits_per_dim(train_examples, self.examples, self.max_count)
 
+    @property
+    def grid_labels(self) -> np.ndarray | None:
+        """A conditional model's grid: ``k = max(1, eval.num_grid_samples // C)`` samples of
+        each class ``0..C-1`` in order (one grid row per class); ``None`` if unconditional."""
+        num_classes = self.config.model.num_classes
+        if not num_classes:
+            return None
+        per_class = max(1, self.config.eval.num_grid_samples // num_classes)
+        return np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
+
+    @property
+    def grid_columns(self) -> int | None:
+        """Columns of the grid image: the samples per class of a conditional model."""
+        labels = self.grid_labels
+        return None if labels is None else len(labels) // self.config.model.num_classes
+
     def samples(self, ema_params: Any, step: int) -> np.ndarray:
-        """``eval.num_grid_samples`` samples ``(N, H, W, C)`` int32 from the EMA network."""
+        """``eval.num_grid_samples`` samples ``(N, H, W, C)`` int32 from the EMA network; for a
+        conditional model those of :attr:`grid_labels`, with ``sampling.guidance_scale``."""
+        labels = self.grid_labels
+        predict_fn = models.make_predict_fn(self.graphdef, ema_params, self.rest)
+        if labels is not None:
+            predict_fn = models.make_label_predict_fn(
+                self.graphdef,
+                ema_params,
+                self.rest,
+                guidance_scale=self.config.sampling.guidance_scale,
+            )
         return generate.generate_samples(
             jax.random.fold_in(jax.random.fold_in(self.key, 2), step),
-            models.make_predict_fn(self.graphdef, ema_params, self.rest),
-            num_samples=self.config.eval.num_grid_samples,
+            predict_fn,
+            num_samples=self.config.eval.num_grid_samples if labels is None else len(labels),
             example_shape=self.image_shape,
             times=self.times,
             max_count=self.max_count,
@@ -464,6 +490,7 @@ class Evaluator:
             start=self.config.sampling.start,
             chunk_size=self.config.sampling.batch_size,
             progress=True,
+            labels=labels,
         )
 
 
@@ -632,7 +659,9 @@ class Trainer:
             grid = self.evaluator.samples(self.state.ema_params, step)
             if self.primary:
                 path = os.path.join(self.workdir, SAMPLES_DIR, f"grid_{step}.png")
-                reporting.save_sample_grid(grid, self.evaluator.max_count, path)
+                reporting.save_sample_grid(
+                    grid, self.evaluator.max_count, path, columns=self.evaluator.grid_columns
+                )
         if step == self.config.training.num_steps:
             self._compare_with_baseline(results)
         if self.writer is not None:
@@ -751,6 +780,7 @@ def train_and_evaluate(
       NonFiniteTrainingError: ``training.max_consecutive_nonfinite`` skipped updates in a row.
     """
     config = config_lib.validate_config(config, jax.device_count(), jax.process_count())
+    config_lib.check_conditional_fields(config)
     if not jax.config.jax_threefry_partitionable:
         raise ValueError(
             "training needs jax_threefry_partitionable=True (JAX's default) so that random "
