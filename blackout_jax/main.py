@@ -135,7 +135,10 @@ def main(argv: list[str]) -> None:
             config = inference.run_config(config, workdir)
         print("loading data ...", flush=True)
         dataset = data.load_dataset(
-            config.data, seed=config.seed, size_divisor=config.model.size_divisor
+            config.data,
+            seed=config.seed,
+            size_divisor=config.model.size_divisor,
+            num_classes=config.model.num_classes,
         )
         network.abstract_model(config, dataset)
     except (ValueError, FileNotFoundError) as error:

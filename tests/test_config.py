@@ -41,6 +41,7 @@ def test_every_config_file_is_known():
         "counts_small",
         "default",
         "digits",
+        "digits_conditional",
         "tiny",
     }
 
@@ -102,6 +103,15 @@ def test_every_config_field_is_read_by_the_code():
 
 def test_digits_is_the_default():
     assert _config("digits").to_dict() == _config("default").to_dict()
+
+
+def test_digits_conditional_is_digits_with_labels():
+    conditional, digits = _config("digits_conditional").to_dict(), _config("digits").to_dict()
+    assert conditional["model"].pop("num_classes") == 10
+    assert conditional["training"].pop("label_dropout") == 0.1
+    assert conditional["training"]["num_steps"] == digits["training"]["num_steps"]
+    del digits["model"]["num_classes"], digits["training"]["label_dropout"]
+    assert conditional == digits
 
 
 def test_reference_settings():

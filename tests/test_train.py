@@ -58,8 +58,10 @@ def _small_net_factory(model_config, *, image_shape, max_count, t_end, num_steps
     return SmallNet(max_count=max_count, dropout=model_config.dropout, seed=seed)
 
 
-def _small_step(ema_decay=0.5, clip=1.0):
-    net = SmallNet(max_count=16, dropout=0.0, seed=0)
+def _small_step(ema_decay=0.5, clip=1.0, net=None, **step_options):
+    """A jitted training step of ``net`` (default: :class:`SmallNet`) with its initial state;
+    ``step_options`` go to :func:`train.make_train_step`."""
+    net = net if net is not None else SmallNet(max_count=16, dropout=0.0, seed=0)
     graphdef, params, rest = nnx.split(net, nnx.Param, ...)
     optimizer = train.skipping_nonfinite(
         optax.chain(optax.clip_by_global_norm(clip), optax.adam(1e-2))
@@ -74,6 +76,7 @@ def _small_step(ema_decay=0.5, clip=1.0):
             global_batch_size=4,
             ema_decay=ema_decay,
             learning_rate=lambda count: 1e-2,
+            **step_options,
         )
     )
     zero = jnp.zeros((), jnp.int32)

@@ -11,11 +11,16 @@
 Random left-right flips (``data.random_flip``) apply to cifar10 and celeba64 only, as in the
 reference experiments; digits, binarized MNIST and own counts are never flipped. The training
 stream (:class:`TrainIterator`) is described in :mod:`blackout_jax.data.pipeline`.
+
+Class labels (``num_classes > 0``, conditional training): sklearn's digit targets, the TFDS
+``label`` feature (cifar10, binarized MNIST), or the ``labels`` array of an own ``.npz``.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import numpy as np
 
 from blackout_jax.data import arrays, count_checks, digits, tfds_source
 from blackout_jax.data.pipeline import (
@@ -58,7 +63,18 @@ def _check_fixed_max_count(name: str, declared: int, fixed: int) -> None:
         )
 
 
-def load_dataset(data_config: Any, *, seed: int, size_divisor: int = 1) -> CountDataset:
+def _check_fixed_num_classes(name: str, num_classes: int, fixed: int) -> None:
+    if num_classes and num_classes != fixed:
+        labelled = f"has {fixed} classes" if fixed else "has no class labels"
+        hint = f"set model.num_classes to {fixed} or 0" if fixed else "set model.num_classes to 0"
+        raise ValueError(
+            f"model.num_classes = {num_classes}, but {name} {labelled}; {hint} (unconditional)"
+        )
+
+
+def load_dataset(
+    data_config: Any, *, seed: int, size_divisor: int = 1, num_classes: int = 0
+) -> CountDataset:
     """Loads and validates the dataset of a ``config.data`` section.
 
     Args:
@@ -68,6 +84,8 @@ def load_dataset(data_config: Any, *, seed: int, size_divisor: int = 1) -> Count
         checked by the run layer's config (:mod:`blackout_jax.run.config`).
       seed: the default seed of the training stream (the held-out splits do not depend on it).
       size_divisor: H and W must be multiples of it (``2 ** (len(model.ch_mult) - 1)``).
+      num_classes: ``model.num_classes``: ``> 0`` loads class labels in ``[0, num_classes)``
+        too (digits, cifar10 and binarized MNIST have exactly 10); 0 loads none.
 
     Returns:
       A :class:`CountDataset`; all checks have passed and nothing has been written anywhere.
@@ -81,19 +99,22 @@ def load_dataset(data_config: Any, *, seed: int, size_divisor: int = 1) -> Count
     if name not in DATASET_NAMES:
         raise ValueError(f"data.name must be one of {list(DATASET_NAMES)}, got {name!r}")
     declared_max = data_config.max_count
-    common = {"seed": seed, "prefetch": data_config.prefetch}
+    common = {"seed": seed, "prefetch": data_config.prefetch, "num_classes": num_classes}
 
     if name == "digits":
         _check_fixed_max_count(name, declared_max, digits.MAX_COUNT)
         num_test = data_config.num_test
         count_checks.check_image_size(digits.IMAGE_SHAPE, size_divisor, source=digits.SOURCE)
-        train, test = digits.load_digits_split(num_test)
+        _check_fixed_num_classes(name, num_classes, digits.NUM_CLASSES)
+        (train, train_labels), (test, test_labels) = digits.load_digits_labelled_split(num_test)
+        if not num_classes:
+            train_labels = test_labels = None
         dataset = CountDataset(
             name=name,
             image_shape=digits.IMAGE_SHAPE,
             max_count=digits.MAX_COUNT,
-            train_source=ArraySource(train),
-            test_source=ArraySource(test),
+            train_source=ArraySource(train, labels=train_labels),
+            test_source=ArraySource(test, labels=test_labels),
             origin=digits.SOURCE,
             **common,
         )
@@ -104,7 +125,9 @@ def load_dataset(data_config: Any, *, seed: int, size_divisor: int = 1) -> Count
                 "data.path must name your counts file (.npy/.npz) or PNG folder when "
                 "data.name is 'counts', got ''"
             )
-        loaded = arrays.load_counts(path, array_key=data_config.array_key, max_count=declared_max)
+        loaded = arrays.load_counts(
+            path, array_key=data_config.array_key, max_count=declared_max, num_classes=num_classes
+        )
         image_shape = tuple(int(d) for d in loaded.counts.shape[1:])
         count_checks.check_image_size(image_shape, size_divisor, source=loaded.source)
         num_test = data_config.num_test
@@ -116,14 +139,15 @@ def load_dataset(data_config: Any, *, seed: int, size_divisor: int = 1) -> Count
             image_shape=image_shape,
             max_count=loaded.max_count,
             max_count_inferred=loaded.max_count_inferred,
-            train_source=ArraySource(loaded.counts[train_indices]),
-            test_source=ArraySource(loaded.counts[test_indices]),
+            train_source=_split_source(loaded, train_indices),
+            test_source=_split_source(loaded, test_indices),
             origin=loaded.source,
             **common,
         )
     else:
         spec = TFDS_DATASETS[name]
         _check_fixed_max_count(name, declared_max, spec.max_count)
+        _check_fixed_num_classes(name, num_classes, spec.num_classes)
         count_checks.check_image_size(
             spec.image_shape, size_divisor, source=f"{name} (TFDS {spec.tfds_name!r})"
         )
@@ -140,3 +164,8 @@ def load_dataset(data_config: Any, *, seed: int, size_divisor: int = 1) -> Count
             **common,
         )
     return dataset
+
+
+def _split_source(loaded: arrays.LoadedCounts, indices: np.ndarray) -> ArraySource:
+    labels = None if loaded.labels is None else loaded.labels[indices]
+    return ArraySource(loaded.counts[indices], labels=labels)

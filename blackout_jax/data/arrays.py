@@ -8,6 +8,9 @@
 Nothing is ever unpickled (``allow_pickle=False``). Values must be finite, whole, non-negative
 numbers; the largest count is ``max_count`` when declared (> 0) and otherwise inferred from the
 data (``.npy``/``.npz``) or 255 (PNGs). Every check runs before the loader returns.
+
+Class labels for conditional training (``model.num_classes > 0``) come from an array named
+``labels`` in the same ``.npz``: integers in ``[0, num_classes)``, one per example.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 from blackout_jax.data import count_checks
 
 ARRAY_SUFFIXES = (".npy", ".npz")
+LABELS_KEY = "labels"
 PNG_MAX_COUNT = 255
 _PNG_CHANNELS = {"L": 1, "RGB": 3}
 
@@ -35,12 +39,14 @@ class LoadedCounts:
       max_count: the declared largest count, or the inferred one.
       max_count_inferred: whether ``max_count`` was inferred from the data.
       source: the data's origin as named in messages (path, with the ``.npz`` key).
+      labels: ``np.int32`` (N,) class labels when they were asked for, else ``None``.
     """
 
     counts: np.ndarray
     max_count: int
     max_count_inferred: bool
     source: str
+    labels: np.ndarray | None = None
 
 
 def read_array_file(path: str | os.PathLike[str], array_key: str = "") -> tuple[np.ndarray, str]:
@@ -151,8 +157,39 @@ def read_png_folder(folder: str | os.PathLike[str]) -> tuple[np.ndarray, list[Pa
     return np.stack(images), files
 
 
+def _check_labelled_file(path: str | os.PathLike[str], num_classes: int) -> None:
+    if Path(path).is_dir() or Path(path).suffix.lower() != ".npz":
+        raise ValueError(
+            f"data.path: {str(path)!r} holds no class labels; conditional training "
+            f"(model.num_classes = {num_classes}) needs an .npz file with the counts and an "
+            f"array {LABELS_KEY!r} of one integer label per example"
+        )
+
+
+def load_labels(path: str | os.PathLike[str], *, num_classes: int, num_examples: int) -> np.ndarray:
+    """The ``labels`` array of an ``.npz`` file, checked: int32 (num_examples,) in
+    ``[0, num_classes)``.
+
+    Raises:
+      ValueError: ``path`` is not an ``.npz`` file, has no ``labels`` array, or a label is bad
+        (naming the file, the array, the index and the value).
+    """
+    _check_labelled_file(path, num_classes)
+    with np.load(path, allow_pickle=False) as archive:
+        if LABELS_KEY not in archive.files:
+            raise ValueError(
+                f"{path} has no array {LABELS_KEY!r} (it holds {list(archive.files)}); "
+                f"conditional training (model.num_classes = {num_classes}) needs one integer "
+                "label per example"
+            )
+    values, source = read_array_file(path, LABELS_KEY)
+    return count_checks.check_labels(
+        values, source=source, num_classes=num_classes, num_examples=num_examples
+    )
+
+
 def load_counts(
-    path: str | os.PathLike[str], *, array_key: str = "", max_count: int = 0
+    path: str | os.PathLike[str], *, array_key: str = "", max_count: int = 0, num_classes: int = 0
 ) -> LoadedCounts:
     """Loads and validates own count data from an ``.npy``/``.npz`` file or a PNG folder.
 
@@ -161,6 +198,8 @@ def load_counts(
       array_key: the ``.npz`` key (``data.array_key``; ``''`` = the first array).
       max_count: the declared largest count (``data.max_count``); 0 infers it from the data
         (the data's maximum, at least 1) for arrays, and means 255 for PNGs.
+      num_classes: ``> 0`` also reads the ``.npz``'s ``labels`` (:func:`load_labels`);
+        0 (unconditional) reads no labels.
 
     Returns:
       :class:`LoadedCounts` with counts of shape (N, H, W, C), int32.
@@ -173,6 +212,8 @@ def load_counts(
     """
     count_checks.check_declared_max_count(max_count)
     declared = int(max_count) if max_count > 0 else None
+    if num_classes > 0 and Path(path).exists():
+        _check_labelled_file(path, num_classes)
     if Path(path).is_dir():
         if array_key:
             raise ValueError(
@@ -190,6 +231,9 @@ def load_counts(
         return LoadedCounts(counts, declared or PNG_MAX_COUNT, False, str(path))
     values, source = read_array_file(path, array_key)
     counts = count_checks.check_count_values(values, source=source, max_count=declared)
+    labels = None
+    if num_classes > 0:
+        labels = load_labels(path, num_classes=num_classes, num_examples=len(counts))
     if declared is not None:
-        return LoadedCounts(counts, declared, False, source)
-    return LoadedCounts(counts, count_checks.infer_max_count(counts), True, source)
+        return LoadedCounts(counts, declared, False, source, labels)
+    return LoadedCounts(counts, count_checks.infer_max_count(counts), True, source, labels)

@@ -164,3 +164,38 @@ def check_num_test(num_test: int, num_examples: int, *, source: str) -> None:
             f"has {num_examples} examples; the test split must leave at least one training "
             "example (lower data.num_test)"
         )
+
+
+def check_labels(
+    values: np.ndarray, *, source: str, num_classes: int, num_examples: int
+) -> np.ndarray:
+    """Validates class labels, one per example, and returns them as int32 of shape (N,).
+
+    Accepted: a one-dimensional integer array, or a floating one holding whole numbers, of
+    ``num_examples`` entries, each in ``0..num_classes - 1``.
+
+    Args:
+      values: the labels as loaded.
+      source: their origin for messages, e.g. ``"counts.npz['labels']"``.
+      num_classes: the number of classes (``model.num_classes``), ``>= 1``.
+      num_examples: the number of examples the labels belong to.
+
+    Raises:
+      ValueError: a wrong shape or dtype, or the first bad label, naming ``source``, the index
+        and the value.
+    """
+    values = np.asarray(values)
+    if values.shape != (num_examples,):
+        raise ValueError(
+            f"{source} has shape {values.shape}; expected one label per example, "
+            f"shape ({num_examples},)"
+        )
+    if values.dtype.kind not in "iuf":
+        raise ValueError(f"{source} must hold integers, got dtype {values.dtype}")
+    locate = index_locator(source)
+    if values.dtype.kind == "f":
+        _raise_first(values, ~np.isfinite(values), locate, "labels must be finite integers")
+        _raise_first(values, values != np.floor(values), locate, "labels must be integers")
+    requirement = f"labels must be in [0, {num_classes}) (model.num_classes = {num_classes})"
+    _raise_first(values, (values < 0) | (values >= num_classes), locate, requirement)
+    return values.astype(np.int32)

@@ -13,6 +13,7 @@ import numpy as np
 from blackout_jax.data import count_checks, pipeline
 
 MAX_COUNT = 16
+NUM_CLASSES = 10
 IMAGE_SHAPE = (8, 8, 1)
 NUM_EXAMPLES = 1797
 DEFAULT_NUM_TEST = 297
@@ -42,3 +43,19 @@ def load_digits_split(num_test: int = DEFAULT_NUM_TEST) -> tuple[np.ndarray, np.
     counts = load_digit_counts()
     train_indices, test_indices = split_indices(len(counts), num_test)
     return counts[train_indices], counts[test_indices]
+
+
+def load_digits_labelled_split(
+    num_test: int = DEFAULT_NUM_TEST,
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """``((train, train_labels), (test, test_labels))``: the split of :func:`load_digits_split`
+    with sklearn's targets (the digit shown, ``np.int32`` in 0..9) of the same examples."""
+    from sklearn.datasets import load_digits
+
+    counts = load_digit_counts()
+    labels = load_digits().target.astype(np.int32)
+    train_indices, test_indices = split_indices(len(counts), num_test)
+    return (
+        (counts[train_indices], labels[train_indices]),
+        (counts[test_indices], labels[test_indices]),
+    )

@@ -11,6 +11,10 @@ slice of positions ``[k B, (k + 1) B)``.
 therefore do not depend on ``P``, and neither do the random left-right flips: whether stream
 position ``g`` is flipped is a hash of ``(seed, g)``.
 
+**Labels.** A conditional stream (``with_labels``) yields ``(counts, labels)`` pairs, the
+labels (``np.int32`` (b,)) of the same examples read from the same source; the positions, the
+host split and the flips are those of the unconditional stream, which yields counts alone.
+
 **State.** The iterator's state is its position in the stream, a JSON-serialisable dict
 (``examples_consumed``, ``batches_consumed`` and what the stream depends on); ``set_state``
 continues exactly where the saved iterator stopped, whatever the process count.
@@ -37,6 +41,8 @@ _UINT64_MASK = (1 << 64) - 1
 _PERMUTATION_STREAM = 0x5045524D  # separates the epoch permutations from other seeded draws
 _FLIP_STREAM = 0x464C4950
 _STATE_VERSION = 1
+Batch = np.ndarray | tuple[np.ndarray, np.ndarray]
+"""Counts, or ``(counts, labels)`` for a conditional stream."""
 # Read threads for sources that do I/O and decoding (TFDS); in-memory arrays use one.
 MAX_READ_THREADS = 16
 
@@ -45,7 +51,9 @@ class ExampleSource(Protocol):
     """Random access to examples: ``len(source)`` and ``source.read(indices)``.
 
     ``read`` returns ``np.int32`` counts of shape (len(indices), H, W, C). ``read_threads`` is
-    how many threads may usefully read at once (1 for in-memory arrays).
+    how many threads may usefully read at once (1 for in-memory arrays). A source with class
+    labels also has ``read_labelled(indices) -> (counts, labels)``, the labels ``np.int32``
+    (len(indices),), each record read once.
     """
 
     read_threads: int
@@ -57,16 +65,24 @@ class ExampleSource(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class ArraySource:
-    """An in-memory ``np.int32`` array (N, H, W, C) as an :class:`ExampleSource`."""
+    """An in-memory ``np.int32`` array (N, H, W, C) as an :class:`ExampleSource`, with optional
+    ``np.int32`` (N,) class labels."""
 
     counts: np.ndarray
     read_threads: int = 1
+    labels: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.counts.shape[0])
 
     def read(self, indices: np.ndarray) -> np.ndarray:
         return self.counts[np.asarray(indices, np.int64)]
+
+    def read_labelled(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.labels is None:
+            raise ValueError("this source has no class labels")
+        indices = np.asarray(indices, np.int64)
+        return self.counts[indices], self.labels[indices]
 
 
 def _seed64(seed: int) -> int:
@@ -163,6 +179,7 @@ class StreamSpec:
     random_flip: bool
     process_index: int
     process_count: int
+    with_labels: bool = False
 
     @property
     def local_batch_size(self) -> int:
@@ -174,25 +191,33 @@ class StreamSpec:
         return np.arange(start, start + self.local_batch_size, dtype=np.int64)
 
 
-def read_positions(source: ExampleSource, spec: StreamSpec, positions: np.ndarray) -> np.ndarray:
+def read_positions(source: ExampleSource, spec: StreamSpec, positions: np.ndarray) -> Batch:
     """Counts at the given stream positions, flipped where the stream says so.
 
     Returns:
-      ``np.int32`` (len(positions), H, W, C).
+      ``np.int32`` (len(positions), H, W, C); with ``spec.with_labels`` the pair
+      ``(counts, labels)``, labels ``np.int32`` (len(positions),).
     """
     indices = stream_indices(positions, seed=spec.seed, num_examples=spec.num_examples)
-    batch = np.asarray(source.read(indices), dtype=np.int32)
+    if spec.with_labels:
+        batch, labels = source.read_labelled(indices)
+    else:
+        batch, labels = source.read(indices), None
+    batch = np.asarray(batch, dtype=np.int32)
     if spec.random_flip:
         flips = flip_decisions(positions, seed=spec.seed)
         batch = np.where(flips[:, None, None, None], batch[:, :, ::-1, :], batch)
-    return batch
+    if labels is None:
+        return batch
+    return batch, np.asarray(labels, dtype=np.int32)
 
 
-class TrainIterator(Iterator[np.ndarray]):
+class TrainIterator(Iterator[Batch]):
     """This process's slices of the global training batches, endlessly, with a resumable state.
 
     Each ``next()`` returns ``np.int32`` counts (global_batch_size // process_count, H, W, C):
-    rows ``[p b, (p + 1) b)`` of the next global batch. Build it with
+    rows ``[p b, (p + 1) b)`` of the next global batch; with ``with_labels`` the pair
+    ``(counts, labels)``, labels ``np.int32`` (b,). Build it with
     :meth:`blackout_jax.data.CountDataset.train_iterator`.
     """
 
@@ -207,6 +232,7 @@ class TrainIterator(Iterator[np.ndarray]):
         process_index: int = 0,
         process_count: int = 1,
         prefetch: int = 2,
+        with_labels: bool = False,
     ) -> None:
         for name, value, minimum in (
             ("global_batch_size", global_batch_size, 1),
@@ -230,6 +256,8 @@ class TrainIterator(Iterator[np.ndarray]):
             )
         if len(source) < 1:
             raise ValueError(f"dataset {dataset_name!r} has no training examples")
+        if with_labels and not hasattr(source, "read_labelled"):
+            raise ValueError(f"dataset {dataset_name!r} has no class labels")
         self._source = source
         self._dataset_name = dataset_name
         self._spec = StreamSpec(
@@ -239,11 +267,12 @@ class TrainIterator(Iterator[np.ndarray]):
             random_flip=bool(random_flip),
             process_index=int(process_index),
             process_count=int(process_count),
+            with_labels=bool(with_labels),
         )
         self._prefetch = int(prefetch)
         self._examples_consumed = 0
         self._batches_consumed = 0
-        self._batches: Iterator[np.ndarray] | None = None
+        self._batches: Iterator[Batch] | None = None
 
     @property
     def spec(self) -> StreamSpec:
@@ -253,7 +282,7 @@ class TrainIterator(Iterator[np.ndarray]):
     def local_batch_size(self) -> int:
         return self._spec.local_batch_size
 
-    def global_batch(self, batch_offset: int = 0) -> np.ndarray:
+    def global_batch(self, batch_offset: int = 0) -> Batch:
         """The whole global batch ``batch_offset`` batches after the current position (all rows).
 
         Reads every row, not only this process's; meant for inspection and tests.
@@ -262,11 +291,11 @@ class TrainIterator(Iterator[np.ndarray]):
         positions = np.arange(first, first + self._spec.global_batch_size, dtype=np.int64)
         return read_positions(self._source, self._spec, positions)
 
-    def _local_batch(self, start_position: int, element: int) -> np.ndarray:
+    def _local_batch(self, start_position: int, element: int) -> Batch:
         first = start_position + element * self._spec.global_batch_size
         return read_positions(self._source, self._spec, self._spec.local_positions(first))
 
-    def _start(self) -> Iterator[np.ndarray]:
+    def _start(self) -> Iterator[Batch]:
         import grain
 
         threads = min(self._prefetch, max(1, int(getattr(self._source, "read_threads", 1))))
@@ -279,7 +308,7 @@ class TrainIterator(Iterator[np.ndarray]):
     def __iter__(self) -> TrainIterator:
         return self
 
-    def __next__(self) -> np.ndarray:
+    def __next__(self) -> Batch:
         if self._batches is None:
             self._batches = self._start()
         batch = next(self._batches)
@@ -288,8 +317,9 @@ class TrainIterator(Iterator[np.ndarray]):
         return batch
 
     def get_state(self) -> dict[str, Any]:
-        """The position in the stream, JSON-serialisable (plain ints, strings and bools)."""
-        return {
+        """The position in the stream, JSON-serialisable (plain ints, strings and bools); a
+        conditional stream adds ``"labels": True``."""
+        state = {
             "version": _STATE_VERSION,
             "dataset": self._dataset_name,
             "num_train": self._spec.num_examples,
@@ -299,6 +329,9 @@ class TrainIterator(Iterator[np.ndarray]):
             "examples_consumed": self._examples_consumed,
             "batches_consumed": self._batches_consumed,
         }
+        if self._spec.with_labels:
+            state["labels"] = True
+        return state
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Continues the stream at the saved position (any process count).
@@ -320,6 +353,13 @@ class TrainIterator(Iterator[np.ndarray]):
             "seed": self._spec.seed,
             "random_flip": self._spec.random_flip,
         }
+        saved_labels = bool(state.get("labels", False))
+        if saved_labels != self._spec.with_labels:
+            raise ValueError(
+                f"data iterator state was saved with labels={saved_labels}, but this stream has "
+                f"labels={self._spec.with_labels} (model.num_classes differs); resuming it would "
+                "not continue the same stream"
+            )
         for key, value in expected.items():
             if key in state and state[key] != value:
                 raise ValueError(
@@ -372,6 +412,8 @@ class CountDataset:
       random_flip: whether training examples are flipped left-right at random.
       seed: the default stream seed.
       prefetch: batches read ahead by :meth:`train_iterator`.
+      num_classes: ``> 0``: both sources have class labels in ``[0, num_classes)`` and the
+        training stream yields ``(counts, labels)``; 0: unconditional, counts alone.
     """
 
     name: str
@@ -384,6 +426,7 @@ class CountDataset:
     random_flip: bool = False
     seed: int = 0
     prefetch: int = 2
+    num_classes: int = 0
     _test_cache: dict[str, np.ndarray] = dataclasses.field(
         default_factory=dict, init=False, repr=False, compare=False
     )
@@ -407,7 +450,7 @@ class CountDataset:
             "num_test": self.num_test,
             "random_flip": bool(self.random_flip),
             "origin": self.origin,
-        }
+        } | ({"num_classes": int(self.num_classes)} if self.num_classes else {})
 
     def test_examples(self, num: int | None = None) -> np.ndarray:
         """The first ``min(num, num_test)`` held-out examples (all of them for ``None``).
@@ -431,6 +474,22 @@ class CountDataset:
             self._test_cache["examples"] = cached
         return cached[:num]
 
+    def test_labels(self, num: int | None = None) -> np.ndarray:
+        """The class labels of :meth:`test_examples` ``(num)``: read-only ``np.int32`` (n,).
+
+        Raises:
+          ValueError: the dataset has no labels (``num_classes == 0``).
+        """
+        if not self.num_classes:
+            raise ValueError(f"dataset {self.name!r} was loaded without class labels")
+        num = self.test_examples(num).shape[0]
+        cached = self._test_cache.get("labels")
+        if cached is None or cached.shape[0] < num:
+            cached = np.asarray(self.test_source.read_labelled(np.arange(num))[1], np.int32)
+            cached.setflags(write=False)
+            self._test_cache["labels"] = cached
+        return cached[:num]
+
     def train_iterator(
         self,
         *,
@@ -450,7 +509,8 @@ class CountDataset:
           prefetch: batches read ahead in threads (default: the dataset's ``prefetch``).
 
         Returns:
-          A :class:`TrainIterator` yielding int32 (B // process_count, H, W, C).
+          A :class:`TrainIterator` yielding int32 (B // process_count, H, W, C), paired with
+          their labels when ``num_classes > 0``.
         """
         if process_index is None or process_count is None:
             import jax
@@ -466,4 +526,5 @@ class CountDataset:
             process_index=process_index,
             process_count=process_count,
             prefetch=self.prefetch if prefetch is None else prefetch,
+            with_labels=self.num_classes > 0,
         )

@@ -22,6 +22,9 @@ Conversions to counts (``np.int32`` (H, W, C)):
   as ``tf.image.resize(..., antialias=True)`` computes it), rounded to the nearest integer;
   max count 255; test split ``test``. This is the CelebA preprocessing of score_sde
   (Song et al., 2021) on unscaled 8-bit values.
+
+Class labels (conditional training): the ``label`` feature of cifar10 and MNIST (10 classes);
+celeba64 has none.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -128,11 +131,12 @@ class TfdsDataset:
     max_count: int
     random_flip: bool
     to_counts: Callable[[np.ndarray], np.ndarray]
+    num_classes: int = 0  # classes of the ``label`` feature (0: the dataset has no labels)
 
 
 TFDS_DATASETS: dict[str, TfdsDataset] = {
     "cifar10": TfdsDataset(
-        "cifar10", "cifar10", "train", "test", (32, 32, 3), 255, True, identity_counts
+        "cifar10", "cifar10", "train", "test", (32, 32, 3), 255, True, identity_counts, 10
     ),
     "binarized_mnist": TfdsDataset(
         "binarized_mnist",
@@ -143,6 +147,7 @@ TFDS_DATASETS: dict[str, TfdsDataset] = {
         1,
         False,
         binarize_mnist,
+        10,
     ),
     "celeba64": TfdsDataset(
         "celeba64", "celeb_a", "train", "test", (64, 64, 3), 255, True, celeba_crop_resize
@@ -212,12 +217,16 @@ class TfdsSource:
     label: str
     image_key: str = "image"
     read_threads: int = MAX_READ_THREADS
+    label_key: str = "label"
 
     def __len__(self) -> int:
         return len(self.data_source)
 
     def read_one(self, index: int) -> np.ndarray:
-        counts = self.to_counts(self.data_source[int(index)][self.image_key])
+        return self._convert(index, self.data_source[int(index)])
+
+    def _convert(self, index: int, record: Mapping[str, Any]) -> np.ndarray:
+        counts = self.to_counts(record[self.image_key])
         if counts.shape != self.image_shape:
             raise ValueError(
                 f"{self.label}[{int(index)}]: expected an image of shape {self.image_shape} "
@@ -231,6 +240,17 @@ class TfdsSource:
         for row, index in enumerate(indices):
             batch[row] = self.read_one(int(index))
         return batch
+
+    def read_labelled(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Counts as :meth:`read` and the records' ``label_key`` feature, ``np.int32`` (n,)."""
+        indices = np.asarray(indices, np.int64).reshape(-1)
+        batch = np.empty((len(indices), *self.image_shape), np.int32)
+        labels = np.empty(len(indices), np.int32)
+        for row, index in enumerate(indices):
+            record = self.data_source[int(index)]
+            batch[row] = self._convert(int(index), record)
+            labels[row] = int(record[self.label_key])
+        return batch, labels
 
 
 def load_tfds_splits(

@@ -223,3 +223,30 @@ def digits_sample_metrics(
         "classifier_test_accuracy": float(extractor.test_accuracy),
         "num_samples": int(num_samples),
     }
+
+
+def label_accuracy(
+    samples: np.ndarray,
+    labels: np.ndarray,
+    *,
+    extractor: DigitsFeatureExtractor | None = None,
+) -> float:
+    """Fraction of class-conditional samples that the classifier assigns to their label.
+
+    Args:
+      samples: integer counts in 0..16, shape (n, 8, 8, 1) (or (n, 8, 8), (n, 64)).
+      labels: (n,) the digit each sample was drawn for.
+      extractor: the classifier; by default ``fitted_digits_extractor()`` (cached).
+
+    Returns:
+      ``mean(argmax_k p(k | sample_i) == labels_i)``.
+    """
+    if extractor is None:
+        extractor = fitted_digits_extractor()
+    labels = np.asarray(labels).reshape(-1)
+    probabilities = extractor.class_probabilities(samples)
+    if probabilities.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"labels has {labels.shape[0]} entries for {probabilities.shape[0]} samples"
+        )
+    return float(np.mean(np.argmax(probabilities, axis=1) == labels))

@@ -14,6 +14,9 @@ from blackout_jax.models.ncsnpp import (
 )
 from blackout_jax.models.predict import (
     example_dropout_keys,
+    guided_prediction,
+    make_guided_predict_fn,
+    make_label_predict_fn,
     make_predict_fn,
     make_predict_fn_from_model,
 )
@@ -27,6 +30,9 @@ __all__ = [
     "count_parameters",
     "create_model",
     "example_dropout_keys",
+    "guided_prediction",
+    "make_guided_predict_fn",
+    "make_label_predict_fn",
     "make_predict_fn",
     "make_predict_fn_from_model",
     "parameter_count",

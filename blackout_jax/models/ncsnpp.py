@@ -16,6 +16,10 @@ shape ``(B,)`` to ``yhat ~ E[n_0 - n_t | n_t]`` (float32, ``>= 0``, shape of ``n
   ``t_T``, exactly what the reference network receives. The positional embedding takes this
   value; the Fourier embedding takes ``u = (k - 1)/(T - 1)``, the position on ``[0, 1]``
   (the same for both inputs on the grid).
+* **class label** (``model.num_classes = C > 0``, class-conditional): a learned embedding of
+  the label ``y`` in ``0..C`` (``C`` = the "null" label, no class) is added to the time
+  embedding, ``temb <- temb + E[y]``; without labels the network sees the null label. With
+  ``C = 0`` (default) the network and its parameters are exactly the unconditional ones.
 * **output** (``model.output_transform``): ``"softplus"`` gives ``yhat = softplus(h)``
   (reference); ``"bounded_sigmoid"`` gives ``yhat = (N - n_t) sigmoid(h)``, which never exceeds
   the room left.
@@ -95,11 +99,17 @@ class NCSNppConfig:
     dtype: str = "float32"
     inference_dtype: str = ""
     nonlinearity: str = "swish"
+    num_classes: int = 0
 
     @property
     def evaluation_dtype(self) -> str:
         """Compute dtype in evaluation mode: ``inference_dtype``, or ``dtype`` when empty."""
         return self.inference_dtype or self.dtype
+
+    @property
+    def null_label(self) -> int:
+        """The label of "no class" (classifier-free guidance): ``num_classes``."""
+        return self.num_classes
 
     @property
     def num_levels(self) -> int:
@@ -186,6 +196,8 @@ def parse_config(model_config: Mapping[str, Any] | NCSNppConfig) -> NCSNppConfig
     for field in ("nf", "num_res_blocks", "conv_size"):
         if not _is_int(cfg[field]) or cfg[field] < 1:
             _fail(field, "a positive int", cfg[field])
+    if not _is_int(cfg["num_classes"]) or cfg["num_classes"] < 0:
+        _fail("num_classes", "an int >= 0 (0 = unconditional)", cfg["num_classes"])
     if cfg["conv_size"] % 2 == 0:
         _fail("conv_size", "an odd positive int", cfg["conv_size"])
     cfg["ch_mult"] = _int_tuple("ch_mult", cfg["ch_mult"], non_empty=True)
@@ -291,10 +303,12 @@ class _UpLevel(nnx.Module):
 class NCSNpp(nnx.Module):
     """NCSN++ predictor of ``E[n_0 - n_t | n_t]`` for count images.
 
-    Call ``model(counts, t, *, train=False, dropout_key=None)``:
+    Call ``model(counts, t, labels=None, *, train=False, dropout_key=None)``:
       counts: ``(B, H, W, C)``, any int or float dtype holding whole numbers, with
         ``(H, W, C) = image_shape``.
       t: ``(B,)`` (or a scalar, broadcast) float times ``> 0``.
+      labels: ``(B,)`` integer class labels in ``0..num_classes`` (``num_classes`` = null) of a
+        conditional network; ``None`` = the null label. Unconditional networks take none.
       train: apply dropout (needs ``dropout_key`` when ``config.dropout > 0``).
     Returns ``yhat``, float32, shape of ``counts``, ``>= 0``. Computes in ``config.dtype``
     when ``train`` and in ``config.evaluation_dtype`` otherwise.
@@ -487,6 +501,12 @@ class NCSNpp(nnx.Module):
             self.output_norm = None
             self.output_conv = None
 
+        # Class labels, built last so that the other parameters draw what they draw without.
+        if cfg.num_classes:
+            self.label_embedding = nnx.Embed(cfg.num_classes + 1, temb_dim, dtype=dtype, rngs=rngs)
+        else:
+            self.label_embedding = None
+
     # ---- forward -----------------------------------------------------------------------------
 
     def embedding_position(self, t: Array) -> Array:
@@ -537,15 +557,44 @@ class NCSNpp(nnx.Module):
         self,
         counts: Array,
         t: Array,
+        labels: Array | None = None,
         *,
         train: bool = False,
         dropout_key: Array | None = None,
     ) -> Array:
         wanted = COMPUTE_DTYPES[self.config.dtype if train else self.config.evaluation_dtype]
         network = self if wanted == self.dtype else _with_compute_dtype(self, wanted)
-        return network._forward(counts, t, train=train, dropout_key=dropout_key)
+        return network._forward(counts, t, labels, train=train, dropout_key=dropout_key)
 
-    def _forward(self, counts: Array, t: Array, *, train: bool, dropout_key: Array | None) -> Array:
+    def label_embedding_of(self, labels: Array | None, batch: int) -> Array | None:
+        """``E[y]`` ``(B, 4 nf)`` of ``labels`` (``None``: the null label), or ``None`` for an
+        unconditional network.
+
+        Raises:
+          ValueError: labels for an unconditional network, or of a shape other than (B,).
+        """
+        if self.label_embedding is None:
+            if labels is not None:
+                raise ValueError(
+                    "labels were given to an unconditional network (model.num_classes = 0)"
+                )
+            return None
+        if labels is None:
+            labels = jnp.full((batch,), self.config.null_label, jnp.int32)
+        labels = jnp.asarray(labels)
+        if labels.shape != (batch,):
+            raise ValueError(f"labels must have shape ({batch},), got {labels.shape}")
+        return self.label_embedding(labels.astype(jnp.int32))
+
+    def _forward(
+        self,
+        counts: Array,
+        t: Array,
+        labels: Array | None,
+        *,
+        train: bool,
+        dropout_key: Array | None,
+    ) -> Array:
         cfg = self.config
         counts = jnp.asarray(counts)
         if counts.ndim != 4 or tuple(counts.shape[1:]) != self.image_shape:
@@ -577,6 +626,9 @@ class NCSNpp(nnx.Module):
             temb = layers.sinusoidal_embedding(position, cfg.nf)
         temb = self.temb_dense_0(temb.astype(dtype))
         temb = self.temb_dense_1(act(temb))
+        label_embedding = self.label_embedding_of(labels, batch)
+        if label_embedding is not None:
+            temb = temb + label_embedding
 
         # Contracting path.
         x = x.astype(dtype)

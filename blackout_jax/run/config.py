@@ -29,6 +29,7 @@ from blackout_jax.sampling import METHODS, STARTS
 from blackout_jax.schedule import GRIDS
 
 SAMPLE_METRICS = ("auto", "digits", "inception", "none")
+BALANCED_LABELS = "balanced"
 OPTIMISED_GRID = "optimised"  # a grid fitted to a trained model: see blackout_jax.run.inference
 
 
@@ -110,6 +111,13 @@ class TrainingConfig:
         "scheduler must read it as finished)",
         minimum=0,
     )
+    label_dropout: float = setting(
+        0.0,
+        "conditional models (model.num_classes > 0): probability that a training label is "
+        "replaced by the null label, for classifier-free guidance",
+        minimum=0.0,
+        below=1.0,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,6 +191,18 @@ class SamplingConfig:
         "trapezoidal_bridge",
         "--mode=unthin: sampler (the default rounds without bias; see blackout_jax.unthin)",
         choices=METHODS,
+    )
+    labels: str = setting(
+        BALANCED_LABELS,
+        "conditional models: the class of each sample, 'balanced' = equal counts per class "
+        "(sorted by class) or comma-separated integers such as '3' or '0,1,7' (repeated to "
+        "sampling.num_samples)",
+    )
+    guidance_scale: float = setting(
+        0.0,
+        "conditional models: classifier-free guidance w, yhat = yhat_c^(1 + w) / yhat_null^w "
+        "(0 = the conditional model)",
+        minimum=0.0,
     )
 
 
@@ -368,6 +388,69 @@ def sampling_times(config: ExperimentConfig) -> Any:
         t_end=config.diffusion.t_end,
         training_steps=config.diffusion.num_steps,
     )
+
+
+def check_conditional_fields(config: ExperimentConfig) -> None:
+    """The class-conditional fields against ``model.num_classes``: an unconditional model needs
+    ``training.label_dropout = 0``, ``sampling.guidance_scale = 0`` and ``sampling.labels =
+    'balanced'``; a conditional one well-formed ``sampling.labels``. Training checks it; the
+    sample/evaluate commands check it on the config merged with the run folder's network.
+
+    Raises:
+      ValueError: naming the field and its value.
+    """
+    sampling_labels(config, 1)
+    if config.model.num_classes:
+        return
+    for name, value in (
+        ("training.label_dropout", config.training.label_dropout),
+        ("sampling.guidance_scale", config.sampling.guidance_scale),
+    ):
+        if value != 0:
+            raise ValueError(
+                f"config field {name} must be 0 for an unconditional model "
+                f"(model.num_classes = 0), got {value}"
+            )
+
+
+def sampling_labels(config: ExperimentConfig, num_samples: int) -> Any:
+    """The class labels of ``num_samples`` samples of ``sampling.labels``: ``np.int32``
+    ``(num_samples,)``, or ``None`` for an unconditional model.
+
+    ``"balanced"``: sample ``i`` gets ``floor(i C / num_samples)`` (``C = model.num_classes``),
+    so classes come in order and their counts differ by at most one; a comma-separated list
+    ``"l_0,...,l_{m-1}"``: sample ``i`` gets ``l_{i mod m}``.
+
+    Raises:
+      ValueError: a list entry that is not an integer in ``[0, C)``, or labels other than
+        ``"balanced"`` for an unconditional model; naming the field, the entry and its value.
+    """
+    import numpy as np
+
+    spec, num_classes = config.sampling.labels.strip(), config.model.num_classes
+    if num_classes == 0:
+        if spec != BALANCED_LABELS:
+            raise ValueError(
+                "config field sampling.labels must stay 'balanced' for an unconditional model "
+                f"(model.num_classes = 0), got {config.sampling.labels!r}"
+            )
+        return None
+    if spec == BALANCED_LABELS:
+        return (np.arange(num_samples, dtype=np.int64) * num_classes // num_samples).astype(
+            np.int32
+        )
+    entries = spec.split(",")
+    labels = []
+    for index, entry in enumerate(entries):
+        text = entry.strip()
+        if not text.lstrip("-").isdigit() or not 0 <= int(text) < num_classes:
+            raise ValueError(
+                f"config field sampling.labels must be 'balanced' or comma-separated integers "
+                f"in [0, {num_classes}), got {config.sampling.labels!r} (entry {index} = "
+                f"{text!r})"
+            )
+        labels.append(int(text))
+    return np.resize(np.asarray(labels, np.int32), num_samples)
 
 
 def check_devices(config: ExperimentConfig, device_count: int, process_count: int) -> None:

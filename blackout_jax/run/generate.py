@@ -152,6 +152,7 @@ def generate_samples(
     chunk_dir: str | os.PathLike[str] | None = None,
     sharding: jax.sharding.Sharding | None = None,
     progress: bool = False,
+    labels: np.ndarray | None = None,
 ) -> np.ndarray:
     """Draw ``num_samples`` int32 samples of ``example_shape`` with :func:`blackout_jax.sample`.
 
@@ -160,14 +161,19 @@ def generate_samples(
     sharding. With ``progress`` the primary host shows the chunks and, within each chunk, the
     sampler's steps.
 
+    Class-conditional sampling: ``labels`` ``(num_samples,)`` travel through the chunks as an
+    input (chunk ``i`` gets rows ``[i chunk_size, (i + 1) chunk_size)``, padded with label 0),
+    and ``predict_fn`` is then a function of a chunk's labels returning that chunk's predict
+    function (:func:`blackout_jax.models.make_label_predict_fn`).
+
     Returns:
       ``(num_samples, *example_shape)`` int32 array on every host.
     """
 
-    def draw(chunk_key: Array) -> Array:
+    def draw(chunk_key: Array, *chunk_labels: Array) -> Array:
         return sampling.sample(
             chunk_key,
-            predict_fn,
+            predict_fn(*chunk_labels) if chunk_labels else predict_fn,
             (chunk_size, *example_shape),
             times,
             max_count=max_count,
@@ -182,7 +188,9 @@ def generate_samples(
         draw,
         num_examples=num_samples,
         chunk_size=chunk_size,
+        inputs=() if labels is None else (np.asarray(labels, np.int32),),
         chunk_dir=chunk_dir,
+        sharding=None if labels is None else sharding,
         progress=progress,
         description="sample chunks",
     )

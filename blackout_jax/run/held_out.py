@@ -30,25 +30,32 @@ def bound_over(
     t_end: float,
     max_count: int,
     num_time_samples: int,
+    labels: np.ndarray | None = None,
 ) -> np.ndarray:
     """:func:`blackout_jax.nll_bound` (nats) per example; batch ``i`` keyed ``fold_in(key, i)``.
+
+    With ``labels`` ``(len(examples),)`` (a conditional model) ``predict_fn`` is a function of a
+    batch's labels returning its predict function
+    (:func:`blackout_jax.models.make_label_predict_fn` with ``w = 0``): the bound on
+    ``-log p(n_0 | label)``.
 
     Returns:
       ``(len(examples),)`` float array of bounds in nats (:func:`blackout_jax.bits_per_dim`
       turns them into bits per count).
     """
 
-    def bound(batch_key: Array, batch: Array) -> Array:
+    def bound(batch_key: Array, batch: Array, *batch_labels: Array) -> Array:
         return likelihood.nll_bound(
             batch_key,
-            predict_fn,
+            predict_fn(*batch_labels) if batch_labels else predict_fn,
             batch,
             t_end=t_end,
             max_count=max_count,
             num_time_samples=num_time_samples,
         )
 
-    return _over_batches(key, bound, examples, batch_size, "likelihood bound")
+    more = () if labels is None else (np.asarray(labels, np.int32),)
+    return _over_batches(key, bound, examples, batch_size, "likelihood bound", *more)
 
 
 def _over_batches(

@@ -9,6 +9,10 @@
   sample-quality metrics of ``sampling.num_samples`` samples (digits: Fréchet distance in a
   classifier's feature space with its real-vs-real floor and the class distribution; image
   datasets: FID, IS and KID with the Inception network, see docs/metrics.md).
+* Class-conditional models (``model.num_classes > 0``) sample the classes of
+  ``sampling.labels`` with guidance ``sampling.guidance_scale`` (the ``.npz`` also holds
+  ``labels`` and ``guidance_scale``); their evaluation adds the bound conditional on the true
+  label and, on digits, the fraction of samples the classifier assigns to their label.
 * :func:`impute_run` completes the unobserved entries of an ``.npz`` of ``counts`` and
   ``mask`` (``True``/1 = observed) and writes ``WORKDIR/imputed/imputed_<step>.npz``.
 * :func:`unthin_run` draws posterior samples of the counts behind thinned observations (an
@@ -22,12 +26,14 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
 import shutil
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +68,10 @@ class TrainedModel:
     predict_fn: jax.tree_util.Partial
     max_count: int
     image_shape: tuple[int, ...]
+    label_predict_fn: Callable[..., Callable[[jax.Array], jax.tree_util.Partial]] | None = None
+    """Conditional models: ``label_predict_fn(guidance_scale=w)`` is
+    :func:`blackout_jax.models.make_label_predict_fn` of the EMA network (``labels ->
+    predict_fn``); ``None`` for unconditional ones."""
 
 
 def run_config(config: ExperimentConfig, workdir: str | os.PathLike[str]) -> ExperimentConfig:
@@ -133,18 +143,26 @@ def load_trained_model(
     finally:
         store.close()
     checkpointing.check_metadata(metadata, dataset, os.fspath(workdir))
-    return TrainedModel(
-        step=step,
-        predict_fn=models.make_predict_fn(
+    dropout_key = (
+        stream_key(config.seed, Stream.SAMPLING_DROPOUT) if config.sampling.dropout else None
+    )
+    label_predict_fn = None
+    if config.model.num_classes:
+        label_predict_fn = functools.partial(
+            models.make_label_predict_fn,
             graphdef,
             restored["ema_params"],
             rest,
-            dropout_key=stream_key(config.seed, Stream.SAMPLING_DROPOUT)
-            if config.sampling.dropout
-            else None,
+            dropout_key=dropout_key,
+        )
+    return TrainedModel(
+        step=step,
+        predict_fn=models.make_predict_fn(
+            graphdef, restored["ema_params"], rest, dropout_key=dropout_key
         ),
         max_count=int(dataset.max_count),
         image_shape=tuple(int(d) for d in dataset.image_shape),
+        label_predict_fn=label_predict_fn,
     )
 
 
@@ -191,6 +209,10 @@ def sample_chunk_dir(config: ExperimentConfig, workdir: str | os.PathLike[str], 
     sampler = config.sampling
     variant = f"{sampler.grid}_{sampler.start}" + ("_dropout" if sampler.dropout else "")
     name = f"chunks_{step}_{sampler.method}_{variant}_{sampler.num_steps}_{sampler.batch_size}"
+    if config.model.num_classes:  # other labels or another scale: other chunks
+        labels = config_lib.sampling_labels(config, sampler.num_samples)
+        digest = hashlib.sha256(np.asarray(labels, np.int32).tobytes()).hexdigest()[:12]
+        name += f"_w{sampler.guidance_scale:g}_labels{digest}"
     return Path(workdir, "samples", name)
 
 
@@ -201,11 +223,16 @@ def draw_samples(
     times: jax.Array,
 ) -> np.ndarray:
     """``sampling.num_samples`` samples of ``model`` on ``times`` (resumable chunks under
-    ``samples/``)."""
+    ``samples/``); a conditional model's of the classes :func:`sample_labels` gives."""
     sampler = config.sampling
+    config_lib.check_conditional_fields(config)
+    labels = sample_labels(config, model)
+    predict_fn = model.predict_fn
+    if labels is not None:
+        predict_fn = model.label_predict_fn(guidance_scale=sampler.guidance_scale)
     return generate.generate_samples(
         jax.random.fold_in(stream_key(config.seed, Stream.SAMPLE), model.step),
-        model.predict_fn,
+        predict_fn,
         num_samples=sampler.num_samples,
         example_shape=model.image_shape,
         times=times,
@@ -216,7 +243,16 @@ def draw_samples(
         chunk_dir=sample_chunk_dir(config, workdir, model.step),
         sharding=parallel.batch_sharding_for(sampler.batch_size),
         progress=True,
+        labels=labels,
     )
+
+
+def sample_labels(config: ExperimentConfig, model: TrainedModel) -> np.ndarray | None:
+    """The classes of the ``sampling.num_samples`` samples (``sampling.labels``; ``None`` for an
+    unconditional model)."""
+    if model.label_predict_fn is None:
+        return None
+    return config_lib.sampling_labels(config, config.sampling.num_samples)
 
 
 def sample_run(config: Any, workdir: str | os.PathLike[str], dataset: Any) -> Path:
@@ -226,11 +262,18 @@ def sample_run(config: Any, workdir: str | os.PathLike[str], dataset: Any) -> Pa
     samples = draw_samples(config, workdir, model, sampler_times(config, workdir, model, dataset))
     path = Path(workdir, "samples", f"samples_{model.step}.npz")
     if parallel.is_primary():
+        labels = sample_labels(config, model)
+        conditional = (
+            {}
+            if labels is None
+            else {"labels": labels, "guidance_scale": np.asarray(config.sampling.guidance_scale)}
+        )
         np.savez(
             path,
             samples=samples,
             method=np.asarray(config.sampling.method),
             num_steps=np.asarray(config.sampling.num_steps),
+            **conditional,
         )
         reporting.save_sample_grid(samples[:100], model.max_count, path.with_suffix(".png"))
         shutil.rmtree(sample_chunk_dir(config, workdir, model.step), ignore_errors=True)
@@ -256,6 +299,7 @@ def evaluate_run(config: Any, workdir: str | os.PathLike[str], dataset: Any) -> 
         (checked before any work).
     """
     config = config_lib.parse(config)
+    config_lib.check_conditional_fields(config)
     kind = sample_quality_kind(config, str(dataset.name))
     extractor = None
     if kind == "inception":
@@ -272,17 +316,14 @@ def evaluate_run(config: Any, workdir: str | os.PathLike[str], dataset: Any) -> 
         max_count=model.max_count,
         num_time_samples=config.eval.num_time_samples,
     )
-    num_dims = math.prod(model.image_shape)
-    half_width = 1.96 * float(np.std(nats, ddof=1)) / math.sqrt(len(nats)) if len(nats) > 1 else 0.0
     results: dict[str, Any] = {
         "step": model.step,
         "num_test_examples": len(nats),
         "num_time_samples": config.eval.num_time_samples,
-        "nll_nats": float(np.mean(nats)),
-        "nll_nats_ci95": half_width,
-        "bits_per_dim": float(likelihood.bits_per_dim(np.mean(nats), num_dims)),
-        "bits_per_dim_ci95": float(likelihood.bits_per_dim(half_width, num_dims)),
+        **bound_summary(nats, math.prod(model.image_shape)),
     }
+    if model.label_predict_fn is not None:
+        results.update(_conditional_bound(config, model, dataset))
     if kind != "none":
         samples = draw_samples(
             config, workdir, model, sampler_times(config, workdir, model, dataset)
@@ -295,10 +336,18 @@ def evaluate_run(config: Any, workdir: str | os.PathLike[str], dataset: Any) -> 
             "dropout": config.sampling.dropout,
             "num_samples": len(samples),
         }
+        labels = sample_labels(config, model)
+        if labels is not None:
+            results["sampler"]["labels"] = config.sampling.labels
+            results["sampler"]["guidance_scale"] = config.sampling.guidance_scale
         if kind == "digits":
             from blackout_jax.metrics import digits_features
 
             results["sample_metrics"] = digits_features.digits_sample_metrics(samples)
+            if labels is not None:
+                results["sample_metrics"]["label_accuracy"] = digits_features.label_accuracy(
+                    samples, labels
+                )
         else:
             results["sample_metrics"] = _inception_metrics(config, dataset, samples, extractor)
     path = Path(workdir, "eval", f"metrics_{model.step}.json")
@@ -310,9 +359,44 @@ def evaluate_run(config: Any, workdir: str | os.PathLike[str], dataset: Any) -> 
         f"step {model.step}: {results['bits_per_dim']:.4f} ± {results['bits_per_dim_ci95']:.4f} "
         f"bits/dim on {len(nats)} held-out examples; wrote {path}"
     )
+    if "conditional_bits_per_dim" in results:
+        print(
+            f"conditional on the true label: {results['conditional_bits_per_dim']:.4f} ± "
+            f"{results['conditional_bits_per_dim_ci95']:.4f} bits/dim"
+        )
     if "sample_metrics" in results:
         print(f"samples: {summarise_sample_metrics(results['sample_metrics'])}")
     return path
+
+
+def _conditional_bound(
+    config: ExperimentConfig, model: TrainedModel, dataset: Any
+) -> dict[str, float]:
+    """The bound on ``-log p(n_0 | label)`` over the held-out split with its true labels
+    (``w = 0``; the same time draws as the unconditional bound)."""
+    nats = held_out.bound_over(
+        stream_key(config.seed, Stream.EVALUATE),
+        model.label_predict_fn(guidance_scale=0.0),
+        np.asarray(dataset.test_examples(None)),
+        batch_size=config.eval.batch_size,
+        t_end=config.diffusion.t_end,
+        max_count=model.max_count,
+        num_time_samples=config.eval.num_time_samples,
+        labels=np.asarray(dataset.test_labels(None)),
+    )
+    return bound_summary(nats, math.prod(model.image_shape), prefix="conditional_")
+
+
+def bound_summary(nats: np.ndarray, num_dims: int, prefix: str = "") -> dict[str, float]:
+    """Mean bound per example in nats and bits/dim, each with the half-width of its 95%
+    confidence interval over the examples (``1.96 sd / sqrt(n)``); keys start with ``prefix``."""
+    half_width = 1.96 * float(np.std(nats, ddof=1)) / math.sqrt(len(nats)) if len(nats) > 1 else 0.0
+    return {
+        f"{prefix}nll_nats": float(np.mean(nats)),
+        f"{prefix}nll_nats_ci95": half_width,
+        f"{prefix}bits_per_dim": float(likelihood.bits_per_dim(np.mean(nats), num_dims)),
+        f"{prefix}bits_per_dim_ci95": float(likelihood.bits_per_dim(half_width, num_dims)),
+    }
 
 
 def summarise_sample_metrics(metrics: dict[str, Any]) -> str:

@@ -31,3 +31,7 @@ DROPOUT_STREAM = 0x64726F70
 def stream_key(seed: int, stream: Stream) -> jax.Array:
     """``fold_in(key(seed), stream)``: the base key of one stream."""
     return jax.random.fold_in(jax.random.key(seed), int(stream))
+
+
+LABEL_DROPOUT_STREAM = 0x6C61626C
+"""Folded into a training step's key for the label dropout of conditional models."""

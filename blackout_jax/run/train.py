@@ -13,7 +13,10 @@ EMA are replicated. At step ``s`` with base key ``k`` and global batch size ``B`
 
 * ``step_key = fold_in(k, s)``; example ``i`` of the batch (global index ``g = s B + i``) draws
   its time, weight and ``n_t`` from ``fold_in(step_key, g)`` (:func:`blackout_jax.example_keys`);
-  dropout uses ``fold_in(step_key, DROPOUT_STREAM)``. With the partitionable threefry generator
+  dropout uses ``fold_in(step_key, DROPOUT_STREAM)``; a conditional model's batch is
+  ``(counts, labels)`` and label ``i`` is replaced by the null label where
+  ``bernoulli(fold_in(step_key, LABEL_DROPOUT_STREAM), training.label_dropout, (B,))[i]``.
+  With the partitionable threefry generator
   (JAX's default) no draw depends on how the batch is split, so N steps give the same
   parameters on 1 or 8 devices, up to float rounding of the gradient sum.
 * loss = mean over the batch of :func:`blackout_jax.training_loss`; the optimiser is
@@ -62,7 +65,7 @@ from blackout_jax.run import checkpointing, generate, held_out, network, paralle
 from blackout_jax.run import config as config_lib
 from blackout_jax.run.config import ExperimentConfig, TrainingConfig
 from blackout_jax.run.lock import RunFolderLock
-from blackout_jax.run.streams import DROPOUT_STREAM, Stream, stream_key
+from blackout_jax.run.streams import DROPOUT_STREAM, LABEL_DROPOUT_STREAM, Stream, stream_key
 
 CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"
@@ -235,6 +238,8 @@ def make_train_step(
     ema_decay: float,
     learning_rate: Callable[[jax.Array], jax.Array],
     batch_sharding: jax.sharding.Sharding | None = None,
+    label_dropout: float = 0.0,
+    null_label: int = 0,
 ) -> Callable[[TrainState, Any, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
     """The pure training step ``(state, rest, batch) -> (new_state, metrics)``; jit it.
 
@@ -247,14 +252,17 @@ def make_train_step(
       ema_decay: the EMA's decay cap (see :func:`ema_decay_at`).
       learning_rate: the schedule, for the logged ``learning_rate`` metric.
       batch_sharding: the batch's sharding, to lay out the example indices the same way.
+      label_dropout, null_label: for a conditional network (``batch = (counts, labels)``), the
+        probability that a label becomes ``null_label`` (``model.num_classes``).
 
     The metrics are float32 scalars: ``loss`` (batch mean), ``grad_norm`` (before clipping),
     ``learning_rate`` and ``finite`` (1.0 if the update was applied).
     """
 
     def train_step(
-        state: TrainState, rest: Any, batch: jax.Array
+        state: TrainState, rest: Any, batch: Any
     ) -> tuple[TrainState, dict[str, jax.Array]]:
+        batch, labels = batch if isinstance(batch, tuple) else (batch, None)
         base_key = jax.random.wrap_key_data(state.rng)
         step_key = jax.random.fold_in(base_key, state.step)
         first_index = state.step.astype(jnp.uint32) * jnp.uint32(global_batch_size)
@@ -263,12 +271,17 @@ def make_train_step(
             indices = jax.lax.with_sharding_constraint(indices, batch_sharding)
         example_keys = losses.example_keys(step_key, indices)
         dropout_key = jax.random.fold_in(step_key, DROPOUT_STREAM)
+        if labels is not None and label_dropout > 0:
+            label_key = jax.random.fold_in(step_key, LABEL_DROPOUT_STREAM)
+            dropped = jax.random.bernoulli(label_key, label_dropout, labels.shape)
+            labels = jnp.where(dropped, null_label, labels)
 
         def loss_fn(params: Any) -> jax.Array:
             model = nnx.merge(graphdef, params, rest)
 
             def predict(counts: jax.Array, t: jax.Array) -> jax.Array:
-                return model(counts, t, train=True, dropout_key=dropout_key)
+                labelled = () if labels is None else (labels,)  # unconditional: as before
+                return model(counts, t, *labelled, train=True, dropout_key=dropout_key)
 
             per_example = losses.training_loss(
                 example_keys, predict, batch, weighting=weighting, t_end=t_end, num_steps=num_steps
@@ -324,6 +337,8 @@ def jit_train_step(
         ema_decay=training.ema_decay,
         learning_rate=learning_rate_schedule(training.learning_rate, training.warmup_steps),
         batch_sharding=batch_sharding,
+        label_dropout=training.label_dropout,
+        null_label=config.model.null_label,
     )
     return jax.jit(
         step,
@@ -456,12 +471,38 @@ class Evaluator:
         train_examples = np.asarray(dataset.train_source.read(indices))
         return held_out.histogram_bits_per_dim(train_examples, self.examples, self.max_count)
 
+    @property
+    def grid_labels(self) -> np.ndarray | None:
+        """A conditional model's grid: ``k = max(1, eval.num_grid_samples // C)`` samples of
+        each class ``0..C-1`` in order (one grid row per class); ``None`` if unconditional."""
+        num_classes = self.config.model.num_classes
+        if not num_classes:
+            return None
+        per_class = max(1, self.config.eval.num_grid_samples // num_classes)
+        return np.repeat(np.arange(num_classes, dtype=np.int32), per_class)
+
+    @property
+    def grid_columns(self) -> int | None:
+        """Columns of the grid image: the samples per class of a conditional model."""
+        labels = self.grid_labels
+        return None if labels is None else len(labels) // self.config.model.num_classes
+
     def samples(self, ema_params: Any, step: int) -> np.ndarray:
-        """``eval.num_grid_samples`` samples ``(N, H, W, C)`` int32 from the EMA network."""
+        """``eval.num_grid_samples`` samples ``(N, H, W, C)`` int32 from the EMA network; for a
+        conditional model those of :attr:`grid_labels`, with ``sampling.guidance_scale``."""
+        labels = self.grid_labels
+        predict_fn = models.make_predict_fn(self.graphdef, ema_params, self.rest)
+        if labels is not None:
+            predict_fn = models.make_label_predict_fn(
+                self.graphdef,
+                ema_params,
+                self.rest,
+                guidance_scale=self.config.sampling.guidance_scale,
+            )
         return generate.generate_samples(
             jax.random.fold_in(jax.random.fold_in(self.key, 2), step),
-            models.make_predict_fn(self.graphdef, ema_params, self.rest),
-            num_samples=self.config.eval.num_grid_samples,
+            predict_fn,
+            num_samples=self.config.eval.num_grid_samples if labels is None else len(labels),
             example_shape=self.image_shape,
             times=self.times,
             max_count=self.max_count,
@@ -469,6 +510,7 @@ class Evaluator:
             start=self.config.sampling.start,
             chunk_size=self.config.sampling.batch_size,
             progress=True,
+            labels=labels,
         )
 
 
@@ -566,7 +608,10 @@ class Trainer:
 
     def step(self) -> None:
         """One training step on the next global batch (asynchronous: nothing is fetched)."""
-        batch = parallel.global_batch(next(self.iterator), self.batch_sharding)
+        batch = jax.tree.map(
+            functools.partial(parallel.global_batch, sharding=self.batch_sharding),
+            next(self.iterator),
+        )
         self.state, metrics = self.train_step(self.state, self.rest, batch)
         self.pending_metrics.append(metrics)
 
@@ -634,7 +679,9 @@ class Trainer:
             grid = self.evaluator.samples(self.state.ema_params, step)
             if self.primary:
                 path = os.path.join(self.workdir, SAMPLES_DIR, f"grid_{step}.png")
-                reporting.save_sample_grid(grid, self.evaluator.max_count, path)
+                reporting.save_sample_grid(
+                    grid, self.evaluator.max_count, path, columns=self.evaluator.grid_columns
+                )
         if step == self.config.training.num_steps:
             self._compare_with_baseline(results)
         if self.writer is not None:
@@ -721,7 +768,12 @@ class Trainer:
 def _load_data(config: ExperimentConfig) -> Any:
     from blackout_jax import data
 
-    return data.load_dataset(config.data, seed=config.seed, size_divisor=config.model.size_divisor)
+    return data.load_dataset(
+        config.data,
+        seed=config.seed,
+        size_divisor=config.model.size_divisor,
+        num_classes=config.model.num_classes,
+    )
 
 
 def train_and_evaluate(
@@ -748,6 +800,7 @@ def train_and_evaluate(
       NonFiniteTrainingError: ``training.max_consecutive_nonfinite`` skipped updates in a row.
     """
     config = config_lib.validate_config(config, jax.device_count(), jax.process_count())
+    config_lib.check_conditional_fields(config)
     if not jax.config.jax_threefry_partitionable:
         raise ValueError(
             "training needs jax_threefry_partitionable=True (JAX's default) so that random "
