@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from types import SimpleNamespace
 
@@ -141,3 +142,23 @@ def test_only_closed_loop_callbacks_of_abandoned_reads_are_dropped(monkeypatch):
     report(ValueError("Event loop is closed"))
     assert [str(u.exc_value) for u in reached] == ["something else", "Event loop is closed"]
     assert isinstance(reached[1].exc_value, ValueError)
+
+
+def _record(message: str, code_file: str) -> logging.LogRecord:
+    """A record as asyncio logs it, with the traceback of an error raised in ``code_file``."""
+    namespace: dict = {}
+    source = "def fail():\n    raise ValueError('read failed')\n"
+    exec(compile(source, code_file, "exec"), namespace)
+    try:
+        namespace["fail"]()
+    except ValueError:
+        exc_info = sys.exc_info()
+    return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, None, exc_info)
+
+
+def test_only_never_retrieved_errors_of_orbax_reads_are_dropped_from_the_asyncio_log():
+    keep = checkpointing._AbandonedReadRecords().filter
+    orbax_file = "/site-packages/orbax/checkpoint/_src/serialization/serialization.py"
+    assert not keep(_record("Task exception was never retrieved", orbax_file))
+    assert keep(_record("Task exception was never retrieved", "/somewhere/else.py"))
+    assert keep(_record("Exception in callback", orbax_file))  # other asyncio errors stay

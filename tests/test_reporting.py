@@ -153,3 +153,13 @@ def test_grids_after_the_restart_step_are_removed(tmp_path):
         "grid_x.png",
         "samples_9.png",
     ]
+
+
+def test_rows_by_label_puts_each_class_on_its_own_row_in_order():
+    samples = np.arange(7)[:, None, None, None] * np.ones((7, 2, 2, 1), np.int32)
+    labels = np.array([3, 1, 3, 1, 3, 3, 0])
+    images, columns = reporting.rows_by_label(samples, labels, per_class=3)
+    assert columns == 3
+    firsts = images[:, 0, 0, 0].tolist()
+    assert firsts == [6, 0, 0, 1, 3, 0, 0, 2, 4]  # class 0: sample 6; 1: 1, 3; 3: 0, 2, 4
+    assert not images[1:3].any() and not images[5].any()  # padding is blank

@@ -18,11 +18,13 @@ primary host). The state is restored onto the shardings of an abstract target bu
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -40,16 +42,29 @@ class NoUsableCheckpointError(FileNotFoundError):
     """Every checkpoint of a run folder failed to restore."""
 
 
+class _AbandonedReadRecords(logging.Filter):
+    """Drops asyncio's "exception was never retrieved" records of orbax's abandoned reads."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.exc_info or "was never retrieved" not in record.getMessage():
+            return True
+        frames = traceback.extract_tb(record.exc_info[2])
+        return not any("/orbax/checkpoint/" in frame.filename for frame in frames)
+
+
 def _drop_callbacks_of_abandoned_reads() -> None:
-    """Keep the callbacks of reads abandoned by a failed restore off the terminal.
+    """Keep the reads abandoned by a failed restore off the terminal.
 
     When one array of a checkpoint fails to read (a missing ``manifest.ocdbt``, a truncated
     file), orbax closes the event loop of that restore while tensorstore still has the other
-    reads in flight; as they finish, each callback fails with ``RuntimeError('Event loop is
-    closed')``, reported as an unraisable exception: a traceback per array, hundreds in all,
-    printed at times in the middle of the one-line warning. They say nothing beyond the failure
-    already reported, so they are dropped; every other unraisable exception reaches the hook
-    that was there before. Installed once per process, before the first restore.
+    reads in flight. As they finish, each callback fails with ``RuntimeError('Event loop is
+    closed')``, reported as an unraisable exception, and each read task that failed too is
+    logged by asyncio as "Task exception was never retrieved" when it is collected: a traceback
+    per array, hundreds in all, printed at times in the middle of the one-line warning. They say
+    nothing beyond the failure already reported, so they are dropped: that one unraisable
+    exception, and asyncio's never-retrieved records whose traceback runs through orbax's
+    checkpoint code. Every other exception is reported as before. Installed once per process,
+    before the first restore.
     """
     previous = sys.unraisablehook
     if getattr(previous, "drops_abandoned_reads", False):
@@ -63,6 +78,7 @@ def _drop_callbacks_of_abandoned_reads() -> None:
 
     hook.drops_abandoned_reads = True  # type: ignore[attr-defined]
     sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(_AbandonedReadRecords())
 
 
 def failure_reason(error: BaseException) -> str:

@@ -275,7 +275,10 @@ def sample_run(config: Any, workdir: str | os.PathLike[str], dataset: Any) -> Pa
             num_steps=np.asarray(config.sampling.num_steps),
             **conditional,
         )
-        reporting.save_sample_grid(samples[:100], model.max_count, path.with_suffix(".png"))
+        grid, columns = samples[:100], None
+        if labels is not None:  # one row per class
+            grid, columns = reporting.rows_by_label(samples, labels)
+        reporting.save_sample_grid(grid, model.max_count, path.with_suffix(".png"), columns=columns)
         shutil.rmtree(sample_chunk_dir(config, workdir, model.step), ignore_errors=True)
     print(f"wrote {len(samples)} samples of step {model.step} to {path}")
     return path

@@ -307,6 +307,23 @@ def save_sample_grid(
         mpl_image.imsave(path, grid, format="png")
 
 
+def rows_by_label(
+    samples: np.ndarray, labels: np.ndarray, per_class: int = 10
+) -> tuple[np.ndarray, int]:
+    """Samples arranged for a grid with one row per class present in ``labels`` (in class
+    order): the first ``k = min(per_class, most samples of one class)`` samples of each, padded
+    with all-zero images where a class has fewer. Returns ``(images (R k, ...), k)``."""
+    samples, labels = np.asarray(samples), np.asarray(labels)
+    classes = np.unique(labels)
+    columns = int(min(per_class, max(int(np.sum(labels == c)) for c in classes)))
+    rows = []
+    for label in classes:
+        chosen = samples[labels == label][:columns]
+        padding = np.zeros((columns - len(chosen), *samples.shape[1:]), samples.dtype)
+        rows.append(np.concatenate([chosen, padding]))
+    return np.concatenate(rows), columns
+
+
 def imputation_pairs(counts: np.ndarray, mask: np.ndarray, completed: np.ndarray, max_count: int):
     """``(2N, H, W, 3)`` counts for a two-column grid: each observed input (missing entries red)
     beside its completion (grey, or the image's own colours)."""

@@ -491,8 +491,9 @@ class Evaluator:
         """``eval.num_grid_samples`` samples ``(N, H, W, C)`` int32 from the EMA network; for a
         conditional model those of :attr:`grid_labels`, with ``sampling.guidance_scale``."""
         labels = self.grid_labels
-        predict_fn = models.make_predict_fn(self.graphdef, ema_params, self.rest)
-        if labels is not None:
+        if labels is None:
+            predict_fn = models.make_predict_fn(self.graphdef, ema_params, self.rest)
+        else:
             predict_fn = models.make_label_predict_fn(
                 self.graphdef,
                 ema_params,
