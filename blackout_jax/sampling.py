@@ -86,7 +86,7 @@ PredictFn = Callable[[Array, Array], Array]
 METHODS = ("binomial_bridge", "tau_leaping", "trapezoidal_bridge", "trapezoidal_leaping")
 STARTS = ("prior", "zeros")
 _TWO_STAGE_METHODS = ("trapezoidal_bridge", "trapezoidal_leaping")
-_PROGRESS_UPDATES = 50  # host callbacks per sampler run when progress is on
+_PROGRESS_UPDATES = 20  # host callbacks per sampler run when progress is on (about 1 ms each)
 _SMALLEST_TWIST_RATE = 1e-6  # floor of yhat in the particles' Poisson fit to the observations
 
 
@@ -120,7 +120,7 @@ def sample(
         whose likelihood :func:`blackout_jax.nll_bound` bounds; ``"zeros"`` starts from an
         all-zero state, as the reference's generation code does (the prior is almost always
         all zeros too, but the bound is only a bound for the prior start).
-      progress: report steps done and steps/s on stderr while the compiled loop runs (about 50
+      progress: report steps done and steps/s on stderr while the compiled loop runs (about 20
         host callbacks per run).
       sharding: optional sharding of the state (for example ``NamedSharding(mesh, P("data"))``
         to split the batch over devices); draws do not depend on it.

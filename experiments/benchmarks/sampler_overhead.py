@@ -175,7 +175,7 @@ def main() -> None:
     for name, seconds in host.items():
         rows.append((name, f"{seconds / num_counts * 1e9:.2f} ns/count/step"))
 
-    # 3. Progress reporting (about 50 host callbacks per run).
+    # 3. Progress reporting (about 20 host callbacks per run).
     progress = median_seconds(
         {
             "off": run_sampler(network, "binomial_bridge"),
