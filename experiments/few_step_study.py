@@ -218,16 +218,7 @@ def _digits_part() -> None:
         )
 
     def measure(samples: np.ndarray) -> dict:
-        quality = digits_features.digits_sample_metrics(samples)
-        classes = np.asarray(quality["class_distribution"])
-        entropy = float(-np.sum(classes[classes > 0] * np.log(classes[classes > 0])))
-        return {
-            "frechet_distance": quality["frechet_distance"],
-            "frechet_floor": quality["frechet_floor"],
-            "fd_over_floor": quality["frechet_distance"] / quality["frechet_floor"],
-            "class_entropy": entropy,
-            "checkpoint_step": int(model.step),
-        }
+        return {**digits_features.quality_row(samples), "checkpoint_step": int(model.step)}
 
     optimise = _optimiser("digits", model.predict_fn, examples, t_end)
     _run("digits", model.predict_fn, draw, measure, optimise, t_end)

@@ -38,6 +38,8 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from blackout_jax.run.config import balanced_labels
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config of the trained run.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder with checkpoints.")
 _SCALES = flags.DEFINE_list("scales", ["0", "0.5", "1", "2", "4"], "Guidance scales w.")
@@ -50,24 +52,11 @@ NULL_ROW = "null"
 METRICS = ("label_accuracy", "fd_over_floor", "class_entropy")
 
 
-def balanced_labels(num_samples: int, num_classes: int) -> np.ndarray:
-    """``floor(i C / n)`` for sample ``i``: classes in order, counts differing by at most one."""
-    return (np.arange(num_samples) * num_classes // num_samples).astype(np.int32)
-
-
 def measure(samples: np.ndarray, labels: np.ndarray | None) -> dict[str, float]:
     """Label accuracy (``labels`` given), Fréchet distance over its floor, class entropy."""
     from blackout_jax.metrics import digits_features
 
-    quality = digits_features.digits_sample_metrics(samples)
-    classes = np.asarray(quality["class_distribution"])
-    entropy = float(-np.sum(classes[classes > 0] * np.log(classes[classes > 0]))) + 0.0
-    row = {
-        "frechet_distance": quality["frechet_distance"],
-        "frechet_floor": quality["frechet_floor"],
-        "fd_over_floor": quality["frechet_distance"] / quality["frechet_floor"],
-        "class_entropy": entropy,
-    }
+    row = digits_features.quality_row(samples)
     if labels is not None:
         row["label_accuracy"] = digits_features.label_accuracy(samples, labels)
     return row

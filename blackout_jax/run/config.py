@@ -413,6 +413,14 @@ def check_conditional_fields(config: ExperimentConfig) -> None:
             )
 
 
+def balanced_labels(num_samples: int, num_classes: int) -> Any:
+    """``floor(i C / n)`` for sample ``i`` of ``n``: classes in order, their counts differing by
+    at most one; ``np.int32 (n,)``."""
+    import numpy as np
+
+    return (np.arange(num_samples, dtype=np.int64) * num_classes // num_samples).astype(np.int32)
+
+
 def sampling_labels(config: ExperimentConfig, num_samples: int) -> Any:
     """The class labels of ``num_samples`` samples of ``sampling.labels``: ``np.int32``
     ``(num_samples,)``, or ``None`` for an unconditional model.
@@ -436,9 +444,7 @@ def sampling_labels(config: ExperimentConfig, num_samples: int) -> Any:
             )
         return None
     if spec == BALANCED_LABELS:
-        return (np.arange(num_samples, dtype=np.int64) * num_classes // num_samples).astype(
-            np.int32
-        )
+        return balanced_labels(num_samples, num_classes)
     entries = spec.split(",")
     labels = []
     for index, entry in enumerate(entries):
