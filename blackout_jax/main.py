@@ -9,7 +9,8 @@
     blackout-jax --config=configs/digits.py --mode=show_config
 
 ``blackout-jax`` is the installed console command; ``python -m blackout_jax.main`` takes the same
-flags. ``--help`` prints the modes, the configs found in ``configs/`` and the flags (exit 0).
+flags. ``--help`` prints the modes, the configs found in ``configs/`` and the flags (exit 0);
+``--helpfull`` adds absl's own flags.
 
 Modes: ``train`` (default) trains or resumes; ``sample`` writes
 ``WORKDIR/samples/samples_<step>.npz`` and a PNG grid; ``evaluate`` writes

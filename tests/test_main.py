@@ -136,8 +136,9 @@ def _config_summaries():
     return summaries
 
 
-def test_help_is_plain_text_listing_every_config_and_exits_0():
-    result = _main("--help")
+@pytest.mark.parametrize("flag", ["--help", "--helpfull"])
+def test_help_is_plain_text_listing_every_config_and_exits_0(flag):
+    result = _main(flag)
     assert result.returncode == 0, result.stderr
     assert "``" not in result.stdout
     assert ":mod:" not in result.stdout
@@ -149,6 +150,7 @@ def test_help_is_plain_text_listing_every_config_and_exits_0():
         assert any(line.split()[:1] == [mode] for line in lines), mode
     config_help = next(line for line in lines if line.strip().startswith("--config:"))
     assert "None" not in config_help and "configs/digits.py" in config_help
+    assert ("--verbosity" in result.stdout) == (flag == "--helpfull")  # absl's own flags
 
 
 def test_show_config_prints_every_field_after_the_overrides():

@@ -22,6 +22,7 @@ from ml_collections import config_dict
 EXIT_USAGE_ERROR = 2
 EXIT_TRAINING_FAILED = 1
 HELP_FLAGS = ("-h", "-?", "--help", "--helpshort")
+FULL_HELP_FLAG = "--helpfull"
 
 
 def fail(message: str, status: int = EXIT_USAGE_ERROR) -> None:
@@ -171,11 +172,18 @@ def parse_flags(
 ) -> list[str]:
     """absl's flag parsing with plain-text ``--help`` (exit 0) and one-line usage errors.
 
+    ``--helpfull`` adds absl's listing of every defined flag (logging, absl's own) to ``--help``.
+
     Every flag error, an override of a field the config does not define, and a config file
     that cannot be read print one ``error: ...`` line and exit with status 2.
     """
     if any(argument in HELP_FLAGS for argument in argv[1:]):
         print(help_text())
+        sys.exit(0)
+    if FULL_HELP_FLAG in argv[1:]:
+        print(help_text())
+        print("\nevery flag, absl's and the libraries' included:")
+        print(flags.FLAGS.get_help(include_special_flags=True))
         sys.exit(0)
     make_config_package_importable(config_argument(argv))
     try:
