@@ -7,11 +7,13 @@ import sys
 import textwrap
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.tree_util import Partial
 
 import blackout_jax as bj
 from blackout_jax.run import generate
-from tests.cli import cpu_environment
+from tests.cli import REPO_ROOT, cpu_environment
 
 DATA = np.random.default_rng(5).integers(0, 5, size=(6, 2, 2, 1))
 TIMES = bj.observation_times(40, 10.0)
@@ -95,6 +97,79 @@ def test_run_in_chunks_refuses_inputs_of_another_length():
         assert "inputs[0] has 4 rows" in str(error)
     else:
         raise AssertionError("inputs of the wrong length were accepted")
+
+
+LABELS = np.arange(10) % 3
+
+
+def _labelled_samples(sharding=None, labels=LABELS) -> np.ndarray:
+    """Class-conditional chunks on ``sharding``.
+
+    The label adds that many expected births (capped at the room left), so a label that
+    reached another row than its own would change the draws.
+    """
+    oracle = bj.dataset_oracle(DATA)
+
+    def predict_for(chunk_labels, counts, t):
+        return jnp.minimum(oracle(counts, t) + chunk_labels[:, None, None, None], 4 - counts)
+
+    return generate.generate_samples(
+        jax.random.key(9),
+        lambda chunk_labels: Partial(predict_for, chunk_labels),
+        num_samples=10,
+        example_shape=(2, 2, 1),
+        times=TIMES,
+        max_count=4,
+        chunk_size=4,
+        sharding=sharding,
+        labels=labels,
+    )
+
+
+def _unthinned(sharding=None) -> np.ndarray:
+    """Un-thinning of 8 examples, each with its own survival (and so its own grid)."""
+    survival = np.linspace(0.2, 1.0, 8)
+    truth = np.tile(DATA, (2, 1, 1, 1))[:8]
+    observed = np.random.default_rng(3).binomial(truth, survival[:, None, None, None])
+    return np.asarray(
+        bj.unthin(
+            jax.random.key(10),
+            bj.dataset_oracle(DATA),
+            observed,
+            survival,
+            max_count=4,
+            num_steps=20,
+            sharding=sharding,
+        )
+    )
+
+
+def test_labelled_samples_and_unthinning_sharded_over_four_devices_equal_one_device():
+    script = textwrap.dedent(
+        """
+        import json, jax, numpy as np
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+        from tests.test_generate import _labelled_samples, _unthinned
+        assert jax.device_count() == 4
+        sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P("data"))
+        for array in (_labelled_samples(sharding), _unthinned(sharding)):
+            print(json.dumps(array.ravel().tolist()))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        env=cpu_environment(num_devices=4),
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    labelled, unthinned = (np.array(json.loads(line)) for line in result.stdout.splitlines()[-2:])
+    one_device = _labelled_samples()
+    np.testing.assert_array_equal(labelled, one_device.ravel())
+    np.testing.assert_array_equal(unthinned, _unthinned().ravel())
+    # the labels reach the draws: other labels, same key, other samples
+    assert not np.array_equal(one_device, _labelled_samples(labels=np.zeros(10, int)))
 
 
 def test_samples_and_imputations_sharded_over_four_devices_equal_one_device():
