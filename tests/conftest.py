@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from scipy import stats
@@ -57,13 +59,18 @@ def shared_compilation_cache(tmp_path_factory):
 
     The end-to-end tests run the command line in subprocesses that compile the same small
     programs; with the cache, set in the environment that the children inherit, only the first
-    compiles them.
+    compiles them. Under pytest-xdist the workers share one folder (the parent of their base
+    temporary folders); the size limit makes JAX lock it (with ``filelock``), so that no child
+    reads an entry that another is still writing.
     """
-    cache = tmp_path_factory.mktemp("xla_cache")
+    base = tmp_path_factory.getbasetemp()
+    cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "xla_cache"
+    cache.mkdir(exist_ok=True)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("JAX_COMPILATION_CACHE_DIR", str(cache))
         patch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
         patch.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+        patch.setenv("JAX_COMPILATION_CACHE_MAX_SIZE", str(16 * 2**30))
         yield cache
 
 
