@@ -20,6 +20,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
+
 from blackout_jax import schedule
 from blackout_jax.data import DATASET_NAMES
 from blackout_jax.losses import WEIGHTINGS
@@ -413,15 +415,13 @@ def check_conditional_fields(config: ExperimentConfig) -> None:
             )
 
 
-def balanced_labels(num_samples: int, num_classes: int) -> Any:
+def balanced_labels(num_samples: int, num_classes: int) -> np.ndarray:
     """``floor(i C / n)`` for sample ``i`` of ``n``: classes in order, their counts differing by
     at most one; ``np.int32 (n,)``."""
-    import numpy as np
-
     return (np.arange(num_samples, dtype=np.int64) * num_classes // num_samples).astype(np.int32)
 
 
-def sampling_labels(config: ExperimentConfig, num_samples: int) -> Any:
+def sampling_labels(config: ExperimentConfig, num_samples: int) -> np.ndarray | None:
     """The class labels of ``num_samples`` samples of ``sampling.labels``: ``np.int32``
     ``(num_samples,)``, or ``None`` for an unconditional model.
 
@@ -433,8 +433,6 @@ def sampling_labels(config: ExperimentConfig, num_samples: int) -> Any:
       ValueError: a list entry that is not an integer in ``[0, C)``, or labels other than
         ``"balanced"`` for an unconditional model; naming the field, the entry and its value.
     """
-    import numpy as np
-
     spec, num_classes = config.sampling.labels.strip(), config.model.num_classes
     if num_classes == 0:
         if spec != BALANCED_LABELS:
