@@ -37,9 +37,9 @@ def test_split_is_fixed_and_disjoint(digits_split):
 
 
 def test_split_is_the_training_data_split(digits_split):
-    from blackout_jax.data.digits import load_digits_split
+    from blackout_jax.data.digits import load_digits_labelled_split
 
-    train_counts, test_counts = load_digits_split()
+    (train_counts, _), (test_counts, _) = load_digits_labelled_split()
     np.testing.assert_array_equal(digits_split[0], train_counts)
     np.testing.assert_array_equal(digits_split[2], test_counts)
 

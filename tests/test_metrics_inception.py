@@ -11,7 +11,6 @@ from blackout_jax.metrics.inception import (
     INCEPTION_WEIGHTS_FILENAME,
     INCEPTION_WEIGHTS_URL,
     FeatureExtractor,
-    RandomProjectionExtractor,
     TorchFidelityInception,
     counts_to_uint8_rgb,
     default_inception_weights_path,
@@ -20,6 +19,7 @@ from blackout_jax.metrics.inception import (
     load_or_compute_reference_statistics,
     reference_statistics_path,
 )
+from tests.random_projection import RandomProjectionExtractor
 
 MAX_COUNT = 16
 

@@ -160,12 +160,12 @@ def test_resampling_modules_halve_and_double_for_every_setting(conv_size):
 
 
 def test_fir_kernel_is_normalised_and_rejects_zero_sum():
-    k = layers.fir_kernel_2d((1, 3, 3, 1))
-    assert k.shape == (4, 4)
-    np.testing.assert_allclose(k.sum(), 1.0, rtol=1e-6)
-    np.testing.assert_allclose(k, np.outer([1, 3, 3, 1], [1, 3, 3, 1]) / 64.0, rtol=1e-6)
+    k = layers.fir_kernel_1d((1, 3, 3, 1))
+    assert k.shape == (4,)
+    np.testing.assert_allclose(k.sum(), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(k, np.array([1, 3, 3, 1]) / 8.0, rtol=1e-12)
     with pytest.raises(ValueError, match="non-zero sum"):
-        layers.fir_kernel_2d((1, -1))
+        layers.fir_kernel_1d((1, -1))
 
 
 def test_default_init_is_uniform_with_fan_avg_bound():

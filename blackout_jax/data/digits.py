@@ -38,18 +38,12 @@ def split_indices(num_examples: int, num_test: int) -> tuple[np.ndarray, np.ndar
     return pipeline.fixed_split(num_examples, num_test, source=SOURCE, split_seed=SPLIT_SEED)
 
 
-def load_digits_split(num_test: int = DEFAULT_NUM_TEST) -> tuple[np.ndarray, np.ndarray]:
-    """``(train, test)`` counts, int32 of shapes (1797 - num_test, 8, 8, 1) and (num_test, ...)."""
-    counts = load_digit_counts()
-    train_indices, test_indices = split_indices(len(counts), num_test)
-    return counts[train_indices], counts[test_indices]
-
-
 def load_digits_labelled_split(
     num_test: int = DEFAULT_NUM_TEST,
 ) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """``((train, train_labels), (test, test_labels))``: the split of :func:`load_digits_split`
-    with sklearn's targets (the digit shown, ``np.int32`` in 0..9) of the same examples."""
+    """``((train, train_labels), (test, test_labels))``: the fixed split of :func:`split_indices`
+    (counts int32 of shapes ``(1797 - num_test, 8, 8, 1)`` and ``(num_test, 8, 8, 1)``) with
+    sklearn's targets (the digit shown, ``np.int32`` in 0..9) of the same examples."""
     from sklearn.datasets import load_digits
 
     counts = load_digit_counts()

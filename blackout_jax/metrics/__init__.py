@@ -23,7 +23,6 @@ from blackout_jax.metrics.frechet import (
 )
 from blackout_jax.metrics.inception import (
     FeatureExtractor,
-    RandomProjectionExtractor,
     ReferenceStatistics,
     TorchFidelityInception,
     counts_to_uint8_rgb,
@@ -37,7 +36,6 @@ from blackout_jax.metrics.inception import (
 __all__ = [
     "DigitsFeatureExtractor",
     "FeatureExtractor",
-    "RandomProjectionExtractor",
     "ReferenceStatistics",
     "TorchFidelityInception",
     "counts_to_uint8_rgb",

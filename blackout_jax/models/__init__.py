@@ -1,5 +1,4 @@
-"""Networks for Blackout Diffusion (Flax NNX): NCSN++, the ``predict_fn`` adapter and the
-FLOP counter (:mod:`blackout_jax.models.flops`)."""
+"""Networks for Blackout Diffusion (Flax NNX): NCSN++ and the ``predict_fn`` adapter."""
 
 from blackout_jax.models.ncsnpp import (
     CIFAR10_REFERENCE,
@@ -9,7 +8,6 @@ from blackout_jax.models.ncsnpp import (
     check_image_shape,
     count_parameters,
     create_model,
-    parameter_count,
     parse_config,
 )
 from blackout_jax.models.predict import (
@@ -35,6 +33,5 @@ __all__ = [
     "make_label_predict_fn",
     "make_predict_fn",
     "make_predict_fn_from_model",
-    "parameter_count",
     "parse_config",
 ]

@@ -176,12 +176,6 @@ def fir_kernel_1d(kernel: Sequence[float]) -> np.ndarray:
     return k / total
 
 
-def fir_kernel_2d(kernel: Sequence[float]) -> np.ndarray:
-    """Separable 2-D FIR kernel ``outer(k, k) / sum(outer(k, k))`` (float32 NumPy array)."""
-    k = fir_kernel_1d(kernel)
-    return np.outer(k, k).astype(np.float32)
-
-
 def _upfirdn_along_axis(
     x: Array, kernel: np.ndarray, axis: int, up: int, down: int, pad: tuple[int, int]
 ) -> Array:

@@ -831,23 +831,3 @@ def abstract_network(
             seed=0,
         )
     )
-
-
-def parameter_count(
-    model_config: Mapping[str, Any] | NCSNppConfig,
-    *,
-    image_shape: Sequence[int],
-    max_count: int = 255,
-    t_end: float = 15.0,
-    num_steps: int = 1000,
-) -> int:
-    """Parameter count of the network for ``image_shape``, without allocating the parameters."""
-    return count_parameters(
-        abstract_network(
-            model_config,
-            image_shape=image_shape,
-            max_count=max_count,
-            t_end=t_end,
-            num_steps=num_steps,
-        )
-    )

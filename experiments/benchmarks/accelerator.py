@@ -14,9 +14,9 @@ Sections (time box in seconds, full run):
   measured rate beside the datasheet dense bf16 peak (989 TFLOP/s for H100/H200 SXM).
 * ``cifar_bf16`` (190): the CIFAR-10 NCSN++ training step of ``train.make_train_step`` in
   bfloat16 at batch 256: compile time, ms/step, images/s; FLOPs counted from the step's jaxpr
-  (:mod:`blackout_jax.models.flops`) beside XLA's count, TFLOP/s and MFU against the datasheet
+  (:mod:`experiments.benchmarks.flops`) beside XLA's count, TFLOP/s and MFU against the datasheet
   peak and the measured matmul. (The network's FLOPs per image do not depend on the device:
-  :func:`blackout_jax.models.flops.network_flops`, figures in experiments/RESULTS.md.)
+  :func:`experiments.benchmarks.flops.network_flops`, figures in experiments/RESULTS.md.)
 * ``cached`` (40): the same bf16 step built again in a new process (what a resumed run does):
   compile time with the persistent compilation cache that ``cifar_bf16`` filled.
 * ``cifar_fp32`` (150, not in the default run, which stays under 8 minutes without it): the
@@ -135,9 +135,8 @@ def _mfu(achieved: float, matmul_rate: float, device: Any) -> str:
 def section_train(name: str, quick: bool, matmul_rate: float) -> None:
     import jax
 
-    from blackout_jax.models import flops
     from configs import cifar10, digits
-    from experiments.benchmarks import common
+    from experiments.benchmarks import common, flops
 
     dtype = "float32" if name == "cifar_fp32" else "bfloat16"
     if name == "digits" or quick:

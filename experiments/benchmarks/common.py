@@ -76,7 +76,7 @@ def xla_flops(compiled: Any) -> float:
     """FLOPs of a compiled program from XLA's cost analysis (nan when unavailable).
 
     On a GPU this misses the convolutions run as cuDNN custom calls; use
-    :mod:`blackout_jax.models.flops` for a count that holds on every backend.
+    :mod:`experiments.benchmarks.flops` for a count that holds on every backend.
     """
     analysis = compiled.cost_analysis()
     if isinstance(analysis, (list, tuple)):

@@ -5,7 +5,7 @@ Builds the network of a config (``cifar10``: the reference NCSN++, 62.7M paramet
 forward+backward pass (the gradient of the summed output with respect to all parameters)
 with ``jax.jit``, runs ``--warmup`` untimed calls and then times ``--steps`` calls, each ended
 with ``block_until_ready``. FLOPs per call are counted from the program's jaxpr
-(:mod:`blackout_jax.models.flops`: convolutions, dense layers, attention; right on every
+(:mod:`experiments.benchmarks.flops`: convolutions, dense layers, attention; right on every
 backend), XLA's cost analysis beside it; TFLOP/s = counted FLOPs / median time.
 
     python -m experiments.benchmarks.network_speed --config cifar10 --batch 128 \\

@@ -24,7 +24,7 @@ Prints one Markdown table (and progress lines on stderr). The rows:
 4. Training step: the exact step of :func:`blackout_jax.run.train.make_train_step`, jitted as
    training jits it, for the ``configs/cifar10.py`` network at ``--train-batch`` (default 256
    on an accelerator, 4 on a CPU) in float32 and bfloat16 compute: compile time, images/s and
-   achieved TFLOP/s from the FLOP count of the step's jaxpr (:mod:`blackout_jax.models.flops`;
+   achieved TFLOP/s from the FLOP count of the step's jaxpr (:mod:`experiments.benchmarks.flops`;
    XLA's ``cost_analysis()`` beside it, which on a GPU misses the cuDNN convolutions), and the
    fraction of the device's published dense bf16 peak where it is known.
 5. Memory: XLA's buffer sizes of each compiled program (``compiled.memory_analysis()``:
@@ -58,10 +58,10 @@ from scipy import stats
 
 import blackout_jax as bj
 from blackout_jax import draws, models
-from blackout_jax.models import flops as flop_count
 from configs import cifar10 as cifar10_config
 from configs import digits as digits_config
 from experiments.benchmarks import common
+from experiments.benchmarks import flops as flop_count
 from experiments.benchmarks.common import Row, median_seconds, megabytes, program_bytes
 
 REFERENCE_TABLE_STEPS = 1000  # T of the reference grid whose (T + 1) x 256 x 256 tables it keeps
@@ -352,7 +352,7 @@ def training_rows(
 ) -> list[Row]:
     """The exact training step of ``train.make_train_step``, jitted as training jits it.
 
-    TFLOP/s from the FLOP count of the step's own jaxpr (:mod:`blackout_jax.models.flops`:
+    TFLOP/s from the FLOP count of the step's own jaxpr (:mod:`experiments.benchmarks.flops`:
     convolutions, dense layers, attention), which holds on every backend; XLA's count beside it.
     """
     peak = common.bf16_peak(jax.devices()[0])

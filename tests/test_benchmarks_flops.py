@@ -18,7 +18,7 @@ import pytest
 from flax import nnx
 
 from blackout_jax import models
-from blackout_jax.models import flops
+from experiments.benchmarks import flops
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 TINY = dict(nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0)
