@@ -62,7 +62,7 @@ def config_summaries(folder: Path) -> list[tuple[str, str]]:
 def help_text(modes: Mapping[str, str], own_flags: Sequence[flags.FlagHolder]) -> str:
     """The plain-text ``--help``: usage, modes, the configs found, the flags, exit statuses."""
     lines = [
-        "blackout-jax: train, sample, evaluate and impute with a Blackout Diffusion model.",
+        "blackout-jax: train a Blackout Diffusion model on counts, and use it (the modes below).",
         "",
         "usage: blackout-jax --config=CONFIG --workdir=RUN_FOLDER [--mode=MODE]",
         "                    [--config.SECTION.FIELD=VALUE ...]",

@@ -4,7 +4,7 @@ The primary process of a training job takes an advisory ``fcntl.flock`` on the f
 its host, pid and start time into it. The operating system releases the lock when the process
 ends, however it ends (a crash or SIGKILL included), so a lock left by a dead trainer never
 blocks the next run; a second trainer on a live run stops at once with one line naming the
-holder. Inference commands (sample, evaluate, impute) only read and take no lock.
+holder. The other modes (inference) only read and take no lock.
 """
 
 from __future__ import annotations
