@@ -105,25 +105,25 @@ def grid_position(t: Array, t_end: float | Array, num_steps: int) -> Array:
     return 1.0 + (num_steps - 1) * (1.0 - logit_p / logit_range(t_end)) / 2.0
 
 
-def _logit_grid(num_steps: int, t_end: float, training_steps: int) -> Array:
-    del training_steps
+def _logit_grid(num_steps: int, t_end: float, diffusion_steps: int) -> Array:
+    del diffusion_steps
     return observation_times(num_steps, t_end)
 
 
-def _every_dth_training_time(num_steps: int, t_end: float, training_steps: int) -> Array:
+def _every_dth_training_time(num_steps: int, t_end: float, diffusion_steps: int) -> Array:
     if (
-        not isinstance(training_steps, (int, np.integer))
-        or isinstance(training_steps, bool)
-        or training_steps < 1
+        not isinstance(diffusion_steps, (int, np.integer))
+        or isinstance(diffusion_steps, bool)
+        or diffusion_steps < 1
     ):
-        raise ValueError(f"training_steps must be an int >= 1, got {training_steps!r}")
-    if num_steps > training_steps or training_steps % num_steps:
+        raise ValueError(f"diffusion_steps must be an int >= 1, got {diffusion_steps!r}")
+    if num_steps > diffusion_steps or diffusion_steps % num_steps:
         raise ValueError(
             f"grid 'subgrid' takes every d-th time of the training grid, so num_steps must "
-            f"divide training_steps = {training_steps}, got num_steps = {num_steps}; choose a "
+            f"divide diffusion_steps = {diffusion_steps}, got num_steps = {num_steps}; choose a "
             f"divisor or grid 'logit'"
         )
-    return subgrid(observation_times(training_steps, t_end), num_steps)
+    return subgrid(observation_times(diffusion_steps, t_end), num_steps)
 
 
 _GRID_BUILDERS: dict[str, Callable[[int, float, int], Array]] = {
@@ -134,27 +134,28 @@ GRIDS = tuple(_GRID_BUILDERS)
 """The sampling grids of :func:`sampling_times` (config ``sampling.grid``)."""
 
 
-def sampling_times(grid: str, num_steps: int, *, t_end: float, training_steps: int) -> Array:
+def sampling_times(grid: str, num_steps: int, *, t_end: float, diffusion_steps: int) -> Array:
     """The ``num_steps + 1`` increasing times a sampler walks down, float32, ``times[0] = 0``.
 
     * ``"logit"``: ``observation_times(num_steps, t_end)``, the reference grid built with
       ``K = num_steps`` points (``logit(p_t)`` linear in ``k``); with ``K = T`` it is the
       training grid.
     * ``"subgrid"``: every ``d``-th time of the training grid
-      ``observation_times(training_steps, t_end)``, ``d = training_steps / num_steps``:
+      ``observation_times(diffusion_steps, t_end)``, ``d = diffusion_steps / num_steps``:
       ``times[j] = t_{j d}``, ``j = 0..K``. These are the times the network was trained at,
       which is what the reference's generation code walks (its ``skipped = d``). ``d`` must
-      be a whole number: a ``num_steps`` that does not divide ``training_steps`` raises.
+      be a whole number: a ``num_steps`` that does not divide ``diffusion_steps`` raises.
 
     Args:
       grid: one of :data:`GRIDS`.
       num_steps: sampler steps ``K >= 1``.
       t_end: end time of the process (``> 0``).
-      training_steps: ``T``, the observation times of training (``diffusion.num_steps``).
+      diffusion_steps: ``T``, the number of observation times of training, the grid
+        ``observation_times(T, t_end)`` the network learnt on (config ``diffusion.num_steps``).
 
     Raises:
       ValueError: an unknown ``grid``, a bad ``num_steps``/``t_end``, or (``"subgrid"``)
-        ``num_steps`` not dividing ``training_steps``.
+        ``num_steps`` not dividing ``diffusion_steps``.
     """
     if grid not in _GRID_BUILDERS:
         raise ValueError(f"grid must be one of {GRIDS}, got {grid!r}")
@@ -162,7 +163,7 @@ def sampling_times(grid: str, num_steps: int, *, t_end: float, training_steps: i
         raise ValueError(f"num_steps must be a Python int, got {num_steps!r}")
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    return _GRID_BUILDERS[grid](int(num_steps), t_end, training_steps)
+    return _GRID_BUILDERS[grid](int(num_steps), t_end, diffusion_steps)
 
 
 UNTHIN_GRIDS = ("logit",)

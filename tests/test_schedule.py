@@ -129,7 +129,7 @@ def test_subgrid_rejects_bad_step_counts(num_steps) -> None:
 
 
 def test_sampling_times_logit_is_a_fresh_k_point_grid() -> None:
-    times = sampling_times("logit", 10, t_end=15.0, training_steps=1000)
+    times = sampling_times("logit", 10, t_end=15.0, diffusion_steps=1000)
     np.testing.assert_array_equal(np.asarray(times), np.asarray(observation_times(10, 15.0)))
 
 
@@ -141,22 +141,22 @@ def test_sampling_times_subgrid_walks_the_reference_skip_loop(num_steps: int) ->
     visited = set()
     for i in range(1000 - 1, -1, -skip):
         visited.update((training[i + 1], training[i + 1 - skip]))
-    times = np.asarray(sampling_times("subgrid", num_steps, t_end=15.0, training_steps=1000))
+    times = np.asarray(sampling_times("subgrid", num_steps, t_end=15.0, diffusion_steps=1000))
     assert times.shape == (num_steps + 1,)
     np.testing.assert_array_equal(times, np.sort(np.array(sorted(visited))))
     np.testing.assert_array_equal(times, training[::skip])
 
 
 def test_sampling_grids_agree_at_the_training_step_count() -> None:
-    logit = sampling_times("logit", 100, t_end=10.0, training_steps=100)
-    sub = sampling_times("subgrid", 100, t_end=10.0, training_steps=100)
+    logit = sampling_times("logit", 100, t_end=10.0, diffusion_steps=100)
+    sub = sampling_times("subgrid", 100, t_end=10.0, diffusion_steps=100)
     np.testing.assert_array_equal(np.asarray(logit), np.asarray(sub))
 
 
 def test_sampling_grids_differ_below_the_training_step_count() -> None:
     training = np.asarray(observation_times(1000, 15.0))
-    logit = np.asarray(sampling_times("logit", 10, t_end=15.0, training_steps=1000))
-    sub = np.asarray(sampling_times("subgrid", 10, t_end=15.0, training_steps=1000))
+    logit = np.asarray(sampling_times("logit", 10, t_end=15.0, diffusion_steps=1000))
+    sub = np.asarray(sampling_times("subgrid", 10, t_end=15.0, diffusion_steps=1000))
     np.testing.assert_allclose(logit[-1], sub[-1], rtol=1e-6)
     # the logit grid starts at t_1 ~ e^-15; the sub-grid's first step ends at t_100
     np.testing.assert_allclose(logit[1], training[1], rtol=1e-5)
@@ -165,20 +165,25 @@ def test_sampling_grids_differ_below_the_training_step_count() -> None:
 
 
 @pytest.mark.parametrize(
-    ("grid", "num_steps", "training_steps", "parts"),
+    ("grid", "num_steps", "diffusion_steps", "parts"),
     [
-        ("subgrid", 300, 1000, r"num_steps must divide training_steps = 1000, got num_steps = 300"),
+        (
+            "subgrid",
+            300,
+            1000,
+            r"num_steps must divide diffusion_steps = 1000, got num_steps = 300",
+        ),
         ("subgrid", 2000, 1000, r"num_steps must divide"),
-        ("subgrid", 10, 0, r"training_steps must be an int >= 1, got 0"),
+        ("subgrid", 10, 0, r"diffusion_steps must be an int >= 1, got 0"),
         ("optimal", 10, 1000, r"grid must be one of \('logit', 'subgrid'\), got 'optimal'"),
         ("logit", 0, 1000, r"num_steps must be >= 1, got 0"),
         ("logit", 2.0, 1000, r"num_steps must be a Python int, got 2.0"),
     ],
 )
-def test_sampling_times_rejects_bad_arguments(grid, num_steps, training_steps, parts) -> None:
+def test_sampling_times_rejects_bad_arguments(grid, num_steps, diffusion_steps, parts) -> None:
     assert GRIDS == ("logit", "subgrid")
     with pytest.raises(ValueError, match=parts):
-        sampling_times(grid, num_steps, t_end=15.0, training_steps=training_steps)
+        sampling_times(grid, num_steps, t_end=15.0, diffusion_steps=diffusion_steps)
 
 
 def test_schedule_under_jit_and_vmap() -> None:
