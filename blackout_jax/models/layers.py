@@ -359,13 +359,15 @@ class FIRConv2d(nnx.Module):
         return y + self.bias[...].astype(self.dtype)
 
 
-class Upsample(nnx.Module):
-    """Upsampling by 2, ``(B, H, W, Cin) -> (B, 2H, 2W, Cout)``.
+class _Resample(nnx.Module):
+    """What :class:`Upsample` and :class:`Downsample` share: the optional convolution.
 
-    ``fir=False``: nearest neighbour, then an optional ``K x K`` convolution.
-    ``fir=True``: FIR upsampling, or the fused FIR convolution when ``with_conv``.
-    ``Cout = Cin`` without a convolution.
+    ``with_conv and fir``: the fused FIR convolution (:class:`FIRConv2d` in ``mode``);
+    ``with_conv`` alone: the plain convolution of :meth:`_plain_conv`; else none, and then the
+    channel count cannot change.
     """
+
+    mode: str
 
     def __init__(
         self,
@@ -381,10 +383,11 @@ class Upsample(nnx.Module):
     ) -> None:
         out_channels = out_channels or in_channels
         if not with_conv and out_channels != in_channels:
-            raise ValueError("Upsample without a convolution cannot change the channel count")
+            raise ValueError(
+                f"{type(self).__name__} without a convolution cannot change the channel count"
+            )
         self.fir = fir
         self.fir_kernel = tuple(float(v) for v in fir_kernel)
-        self.with_conv = with_conv
         self.dtype = dtype
         self.conv: nnx.Module | None = nnx.data(None)
         if with_conv and fir:
@@ -392,13 +395,34 @@ class Upsample(nnx.Module):
                 in_channels,
                 out_channels,
                 conv_size,
-                mode="up",
+                mode=self.mode,
                 fir_kernel=fir_kernel,
                 dtype=dtype,
                 rngs=rngs,
             )
         elif with_conv:
-            self.conv = conv(in_channels, out_channels, conv_size, dtype=dtype, rngs=rngs)
+            self.conv = self._plain_conv(in_channels, out_channels, conv_size, dtype, rngs)
+
+    def _plain_conv(
+        self, in_channels: int, out_channels: int, size: int, dtype: jnp.dtype, rngs: nnx.Rngs
+    ) -> nnx.Module:
+        raise NotImplementedError
+
+
+class Upsample(_Resample):
+    """Upsampling by 2, ``(B, H, W, Cin) -> (B, 2H, 2W, Cout)``.
+
+    ``fir=False``: nearest neighbour, then an optional ``K x K`` convolution.
+    ``fir=True``: FIR upsampling, or the fused FIR convolution when ``with_conv``.
+    ``Cout = Cin`` without a convolution.
+    """
+
+    mode = "up"
+
+    def _plain_conv(
+        self, in_channels: int, out_channels: int, size: int, dtype: jnp.dtype, rngs: nnx.Rngs
+    ) -> nnx.Module:
+        return conv(in_channels, out_channels, size, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: Array) -> Array:
         x = x.astype(self.dtype)
@@ -410,65 +434,33 @@ class Upsample(nnx.Module):
         return self.conv(h) if self.conv is not None else h
 
 
-class Downsample(nnx.Module):
+class Downsample(_Resample):
     """Downsampling by 2, ``(B, H, W, Cin) -> (B, H/2, W/2, Cout)``.
 
     ``fir=False``: a ``K x K`` convolution with stride 2 (padding 0 before, 1 after), or 2x2
     average pooling. ``fir=True``: FIR downsampling, or the fused FIR convolution.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int | None = None,
-        *,
-        with_conv: bool,
-        fir: bool,
-        fir_kernel: Sequence[float],
-        conv_size: int,
-        dtype: jnp.dtype,
-        rngs: nnx.Rngs,
-    ) -> None:
-        out_channels = out_channels or in_channels
-        if not with_conv and out_channels != in_channels:
-            raise ValueError("Downsample without a convolution cannot change the channel count")
-        self.fir = fir
-        self.fir_kernel = tuple(float(v) for v in fir_kernel)
-        self.dtype = dtype
-        self.conv: nnx.Module | None = nnx.data(None)
-        if with_conv and fir:
-            self.conv = FIRConv2d(
-                in_channels,
-                out_channels,
-                conv_size,
-                mode="down",
-                fir_kernel=fir_kernel,
-                dtype=dtype,
-                rngs=rngs,
-            )
-        elif with_conv:
-            # Total padding K - 2 gives H/2 outputs; the extra row goes after (as with 'SAME').
-            total = conv_size - 2
-            low = total // 2 if total >= 0 else 0
-            high = total - low
-            self.conv = conv(
-                in_channels,
-                out_channels,
-                conv_size,
-                strides=2,
-                padding=[(low, high), (low, high)],
-                dtype=dtype,
-                rngs=rngs,
-            )
+    mode = "down"
+
+    def _plain_conv(
+        self, in_channels: int, out_channels: int, size: int, dtype: jnp.dtype, rngs: nnx.Rngs
+    ) -> nnx.Module:
+        # Total padding K - 2 gives H/2 outputs; the extra row goes after (as with 'SAME').
+        total = size - 2
+        low = total // 2 if total >= 0 else 0
+        high = total - low
+        padding = [(low, high), (low, high)]
+        return conv(
+            in_channels, out_channels, size, strides=2, padding=padding, dtype=dtype, rngs=rngs
+        )
 
     def __call__(self, x: Array) -> Array:
         x = x.astype(self.dtype)
-        if self.fir:
-            if self.conv is not None:
-                return self.conv(x)
-            return downsample_2d(x, self.fir_kernel)
         if self.conv is not None:
             return self.conv(x)
+        if self.fir:
+            return downsample_2d(x, self.fir_kernel)
         return naive_downsample_2d(x)
 
 
