@@ -108,8 +108,8 @@ def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
     from blackout_jax import data
+    from blackout_jax.run import chunked, inference, reporting
     from blackout_jax.run import config as config_lib
-    from blackout_jax.run import generate, inference, reporting
 
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("needs --config and --workdir of a trained conditional digits run")
@@ -130,7 +130,7 @@ def main(argv: list[str]) -> None:
     scales = [float(s) for s in _SCALES.value]
 
     def draw(seed: int, predict_fn, with_labels: bool) -> np.ndarray:
-        return generate.generate_samples(
+        return chunked.generate_samples(
             jax.random.key(seed),
             predict_fn,
             num_samples=num_samples,

@@ -1,6 +1,6 @@
 """Per-example quantities over a whole dataset: the likelihood bound and the held-out loss.
 
-Both go through :func:`blackout_jax.run.generate.run_in_chunks`, the one loop that pads, batches,
+Both go through :func:`blackout_jax.run.chunked.run_in_chunks`, the one loop that pads, batches,
 shards, keys and trims: batch ``i`` of ``batch_size`` examples (every host holds all of them) is
 split over the devices and keyed ``fold_in(key, i)``. The training evaluations and
 ``--mode=evaluate`` compute the bound through :func:`bound_over` and the held-out loss through
@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from blackout_jax import likelihood, losses
-from blackout_jax.run import generate, parallel
+from blackout_jax.run import chunked, parallel
 
 Array = jax.Array
 
@@ -67,7 +67,7 @@ def _over_batches(
     *more_inputs: np.ndarray,
 ) -> np.ndarray:
     """``compute(fold_in(key, i), batch_i, ...)`` over ``examples`` in batches, padding dropped."""
-    return generate.run_in_chunks(
+    return chunked.run_in_chunks(
         key,
         compute,
         num_examples=len(examples),

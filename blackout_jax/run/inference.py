@@ -45,7 +45,7 @@ from blackout_jax import grids, likelihood, models, sampling
 from blackout_jax.data import count_checks
 from blackout_jax.run import (
     checkpointing,
-    generate,
+    chunked,
     grid_files,
     held_out,
     network,
@@ -230,7 +230,7 @@ def draw_samples(
     predict_fn = model.predict_fn
     if labels is not None:
         predict_fn = model.label_predict_fn(guidance_scale=sampler.guidance_scale)
-    return generate.generate_samples(
+    return chunked.generate_samples(
         jax.random.fold_in(stream_key(config.seed, Stream.SAMPLE), model.step),
         predict_fn,
         num_samples=sampler.num_samples,
@@ -523,7 +523,7 @@ def impute_run(
     """Complete the unobserved counts of ``input_path`` → ``imputed/imputed_<step>.npz`` + PNG.
 
     Chunk ``i`` of ``sampling.batch_size`` examples is imputed with ``fold_in(key, i)``
-    (:func:`blackout_jax.run.generate.run_in_chunks`), split over every device.
+    (:func:`blackout_jax.run.chunked.run_in_chunks`), split over every device.
     """
     config = config_lib.parse(config)
     image_shape = tuple(int(d) for d in dataset.image_shape)
@@ -548,7 +548,7 @@ def impute_run(
             sharding=parallel.batch_sharding_for(sampler.batch_size),
         )
 
-    completed = generate.run_in_chunks(
+    completed = chunked.run_in_chunks(
         stream_key(config.seed, Stream.IMPUTE),
         complete,
         num_examples=len(counts),
@@ -690,7 +690,7 @@ def unthin_run(
     Every example is repeated ``S = sampling.num_posterior_samples`` times and the rows go
     through :func:`blackout_jax.unthin` (``sampling.unthin_method``, ``sampling.num_steps``
     steps from ``t* = -ln q`` to 0) in chunks of ``sampling.batch_size``
-    (:func:`blackout_jax.run.generate.run_in_chunks`, chunk ``i`` with ``fold_in(key, i)``).
+    (:func:`blackout_jax.run.chunked.run_in_chunks`, chunk ``i`` with ``fold_in(key, i)``).
     The npz holds ``samples`` ``(N, S, H, W, C)`` int32, their ``mean`` ``(N, H, W, C)``,
     the ``survival`` used ``(N,)``, the observed ``counts`` and, when given, ``truth``. The
     PNG has one row per example (the first 50): truth (when given) | observed | ``y / q`` |
@@ -723,7 +723,7 @@ def unthin_run(
             sharding=sharding,
         )
 
-    samples = generate.run_in_chunks(
+    samples = chunked.run_in_chunks(
         stream_key(config.seed, Stream.UNTHIN),
         draw,
         num_examples=len(counts) * per_sample,

@@ -35,7 +35,7 @@ checks for a shutdown signal only at those boundaries (one process alone checks 
 Evaluation (every ``training.eval_every`` steps and at the end) uses the EMA parameters: the
 held-out loss (the training loss on the fixed held-out examples with a fixed key), the
 likelihood bound in bits/dim (:func:`blackout_jax.run.held_out.bound_over`) and a PNG grid of
-samples (:func:`blackout_jax.run.generate.generate_samples`).
+samples (:func:`blackout_jax.run.chunked.generate_samples`).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ import optax
 from flax import nnx
 
 from blackout_jax import likelihood, losses, models
-from blackout_jax.run import checkpointing, generate, held_out, network, parallel, reporting
+from blackout_jax.run import checkpointing, chunked, held_out, network, parallel, reporting
 from blackout_jax.run import config as config_lib
 from blackout_jax.run.config import ExperimentConfig, TrainingConfig
 from blackout_jax.run.lock import RunFolderLock
@@ -500,7 +500,7 @@ class Evaluator:
                 self.rest,
                 guidance_scale=self.config.sampling.guidance_scale,
             )
-        return generate.generate_samples(
+        return chunked.generate_samples(
             jax.random.fold_in(jax.random.fold_in(self.key, 2), step),
             predict_fn,
             num_samples=self.config.eval.num_grid_samples if labels is None else len(labels),

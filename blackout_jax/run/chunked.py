@@ -1,14 +1,15 @@
-"""Work in chunks: sharded over every device, resumable after an interruption.
+"""The one chunked sampler driver: work in chunks, sharded over every device, resumable.
 
 :func:`run_in_chunks` is the one driver behind every batch of sampler calls of the run layer
-(the training-time sample grids, ``--mode=sample``, ``--mode=evaluate``'s samples and
-``--mode=impute``). Chunk ``i`` of ``chunk_size`` examples is computed from the key
-``fold_in(key, i)`` and rows ``[i chunk_size, (i + 1) chunk_size)`` of the inputs (the last chunk
-padded to full size, so one compilation serves all chunks, and cut after), so the result depends
-only on the key, the chunk size and the model, not on the number of devices or hosts, nor on
-whether the run was interrupted. With a ``chunk_dir`` every finished chunk is written there
-(``chunk_00000.npy``, ...; by the primary host, atomically) and chunks already on disk are read
-back instead of being computed again.
+(the training-time sample grids, ``--mode=sample``, ``--mode=evaluate``'s samples and bound,
+``--mode=impute`` and ``--mode=unthin``); :func:`generate_samples` draws samples through it.
+Chunk ``i`` of ``chunk_size`` examples is computed from the key ``fold_in(key, i)`` and rows
+``[i chunk_size, (i + 1) chunk_size)`` of the inputs (the last chunk padded to full size, so one
+compilation serves all chunks, and cut after), so the result depends only on the key, the chunk
+size and the model, not on the number of devices or hosts, nor on whether the run was
+interrupted. With a ``chunk_dir`` every finished chunk is written there (``chunk_00000.npy``,
+...; by the primary host, atomically) and chunks already on disk are read back instead of being
+computed again.
 """
 
 from __future__ import annotations
