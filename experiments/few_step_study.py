@@ -208,7 +208,7 @@ def _digits_part() -> None:
     def draw(key: jax.Array, times: np.ndarray, method: str) -> np.ndarray:
         return chunked.generate_samples(
             key,
-            model.predict_fn,
+            model.predict_for,
             num_samples=_NUM_SAMPLES.value,
             example_shape=model.image_shape,
             times=times,

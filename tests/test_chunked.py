@@ -20,9 +20,10 @@ TIMES = bj.observation_times(40, 10.0)
 
 
 def _generate(chunk_dir=None, num_samples=10):
+    oracle = bj.dataset_oracle(DATA)
     return chunked.generate_samples(
         jax.random.key(7),
-        bj.dataset_oracle(DATA),
+        lambda labels: oracle,
         num_samples=num_samples,
         example_shape=(2, 2, 1),
         times=TIMES,
@@ -110,12 +111,12 @@ def _labelled_samples(sharding=None, labels=LABELS) -> np.ndarray:
     """
     oracle = bj.dataset_oracle(DATA)
 
-    def predict_for(chunk_labels, counts, t):
+    def labelled(chunk_labels, counts, t):
         return jnp.minimum(oracle(counts, t) + chunk_labels[:, None, None, None], 4 - counts)
 
     return chunked.generate_samples(
         jax.random.key(9),
-        lambda chunk_labels: Partial(predict_for, chunk_labels),
+        lambda labels: Partial(labelled, labels),
         num_samples=10,
         example_shape=(2, 2, 1),
         times=TIMES,
@@ -181,8 +182,9 @@ def test_samples_and_imputations_sharded_over_four_devices_equal_one_device():
         from blackout_jax.run import chunked
         data = np.random.default_rng(5).integers(0, 5, size=(6, 2, 2, 1))
         mesh = Mesh(np.array(jax.devices()), ("data",))
+        oracle = bj.dataset_oracle(data)
         out = chunked.generate_samples(
-            jax.random.key(7), bj.dataset_oracle(data), num_samples=10, example_shape=(2, 2, 1),
+            jax.random.key(7), lambda labels: oracle, num_samples=10, example_shape=(2, 2, 1),
             times=bj.observation_times(40, 10.0), max_count=4, chunk_size=4,
             sharding=NamedSharding(mesh, P("data")))
         assert jax.device_count() == 4

@@ -15,10 +15,7 @@ from blackout_jax.models.ncsnpp import (
 from blackout_jax.models.predict import (
     example_dropout_keys,
     guided_prediction,
-    make_guided_predict_fn,
-    make_label_predict_fn,
     make_predict_fn,
-    make_predict_fn_from_model,
 )
 
 __all__ = [
@@ -31,10 +28,7 @@ __all__ = [
     "create_model",
     "example_dropout_keys",
     "guided_prediction",
-    "make_guided_predict_fn",
-    "make_label_predict_fn",
     "make_predict_fn",
-    "make_predict_fn_from_model",
     "parameter_count",
     "parse_config",
 ]

@@ -23,7 +23,7 @@ Array = jax.Array
 
 def bound_over(
     key: Array,
-    predict_fn: Callable[[Array, Array], Array],
+    predict_for: chunked.PredictFor,
     examples: np.ndarray,
     *,
     batch_size: int,
@@ -34,20 +34,19 @@ def bound_over(
 ) -> np.ndarray:
     """:func:`blackout_jax.nll_bound` (nats) per example; batch ``i`` keyed ``fold_in(key, i)``.
 
-    With ``labels`` ``(len(examples),)`` (a conditional model) ``predict_fn`` is a function of a
-    batch's labels returning its predict function
-    (:func:`blackout_jax.models.make_label_predict_fn` with ``w = 0``): the bound on
-    ``-log p(n_0 | label)``.
+    Batch ``i`` is bounded with ``predict_for(labels=y_i)``, ``y_i`` its rows of ``labels``
+    ``(len(examples),)`` (a conditional model without guidance: the bound on
+    ``-log p(n_0 | label)``), or ``None`` without labels.
 
     Returns:
       ``(len(examples),)`` float array of bounds in nats (:func:`blackout_jax.bits_per_dim`
       turns them into bits per count).
     """
 
-    def bound(batch_key: Array, batch: Array, *batch_labels: Array) -> Array:
+    def bound(batch_key: Array, batch: Array, batch_labels: Array | None = None) -> Array:
         return likelihood.nll_bound(
             batch_key,
-            predict_fn(*batch_labels) if batch_labels else predict_fn,
+            predict_for(labels=batch_labels),
             batch,
             t_end=t_end,
             max_count=max_count,
@@ -129,10 +128,10 @@ def loss_over(
 def histogram_bits_per_dim(train: np.ndarray, test: np.ndarray, max_count: int) -> float:
     """Bits per count of ``test`` under independent per-position histograms of ``train``.
 
-    Position ``i`` (an entry of ``(H, W, C)``) gets ``p_i(n) = (c_i(n) + 1) / (M + N + 1)``,
-    ``c_i(n)`` the training examples with count ``n`` there (``M`` of them, add-one smoothing
-    over ``0..N``); the result is ``-mean_{j, i} log2 p_i(test_{j,i})``. A trivial baseline that
-    a trained model's bound should beat.
+    Position ``i`` (an entry of one example, whatever its shape) gets ``p_i(n) = (c_i(n) + 1) /
+    (M + N + 1)``, ``c_i(n)`` the training examples with count ``n`` there (``M`` of them,
+    add-one smoothing over ``0..N``); the result is ``-mean_{j, i} log2 p_i(test_{j,i})``. A
+    trivial baseline that a trained model's bound should beat.
     """
     train = np.asarray(train, np.int64).reshape(len(train), -1)
     test = np.asarray(test, np.int64).reshape(len(test), -1)
