@@ -189,8 +189,8 @@ def _oracle_part() -> None:
 def _digits_part() -> None:
     from blackout_jax import data
     from blackout_jax.metrics import digits_features
+    from blackout_jax.run import chunked, inference
     from blackout_jax.run import config as config_lib
-    from blackout_jax.run import generate, inference
 
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("--part=digits needs --config and --workdir of a trained run")
@@ -206,9 +206,9 @@ def _digits_part() -> None:
     examples = train[: _GRID_EXAMPLES.value].reshape(-1, *model.image_shape)
 
     def draw(key: jax.Array, times: np.ndarray, method: str) -> np.ndarray:
-        return generate.generate_samples(
+        return chunked.generate_samples(
             key,
-            model.predict_fn,
+            model.predict_for,
             num_samples=_NUM_SAMPLES.value,
             example_shape=model.image_shape,
             times=times,

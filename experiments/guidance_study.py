@@ -9,9 +9,9 @@ For every guidance scale ``w`` and seed, the EMA network of the trained conditio
 run's sampler (``sampling.method``, ``sampling.num_steps``, ``sampling.grid``), all scales from
 the same key per seed, so the scales differ only in the rate. ``w = 0`` is the conditional
 network, ``w > 0`` the guided rate ``yhat_c^(1 + w) / yhat_null^w``
-(:func:`blackout_jax.models.make_label_predict_fn`). A row ``w = null`` samples the same network
-with the null label (its unconditional mode). Metrics, with the digits classifier of
-:mod:`blackout_jax.metrics.digits_features`:
+(:func:`blackout_jax.models.make_predict_fn` with ``guidance_scale=w``). A row ``w = null``
+samples the same network with the null label (its unconditional mode). Metrics, with the
+digits classifier of :mod:`blackout_jax.metrics.digits_features`:
 
 * ``label_accuracy``: fraction of samples classified as the label they were drawn for;
 * ``fd_over_floor``: the classifier-feature Fréchet distance to the training split over the
@@ -28,6 +28,7 @@ right) ``grid_per_class`` samples of seed 0. Prints a Markdown table.
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import platform
@@ -108,8 +109,8 @@ def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
     from blackout_jax import data
+    from blackout_jax.run import chunked, inference, reporting
     from blackout_jax.run import config as config_lib
-    from blackout_jax.run import generate, inference, reporting
 
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("needs --config and --workdir of a trained conditional digits run")
@@ -129,10 +130,11 @@ def main(argv: list[str]) -> None:
     labels = balanced_labels(num_samples, num_classes)
     scales = [float(s) for s in _SCALES.value]
 
-    def draw(seed: int, predict_fn, with_labels: bool) -> np.ndarray:
-        return generate.generate_samples(
+    def draw(seed: int, guidance_scale: float | None) -> np.ndarray:
+        """Samples of the balanced labels with ``guidance_scale``; ``None``: the null label."""
+        return chunked.generate_samples(
             jax.random.key(seed),
-            predict_fn,
+            functools.partial(model.predict_for, guidance_scale=guidance_scale),
             num_samples=num_samples,
             example_shape=model.image_shape,
             times=times,
@@ -140,18 +142,18 @@ def main(argv: list[str]) -> None:
             method=config.sampling.method,
             start=config.sampling.start,
             chunk_size=num_samples,
-            labels=labels if with_labels else None,
+            labels=None if guidance_scale is None else labels,
         )
 
     rows, grid_samples = [], []
     for seed in (int(s) for s in _SEEDS.value):
         for scale in scales:
-            samples = draw(seed, model.label_predict_fn(guidance_scale=scale), True)
+            samples = draw(seed, scale)
             rows.append({"guidance_scale": scale, "seed": seed, **measure(samples, labels)})
             print(json.dumps(rows[-1]), flush=True)
             if seed == int(_SEEDS.value[0]):
                 grid_samples.append(samples)
-        samples = draw(seed, model.predict_fn, False)
+        samples = draw(seed, None)
         rows.append({"guidance_scale": NULL_ROW, "seed": seed, **measure(samples, None)})
         print(json.dumps(rows[-1]), flush=True)
 

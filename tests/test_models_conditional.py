@@ -150,16 +150,16 @@ def test_guided_network_matches_separate_calls_and_compiles_once_for_all_labels(
     yhat_null = run(models.make_predict_fn(graphdef, state, labels=jnp.full(4, NULL)), counts, t)
     unlabelled = jax.jit(models.make_predict_fn(graphdef, state))(counts, t)
     np.testing.assert_allclose(yhat_null, unlabelled, rtol=1e-6)
+    unguided = models.make_predict_fn(graphdef, state, labels=labels, guidance_scale=0.0)
+    np.testing.assert_array_equal(run(unguided, counts, t), yhat_c)  # w = 0: one plain call
     traces.clear()
-    for w in (0.0, 2.0):
+    for w in (0.5, 2.0):
         guided = run(
-            models.make_guided_predict_fn(graphdef, state, labels=labels, guidance_scale=w),
-            counts,
-            t,
+            models.make_predict_fn(graphdef, state, labels=labels, guidance_scale=w), counts, t
         )
         want = np.minimum(yhat_c ** (1.0 + w) / yhat_null**w, MAX_COUNT)
         np.testing.assert_allclose(guided, want, rtol=2e-4, atol=1e-6)
-    other = models.make_guided_predict_fn(
+    other = models.make_predict_fn(
         graphdef, state, labels=jnp.asarray([3, 3, 0, 0]), guidance_scale=1.0
     )
     run(other, counts, t)

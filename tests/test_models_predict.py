@@ -9,12 +9,7 @@ import pytest
 from flax import nnx
 
 from blackout_jax import nll_bound, observation_times, sample
-from blackout_jax.models import (
-    create_model,
-    example_dropout_keys,
-    make_predict_fn,
-    make_predict_fn_from_model,
-)
+from blackout_jax.models import create_model, example_dropout_keys, make_predict_fn
 
 T_END = 10.0
 NUM_STEPS = 50
@@ -88,15 +83,21 @@ def test_several_states_from_a_filtered_split(model, batch):
     )
 
 
-def test_predict_fn_from_model_is_a_snapshot(batch):
+def test_predict_fn_is_a_snapshot_of_the_state(batch):
     counts, t = batch
     live = build(0)
-    predict_fn = make_predict_fn_from_model(live)
+    predict_fn = make_predict_fn(*nnx.split(live))
     before = np.asarray(call(predict_fn, counts, t))
     live.output_conv.bias[...] = live.output_conv.bias[...] + 5.0
     np.testing.assert_array_equal(call(predict_fn, counts, t), before)
-    after = call(make_predict_fn_from_model(live), counts, t)
+    after = call(make_predict_fn(*nnx.split(live)), counts, t)
     assert np.all(np.asarray(after) > before)
+
+
+@pytest.mark.parametrize("guidance_scale, labels", [(-1.0, jnp.zeros(2, jnp.int32)), (1.0, None)])
+def test_guidance_needs_labels_and_a_scale_of_at_least_zero(model, guidance_scale, labels):
+    with pytest.raises(ValueError, match="guidance_scale"):
+        make_predict_fn(*nnx.split(model), labels=labels, guidance_scale=guidance_scale)
 
 
 def test_samplers_and_bound_run_on_the_network(model):

@@ -13,10 +13,7 @@ from blackout_jax.models.ncsnpp import (
 from blackout_jax.models.predict import (
     example_dropout_keys,
     guided_prediction,
-    make_guided_predict_fn,
-    make_label_predict_fn,
     make_predict_fn,
-    make_predict_fn_from_model,
 )
 
 __all__ = [
@@ -29,9 +26,6 @@ __all__ = [
     "create_model",
     "example_dropout_keys",
     "guided_prediction",
-    "make_guided_predict_fn",
-    "make_label_predict_fn",
     "make_predict_fn",
-    "make_predict_fn_from_model",
     "parse_config",
 ]

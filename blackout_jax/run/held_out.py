@@ -1,6 +1,6 @@
 """Per-example quantities over a whole dataset: the likelihood bound and the held-out loss.
 
-Both go through :func:`blackout_jax.run.generate.run_in_chunks`, the one loop that pads, batches,
+Both go through :func:`blackout_jax.run.chunked.run_in_chunks`, the one loop that pads, batches,
 shards, keys and trims: batch ``i`` of ``batch_size`` examples (every host holds all of them) is
 split over the devices and keyed ``fold_in(key, i)``. The training evaluations and
 ``--mode=evaluate`` compute the bound through :func:`bound_over` and the held-out loss through
@@ -16,14 +16,14 @@ import jax
 import numpy as np
 
 from blackout_jax import likelihood, losses
-from blackout_jax.run import generate, parallel
+from blackout_jax.run import chunked, parallel
 
 Array = jax.Array
 
 
 def bound_over(
     key: Array,
-    predict_fn: Callable[[Array, Array], Array],
+    predict_for: chunked.PredictFor,
     examples: np.ndarray,
     *,
     batch_size: int,
@@ -34,20 +34,19 @@ def bound_over(
 ) -> np.ndarray:
     """:func:`blackout_jax.nll_bound` (nats) per example; batch ``i`` keyed ``fold_in(key, i)``.
 
-    With ``labels`` ``(len(examples),)`` (a conditional model) ``predict_fn`` is a function of a
-    batch's labels returning its predict function
-    (:func:`blackout_jax.models.make_label_predict_fn` with ``w = 0``): the bound on
-    ``-log p(n_0 | label)``.
+    Batch ``i`` is bounded with ``predict_for(labels=y_i)``, ``y_i`` its rows of ``labels``
+    ``(len(examples),)`` (a conditional model without guidance: the bound on
+    ``-log p(n_0 | label)``), or ``None`` without labels.
 
     Returns:
       ``(len(examples),)`` float array of bounds in nats (:func:`blackout_jax.bits_per_dim`
       turns them into bits per count).
     """
 
-    def bound(batch_key: Array, batch: Array, *batch_labels: Array) -> Array:
+    def bound(batch_key: Array, batch: Array, batch_labels: Array | None = None) -> Array:
         return likelihood.nll_bound(
             batch_key,
-            predict_fn(*batch_labels) if batch_labels else predict_fn,
+            predict_for(labels=batch_labels),
             batch,
             t_end=t_end,
             max_count=max_count,
@@ -67,7 +66,7 @@ def _over_batches(
     *more_inputs: np.ndarray,
 ) -> np.ndarray:
     """``compute(fold_in(key, i), batch_i, ...)`` over ``examples`` in batches, padding dropped."""
-    return generate.run_in_chunks(
+    return chunked.run_in_chunks(
         key,
         compute,
         num_examples=len(examples),
@@ -129,10 +128,10 @@ def loss_over(
 def histogram_bits_per_dim(train: np.ndarray, test: np.ndarray, max_count: int) -> float:
     """Bits per count of ``test`` under independent per-position histograms of ``train``.
 
-    Position ``i`` (an entry of ``(H, W, C)``) gets ``p_i(n) = (c_i(n) + 1) / (M + N + 1)``,
-    ``c_i(n)`` the training examples with count ``n`` there (``M`` of them, add-one smoothing
-    over ``0..N``); the result is ``-mean_{j, i} log2 p_i(test_{j,i})``. A trivial baseline that
-    a trained model's bound should beat.
+    Position ``i`` (an entry of one example, whatever its shape) gets ``p_i(n) = (c_i(n) + 1) /
+    (M + N + 1)``, ``c_i(n)`` the training examples with count ``n`` there (``M`` of them,
+    add-one smoothing over ``0..N``); the result is ``-mean_{j, i} log2 p_i(test_{j,i})``. A
+    trivial baseline that a trained model's bound should beat.
     """
     train = np.asarray(train, np.int64).reshape(len(train), -1)
     test = np.asarray(test, np.int64).reshape(len(test), -1)

@@ -45,7 +45,7 @@ from blackout_jax import grids, likelihood, models, sampling
 from blackout_jax.data import count_checks
 from blackout_jax.run import (
     checkpointing,
-    generate,
+    chunked,
     grid_files,
     held_out,
     network,
@@ -65,13 +65,16 @@ class TrainedModel:
     """The EMA network of one checkpoint, ready for the samplers and the bound."""
 
     step: int
-    predict_fn: jax.tree_util.Partial
+    predict_for: Callable[..., jax.tree_util.Partial]
+    """``predict_for(labels=y, guidance_scale=w)``: :func:`blackout_jax.models.make_predict_fn`
+    of the EMA network (labels ``None``: none, or a conditional model's null label)."""
     max_count: int
     image_shape: tuple[int, ...]
-    label_predict_fn: Callable[..., Callable[[jax.Array], jax.tree_util.Partial]] | None = None
-    """Conditional models: ``label_predict_fn(guidance_scale=w)`` is
-    :func:`blackout_jax.models.make_label_predict_fn` of the EMA network (``labels ->
-    predict_fn``); ``None`` for unconditional ones."""
+
+    @property
+    def predict_fn(self) -> jax.tree_util.Partial:
+        """The predict function without labels: ``predict_for(labels=None)``."""
+        return self.predict_for(labels=None)
 
 
 def run_config(config: ExperimentConfig, workdir: str | os.PathLike[str]) -> ExperimentConfig:
@@ -146,23 +149,13 @@ def load_trained_model(
     dropout_key = (
         stream_key(config.seed, Stream.SAMPLING_DROPOUT) if config.sampling.dropout else None
     )
-    label_predict_fn = None
-    if config.model.num_classes:
-        label_predict_fn = functools.partial(
-            models.make_label_predict_fn,
-            graphdef,
-            restored["ema_params"],
-            rest,
-            dropout_key=dropout_key,
-        )
     return TrainedModel(
         step=step,
-        predict_fn=models.make_predict_fn(
-            graphdef, restored["ema_params"], rest, dropout_key=dropout_key
+        predict_for=functools.partial(
+            models.make_predict_fn, graphdef, restored["ema_params"], rest, dropout_key=dropout_key
         ),
         max_count=int(dataset.max_count),
         image_shape=tuple(int(d) for d in dataset.image_shape),
-        label_predict_fn=label_predict_fn,
     )
 
 
@@ -227,12 +220,9 @@ def draw_samples(
     sampler = config.sampling
     config_lib.check_conditional_fields(config)
     labels = sample_labels(config, model)
-    predict_fn = model.predict_fn
-    if labels is not None:
-        predict_fn = model.label_predict_fn(guidance_scale=sampler.guidance_scale)
-    return generate.generate_samples(
+    return chunked.generate_samples(
         jax.random.fold_in(stream_key(config.seed, Stream.SAMPLE), model.step),
-        predict_fn,
+        functools.partial(model.predict_for, guidance_scale=sampler.guidance_scale),
         num_samples=sampler.num_samples,
         example_shape=model.image_shape,
         times=times,
@@ -250,7 +240,7 @@ def draw_samples(
 def sample_labels(config: ExperimentConfig, model: TrainedModel) -> np.ndarray | None:
     """The classes of the ``sampling.num_samples`` samples (``sampling.labels``; ``None`` for an
     unconditional model)."""
-    if model.label_predict_fn is None:
+    if not config.model.num_classes:
         return None
     return config_lib.sampling_labels(config, config.sampling.num_samples)
 
@@ -312,7 +302,7 @@ def evaluate_run(config: Any, workdir: str | os.PathLike[str], dataset: Any) -> 
     model = load_trained_model(config, workdir, dataset)
     nats = held_out.bound_over(
         stream_key(config.seed, Stream.EVALUATE),
-        model.predict_fn,
+        model.predict_for,
         np.asarray(dataset.test_examples(None)),
         batch_size=config.eval.batch_size,
         t_end=config.diffusion.t_end,
@@ -325,7 +315,7 @@ def evaluate_run(config: Any, workdir: str | os.PathLike[str], dataset: Any) -> 
         "num_time_samples": config.eval.num_time_samples,
         **bound_summary(nats, math.prod(model.image_shape)),
     }
-    if model.label_predict_fn is not None:
+    if config.model.num_classes:
         results.update(_conditional_bound(config, model, dataset))
     if kind != "none":
         samples = draw_samples(
@@ -379,7 +369,7 @@ def _conditional_bound(
     (``w = 0``; the same time draws as the unconditional bound)."""
     nats = held_out.bound_over(
         stream_key(config.seed, Stream.EVALUATE),
-        model.label_predict_fn(guidance_scale=0.0),
+        model.predict_for,
         np.asarray(dataset.test_examples(None)),
         batch_size=config.eval.batch_size,
         t_end=config.diffusion.t_end,
@@ -523,7 +513,7 @@ def impute_run(
     """Complete the unobserved counts of ``input_path`` → ``imputed/imputed_<step>.npz`` + PNG.
 
     Chunk ``i`` of ``sampling.batch_size`` examples is imputed with ``fold_in(key, i)``
-    (:func:`blackout_jax.run.generate.run_in_chunks`), split over every device.
+    (:func:`blackout_jax.run.chunked.run_in_chunks`), split over every device.
     """
     config = config_lib.parse(config)
     image_shape = tuple(int(d) for d in dataset.image_shape)
@@ -548,7 +538,7 @@ def impute_run(
             sharding=parallel.batch_sharding_for(sampler.batch_size),
         )
 
-    completed = generate.run_in_chunks(
+    completed = chunked.run_in_chunks(
         stream_key(config.seed, Stream.IMPUTE),
         complete,
         num_examples=len(counts),
@@ -690,7 +680,7 @@ def unthin_run(
     Every example is repeated ``S = sampling.num_posterior_samples`` times and the rows go
     through :func:`blackout_jax.unthin` (``sampling.unthin_method``, ``sampling.num_steps``
     steps from ``t* = -ln q`` to 0) in chunks of ``sampling.batch_size``
-    (:func:`blackout_jax.run.generate.run_in_chunks`, chunk ``i`` with ``fold_in(key, i)``).
+    (:func:`blackout_jax.run.chunked.run_in_chunks`, chunk ``i`` with ``fold_in(key, i)``).
     The npz holds ``samples`` ``(N, S, H, W, C)`` int32, their ``mean`` ``(N, H, W, C)``,
     the ``survival`` used ``(N,)``, the observed ``counts`` and, when given, ``truth``. The
     PNG has one row per example (the first 50): truth (when given) | observed | ``y / q`` |
@@ -723,7 +713,7 @@ def unthin_run(
             sharding=sharding,
         )
 
-    samples = generate.run_in_chunks(
+    samples = chunked.run_in_chunks(
         stream_key(config.seed, Stream.UNTHIN),
         draw,
         num_examples=len(counts) * per_sample,

@@ -35,7 +35,7 @@ checks for a shutdown signal only at those boundaries (one process alone checks 
 Evaluation (every ``training.eval_every`` steps and at the end) uses the EMA parameters: the
 held-out loss (the training loss on the fixed held-out examples with a fixed key), the
 likelihood bound in bits/dim (:func:`blackout_jax.run.held_out.bound_over`) and a PNG grid of
-samples (:func:`blackout_jax.run.generate.generate_samples`).
+samples (:func:`blackout_jax.run.chunked.generate_samples`).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ import optax
 from flax import nnx
 
 from blackout_jax import likelihood, losses, models
-from blackout_jax.run import checkpointing, generate, held_out, network, parallel, reporting
+from blackout_jax.run import checkpointing, chunked, held_out, network, parallel, reporting
 from blackout_jax.run import config as config_lib
 from blackout_jax.run.config import ExperimentConfig, TrainingConfig
 from blackout_jax.run.lock import RunFolderLock
@@ -449,7 +449,7 @@ class Evaluator:
         )
         nats = held_out.bound_over(
             jax.random.fold_in(self.key, 1),
-            predict_fn,
+            lambda labels: predict_fn,
             self.examples,
             batch_size=config.eval.batch_size,
             t_end=config.diffusion.t_end,
@@ -491,18 +491,16 @@ class Evaluator:
         """``eval.num_grid_samples`` samples ``(N, H, W, C)`` int32 from the EMA network; for a
         conditional model those of :attr:`grid_labels`, with ``sampling.guidance_scale``."""
         labels = self.grid_labels
-        if labels is None:
-            predict_fn = models.make_predict_fn(self.graphdef, ema_params, self.rest)
-        else:
-            predict_fn = models.make_label_predict_fn(
-                self.graphdef,
-                ema_params,
-                self.rest,
-                guidance_scale=self.config.sampling.guidance_scale,
-            )
-        return generate.generate_samples(
+        predict_for = functools.partial(
+            models.make_predict_fn,
+            self.graphdef,
+            ema_params,
+            self.rest,
+            guidance_scale=self.config.sampling.guidance_scale,
+        )
+        return chunked.generate_samples(
             jax.random.fold_in(jax.random.fold_in(self.key, 2), step),
-            predict_fn,
+            predict_for,
             num_samples=self.config.eval.num_grid_samples if labels is None else len(labels),
             example_shape=self.image_shape,
             times=self.times,

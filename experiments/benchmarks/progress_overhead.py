@@ -6,7 +6,7 @@
 Two loops, each timed with its progress report on and off (median of ``repeats`` interleaved
 runs after a warm-up, :func:`experiments.benchmarks.common.median_seconds`):
 
-1. the chunk loop :func:`blackout_jax.run.generate.run_in_chunks` (held-out bound, loss,
+1. the chunk loop :func:`blackout_jax.run.chunked.run_in_chunks` (held-out bound, loss,
    sampling chunks; the progress bar is one tqdm update per chunk) over ``chunks`` chunks of
    ``chunk_size`` digits-sized states, each chunk ``calls`` calls of the small convolutional
    network of :mod:`experiments.benchmarks.sampler_overhead`;
@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 
 import blackout_jax as bj
-from blackout_jax.run import generate
+from blackout_jax.run import chunked
 from experiments.benchmarks.common import median_seconds
 from experiments.benchmarks.sampler_overhead import IMAGE_SHAPE, MAX_COUNT, conv_net, init_conv_net
 
@@ -58,7 +58,7 @@ def main() -> None:
     def chunk_loop(progress: bool):
         def run():
             with contextlib.redirect_stderr(io.StringIO()):
-                return generate.run_in_chunks(
+                return chunked.run_in_chunks(
                     jax.random.key(1),
                     chunk,
                     num_examples=args.chunks * args.chunk_size,

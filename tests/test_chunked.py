@@ -1,4 +1,4 @@
-"""Chunked, resumable sample generation: reuse of finished chunks and device-count independence."""
+"""The chunked sampler driver: reuse of finished chunks, labels per chunk, device independence."""
 
 import json
 import os
@@ -12,7 +12,7 @@ import numpy as np
 from jax.tree_util import Partial
 
 import blackout_jax as bj
-from blackout_jax.run import generate
+from blackout_jax.run import chunked
 from tests.cli import REPO_ROOT, cpu_environment
 
 DATA = np.random.default_rng(5).integers(0, 5, size=(6, 2, 2, 1))
@@ -20,9 +20,10 @@ TIMES = bj.observation_times(40, 10.0)
 
 
 def _generate(chunk_dir=None, num_samples=10):
-    return generate.generate_samples(
+    oracle = bj.dataset_oracle(DATA)
+    return chunked.generate_samples(
         jax.random.key(7),
-        bj.dataset_oracle(DATA),
+        lambda labels: oracle,
         num_samples=num_samples,
         example_shape=(2, 2, 1),
         times=TIMES,
@@ -79,7 +80,7 @@ def test_run_in_chunks_pads_keys_and_trims():
         noise = jax.random.randint(chunk_key, (rows.shape[0], 1), 0, 1000)
         return rows * 2 + 1000 * noise
 
-    out = generate.run_in_chunks(key, compute, num_examples=10, chunk_size=4, inputs=(inputs,))
+    out = chunked.run_in_chunks(key, compute, num_examples=10, chunk_size=4, inputs=(inputs,))
     assert out.shape == (10, 3)
     for index in range(3):
         rows = slice(4 * index, min(4 * index + 4, 10))
@@ -90,7 +91,7 @@ def test_run_in_chunks_pads_keys_and_trims():
 
 def test_run_in_chunks_refuses_inputs_of_another_length():
     try:
-        generate.run_in_chunks(
+        chunked.run_in_chunks(
             jax.random.key(0), lambda k, x: x, num_examples=5, chunk_size=2, inputs=(np.ones(4),)
         )
     except ValueError as error:
@@ -110,12 +111,12 @@ def _labelled_samples(sharding=None, labels=LABELS) -> np.ndarray:
     """
     oracle = bj.dataset_oracle(DATA)
 
-    def predict_for(chunk_labels, counts, t):
+    def labelled(chunk_labels, counts, t):
         return jnp.minimum(oracle(counts, t) + chunk_labels[:, None, None, None], 4 - counts)
 
-    return generate.generate_samples(
+    return chunked.generate_samples(
         jax.random.key(9),
-        lambda chunk_labels: Partial(predict_for, chunk_labels),
+        lambda labels: Partial(labelled, labels),
         num_samples=10,
         example_shape=(2, 2, 1),
         times=TIMES,
@@ -149,7 +150,7 @@ def test_labelled_samples_and_unthinning_sharded_over_four_devices_equal_one_dev
         """
         import json, jax, numpy as np
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-        from tests.test_generate import _labelled_samples, _unthinned
+        from tests.test_chunked import _labelled_samples, _unthinned
         assert jax.device_count() == 4
         sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P("data"))
         for array in (_labelled_samples(sharding), _unthinned(sharding)):
@@ -178,11 +179,12 @@ def test_samples_and_imputations_sharded_over_four_devices_equal_one_device():
         import json, jax, numpy as np
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
         import blackout_jax as bj
-        from blackout_jax.run import generate
+        from blackout_jax.run import chunked
         data = np.random.default_rng(5).integers(0, 5, size=(6, 2, 2, 1))
         mesh = Mesh(np.array(jax.devices()), ("data",))
-        out = generate.generate_samples(
-            jax.random.key(7), bj.dataset_oracle(data), num_samples=10, example_shape=(2, 2, 1),
+        oracle = bj.dataset_oracle(data)
+        out = chunked.generate_samples(
+            jax.random.key(7), lambda labels: oracle, num_samples=10, example_shape=(2, 2, 1),
             times=bj.observation_times(40, 10.0), max_count=4, chunk_size=4,
             sharding=NamedSharding(mesh, P("data")))
         assert jax.device_count() == 4

@@ -1,14 +1,18 @@
-"""Work in chunks: sharded over every device, resumable after an interruption.
+"""The one chunked sampler driver: work in chunks, sharded over every device, resumable.
 
 :func:`run_in_chunks` is the one driver behind every batch of sampler calls of the run layer
-(the training-time sample grids, ``--mode=sample``, ``--mode=evaluate``'s samples and
-``--mode=impute``). Chunk ``i`` of ``chunk_size`` examples is computed from the key
-``fold_in(key, i)`` and rows ``[i chunk_size, (i + 1) chunk_size)`` of the inputs (the last chunk
-padded to full size, so one compilation serves all chunks, and cut after), so the result depends
-only on the key, the chunk size and the model, not on the number of devices or hosts, nor on
-whether the run was interrupted. With a ``chunk_dir`` every finished chunk is written there
-(``chunk_00000.npy``, ...; by the primary host, atomically) and chunks already on disk are read
-back instead of being computed again.
+(the training-time sample grids, ``--mode=sample``, ``--mode=evaluate``'s samples and bound,
+``--mode=impute`` and ``--mode=unthin``); :func:`generate_samples` draws samples through it.
+Chunk ``i`` of ``chunk_size`` examples is computed from the key ``fold_in(key, i)`` and rows
+``[i chunk_size, (i + 1) chunk_size)`` of the inputs (the last chunk padded to full size, so one
+compilation serves all chunks, and cut after), so the result depends only on the key, the chunk
+size and the model, not on the number of devices or hosts, nor on whether the run was
+interrupted. With a ``chunk_dir`` every finished chunk is written there (``chunk_00000.npy``,
+...; by the primary host, atomically) and chunks already on disk are read back instead of being
+computed again.
+
+Class labels travel through the chunks as an input; the model comes as a :class:`PredictFor`,
+which gives each chunk its predict function from that chunk's labels (or ``None``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import jax
 import numpy as np
@@ -27,6 +32,18 @@ from blackout_jax.run import parallel
 
 Array = jax.Array
 ChunkFn = Callable[..., Array]
+
+
+class PredictFor(Protocol):
+    """``predict_for(labels=y) -> predict_fn(counts (B, ...), t (B,)) -> yhat (B, ...)``.
+
+    The predict function for a batch whose examples have the class labels ``y`` ``(B,)``, or,
+    with ``labels=None``, no labels (an unconditional model, or a conditional one's null
+    label). ``functools.partial(blackout_jax.models.make_predict_fn, graphdef, *states,
+    guidance_scale=w)`` is one; a model without labels is ``lambda labels: predict_fn``.
+    """
+
+    def __call__(self, *, labels: Array | None) -> Callable[[Array, Array], Array]: ...
 
 
 def _chunk_path(chunk_dir: Path, index: int) -> Path:
@@ -140,7 +157,7 @@ def run_in_chunks(
 
 def generate_samples(
     key: Array,
-    predict_fn: Callable[[Array, Array], Array],
+    predict_for: PredictFor,
     *,
     num_samples: int,
     example_shape: tuple[int, ...],
@@ -156,24 +173,20 @@ def generate_samples(
 ) -> np.ndarray:
     """Draw ``num_samples`` int32 samples of ``example_shape`` with :func:`blackout_jax.sample`.
 
-    Chunk ``i`` is ``sample(fold_in(key, i), predict_fn, (chunk_size, *example_shape), times,
-    max_count=..., method=..., start=...)``; see :func:`run_in_chunks` for resuming and
-    sharding. With ``progress`` the primary host shows the chunks and, within each chunk, the
-    sampler's steps.
-
-    Class-conditional sampling: ``labels`` ``(num_samples,)`` travel through the chunks as an
-    input (chunk ``i`` gets rows ``[i chunk_size, (i + 1) chunk_size)``, padded with label 0),
-    and ``predict_fn`` is then a function of a chunk's labels returning that chunk's predict
-    function (:func:`blackout_jax.models.make_label_predict_fn`).
+    Chunk ``i`` is ``sample(fold_in(key, i), predict_for(labels=y_i), (chunk_size,
+    *example_shape), times, max_count=..., method=..., start=...)``, ``y_i`` the chunk's rows
+    ``[i chunk_size, (i + 1) chunk_size)`` of ``labels`` ``(num_samples,)`` (padded with label
+    0), or ``None`` without labels; see :func:`run_in_chunks` for resuming and sharding. With
+    ``progress`` the primary host shows the chunks and, within each chunk, the sampler's steps.
 
     Returns:
       ``(num_samples, *example_shape)`` int32 array on every host.
     """
 
-    def draw(chunk_key: Array, *chunk_labels: Array) -> Array:
+    def draw(chunk_key: Array, chunk_labels: Array | None = None) -> Array:
         return sampling.sample(
             chunk_key,
-            predict_fn(*chunk_labels) if chunk_labels else predict_fn,
+            predict_for(labels=chunk_labels),
             (chunk_size, *example_shape),
             times,
             max_count=max_count,
