@@ -81,3 +81,11 @@ def test_the_sampler_reports_its_steps(capsys):
     jax.effects_barrier()
     lines = capsys.readouterr().err.splitlines()
     assert lines[-1].startswith("sampling: 40/40 steps, ")
+
+
+def test_a_bar_opens_at_the_first_report_and_carries_the_scalars():
+    reporter = progress.ProgressReporter(10, 2, use_bar=True, stream=io.StringIO())
+    reporter.log(4, {"loss": 0.5})
+    assert reporter._bar.n == 4
+    assert "loss 0.5" in str(reporter._bar)
+    reporter.close()

@@ -154,7 +154,7 @@ class ProgressReporter:
         self._last_step, self._last_time = step, now
         if not self.enabled:
             return rate
-        if self._bar is not None:
+        if self.use_bar:
             self.update(step)
             self._bar.set_postfix_str(format_scalars(scalars))
             return rate
