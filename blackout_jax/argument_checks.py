@@ -2,7 +2,9 @@
 
 Every check runs only on *concrete* values (NumPy arrays, Python numbers, committed JAX arrays
 whose values this process holds; a global array of a multi-process job, spread over other
-processes' devices, is not checked).
+processes' devices, is not checked). Counts on a device are checked there, by one reduction
+whose single boolean comes back to the host; only counts that fail are copied to the host, to
+name the first bad value.
 Under ``jax.jit``, ``jax.vmap`` or ``jax.grad`` the inputs are tracers whose values are unknown at
 trace time, so the checks are skipped and the functions compute on whatever they are given
 (out-of-range counts then give meaningless numbers, not errors). Validate data once, outside the
@@ -13,9 +15,11 @@ Each failure raises ``ValueError`` naming the argument, the first bad value and 
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -40,11 +44,21 @@ def _first_bad(name: str, values: np.ndarray, bad: np.ndarray, problem: str) -> 
         raise ValueError(f"{name} {problem}; found {value!r}{where}")
 
 
-def check_counts(name: str, counts: Any, max_count: int | None = None) -> None:
-    """Counts must be finite, non-negative whole numbers (and ``<= max_count`` when given)."""
-    values = concrete_value(counts)
-    if values is None:
+def check_counts(
+    name: str, counts: Any, max_count: int | None = None, *, where: Any = None
+) -> None:
+    """Counts must be finite, non-negative whole numbers (and ``<= max_count`` when given).
+
+    A boolean mask ``where`` restricts the check to its true entries.
+    """
+    if _pass_on_device(counts, max_count, where):
         return
+    values = concrete_value(counts)
+    mask = None if where is None else concrete_value(where)
+    if values is None or (where is not None and mask is None):
+        return
+    if mask is not None:
+        values = np.where(mask, values, 0)
     if values.dtype == np.bool_:
         values = values.astype(np.int64)
     if not (np.issubdtype(values.dtype, np.integer) or np.issubdtype(values.dtype, np.floating)):
@@ -55,6 +69,31 @@ def check_counts(name: str, counts: Any, max_count: int | None = None) -> None:
     _first_bad(name, values, values < 0, "must be non-negative")
     if max_count is not None:
         _first_bad(name, values, values > max_count, f"must be <= max_count={max_count}")
+
+
+def _pass_on_device(counts: Any, max_count: int | None, where: Any) -> bool:
+    """Whether concrete JAX ``counts`` (and mask ``where``) of a number dtype pass every check
+    of :func:`check_counts`, found by :func:`_valid_counts` on their device; ``False`` for
+    anything else, and inside a trace (:func:`check_counts` then checks on the host, or
+    skips)."""
+    arrays = (counts,) if where is None else (counts, where)
+    on_device = all(
+        isinstance(a, jax.Array) and not isinstance(a, jax.core.Tracer) and a.is_fully_addressable
+        for a in arrays
+    )
+    if not on_device or not jnp.issubdtype(counts.dtype, jnp.number):
+        return False
+    valid = _valid_counts(counts, True if where is None else where, max_count=max_count)
+    return not isinstance(valid, jax.core.Tracer) and bool(valid)  # inside a trace: not known
+
+
+@functools.partial(jax.jit, static_argnames="max_count")
+def _valid_counts(counts: jax.Array, mask: jax.Array | bool, max_count: int | None) -> jax.Array:
+    """``all(mask => (n finite, whole, >= 0, <= max_count))``, a boolean scalar."""
+    valid = (counts >= 0) if max_count is None else (counts >= 0) & (counts <= max_count)
+    if jnp.issubdtype(counts.dtype, jnp.floating):
+        valid = valid & jnp.isfinite(counts) & (counts == jnp.round(counts))
+    return jnp.all(valid | ~jnp.asarray(mask, bool))
 
 
 def check_times(name: str, t: Any) -> None:

@@ -19,6 +19,7 @@ from sklearn.datasets import load_digits
 
 import blackout_jax as bj
 from blackout_jax.run import reporting
+from blackout_jax.run.progress import sampler_progress
 
 
 def main() -> None:
@@ -40,7 +41,7 @@ def main() -> None:
         times,
         max_count=max_count,
         method=args.method,
-        progress=True,
+        progress=sampler_progress(),
     )
     samples = np.asarray(samples)
     flat = samples.reshape(len(samples), -1)

@@ -2,54 +2,22 @@
 
 On an increasing grid ``0 = t_0 < t_1 < ... < t_K = t_end`` the sampler starts from a prior draw
 ``n_{t_K} ~ Poisson((N/2) p_{t_end})`` (clipped to ``N = max_count``; ``start="zeros"``: from
-an all-zero state, as the reference does) and walks the grid
-backwards, ``t = t_k -> s = t_{k-1}``, with ``yhat = predict_fn(n_t, t)`` and the bridge
-probability ``r = (p_s - p_t) / (1 - p_t)``:
+an all-zero state, as the reference does) and walks the grid backwards, ``t = t_k -> s =
+t_{k-1}``, with ``yhat = predict_fn(n_t, t)`` and the bridge probability
+``r = (p_s - p_t) / (1 - p_t)``. One step function per method, collected in :data:`STEPS`:
 
 * ``binomial_bridge``: ``n_s = n_t + Binomial(clip(round(yhat), 0, N - n_t), r)``;
 * ``tau_leaping``:     ``n_s = clip(n_t + Poisson(yhat r), 0, N)``;
-* ``trapezoidal_bridge`` and ``trapezoidal_leaping``: two network calls per step (below).
+* ``trapezoidal_bridge`` and ``trapezoidal_leaping``: two stages ``t -> mid -> s`` and two
+  network calls per step, the second stage driven by the extrapolated prediction
+  ``2 yhat(n_mid, mid) - yhat_1`` (second order in the step size).
 
-Two-stage (trapezoidal) steps. On the clock ``theta = -log(1 - p_t)``, which grows as the
-reverse process runs, each unit still missing from a count is born at rate 1, so a count's birth
-rate is its missing number ``m = n_0 - n`` and the network's ``yhat`` is that rate's conditional
-mean. A one-call step freezes ``yhat`` over the whole step: births on one count tell nothing about
-the missing units of itself or of other counts. Over a step of bridge probability ``r`` the
-exact births ``B`` have ``E[B] = r yhat`` and ``E[B_i B_j] - [i = j] E[B_i] =
-r^2 E[m_i m_j - [i = j] m_i | n_t]``; the bridge gets the mean right but misses
-``r^2 Cov(m_i, m_j | n_t)`` (``r^2 Var`` on the diagonal), tau-leaping misses ``r^2 (Cov - [i = j]
-yhat_i)``: a local error of order ``r^2``, global order 1 in the step size.
-The two-stage step ``t -> mid -> s`` (``mid`` halving ``theta``, both stages with bridge
-probability ``h``, ``(1 - h)^2 = 1 - r``) draws stage 1 with ``yhat_1 = yhat(n_t, t)``, calls the
-network again at ``(n_mid, mid)`` for ``yhat_2`` and draws stage 2 with an extrapolated missing
-count, the trapezoidal rule of second-order tau-leaping (Ren et al., arXiv 2502.00234, with
-``theta = 1/2``) written for births:
-
-* ``trapezoidal_bridge``: ``b_1 ~ Binomial(R(yhat_1), h)``, ``n_mid = n_t + b_1``,
-  ``b_2 ~ Binomial(R(2 yhat_2 - (yhat_1 - b_1)), h)``, where ``yhat_1 - b_1`` is what stage 1
-  implies is missing at ``mid`` and ``R`` clips to ``0..N - n`` and rounds without bias
-  (``floor(x) + Bernoulli(x - floor(x))``);
-* ``trapezoidal_leaping``: ``b_1 = min(Poisson(yhat_1 k), N - n_t)``,
-  ``b_2 = min(Poisson(max(2 yhat_2 - yhat_1, 0) k), N - n_mid)`` with the clock step
-  ``k = -log(1 - h)`` (frozen rates over the clock, as in the paper).
-
-Expanding both to second order in ``h`` (one birth in stage 1 raises ``yhat_2`` of count ``j`` by
-``Cov(m_i, m_j) / yhat_i`` to first order, no birth lowers it by ``Var(m_j) h``) gives
-``E[B] = yhat (1 - (1 - h)^2)`` for the bridge form and ``E[B_i B_j - [i = j] B_i] =
-(2h)^2 E[m_i m_j - [i = j] m_i]`` for both: the local error is ``O(h^3)``, global order 2. The
-leaping form is order 2 for any rates; the bridge form is order 2 when ``yhat`` is whole (its
-unbiased rounding adds variance ``f (1 - f)``, ``f`` the fractional part, an order-1 term bounded
-by 1/4 per count); its mean ``E[B] = r yhat`` is exact for any step length as long as the
-extrapolated count stays within ``0..N - n_mid`` (where it is clipped, as the rate is in the
-paper, the mean is not). The leaping form freezes rates over the clock, which overshoots on long
-steps (``k >> 1``): it is for fine grids. Births never exceed ``N - n``. The last step into
-``s = 0`` is infinitely long on the clock; there ``mid = t / 2`` and stage 2 adds ``yhat_2``
-unextrapolated (the reference grids end with ``t_1 ~ e^{-t_end}``, so this step hardly
-matters). A two-stage step is one iteration of the same ``lax.scan``.
+docs/sampling.md derives the two-stage steps and discusses imputation (resampling, particles);
+experiments/RESULTS.md holds the measured figures.
 
 :func:`unthin` runs the same loop from a given state (a thinned observation) at ``t* = -ln q``
 on one grid per example, ``(B, K + 1)``: each step's ``t`` and ``s`` are then ``(B,)`` and the
-draws below take one bridge probability per example (one table per example).
+draws take one bridge probability per example (one table per example).
 
 The loop is a ``lax.scan`` inside ``jax.jit``: one dispatch per call, the network the only heavy
 work per step. The bridge's binomials are drawn by exact inversion against a per-step
@@ -59,20 +27,18 @@ tau-leaping draws ``min(Poisson(yhat r), N - n_t)`` exactly with
 The samplers know the model only through ``predict_fn``.
 
 Compilation is cached on ``(predict_fn, shape, grid length, max_count, method, start,
-progress)``. A
-``predict_fn`` that closes over large arrays (network parameters) would have them baked into
-the program as constants; pass it as a ``jax.tree_util.Partial`` whose arguments hold the
-arrays instead (``Partial(apply, params)`` called as ``apply(params, counts, t)``): its arrays
-then travel as arguments and one compilation serves every parameter value.
+progress)``. A ``predict_fn`` that closes over large arrays (network parameters) would have
+them baked into the program as constants; pass it as a ``jax.tree_util.Partial`` whose
+arguments hold the arrays instead (``Partial(apply, params)`` called as ``apply(params, counts,
+t)``): its arrays then travel as arguments and one compilation serves every parameter value.
+The ``progress`` callback is part of the key too: pass the same object on every call.
 """
 
 from __future__ import annotations
 
 import functools
-import sys
-import time
 from collections.abc import Callable
-from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -82,12 +48,45 @@ from blackout_jax import argument_checks, draws, functional, likelihood, process
 
 Array = jax.Array
 PredictFn = Callable[[Array, Array], Array]
+Progress = Callable[[int, int], None]
+"""``progress(steps_done, total)``, called on the host while a compiled sampler runs."""
 
-METHODS = ("binomial_bridge", "tau_leaping", "trapezoidal_bridge", "trapezoidal_leaping")
 STARTS = ("prior", "zeros")
-_TWO_STAGE_METHODS = ("trapezoidal_bridge", "trapezoidal_leaping")
 _PROGRESS_UPDATES = 20  # host callbacks per sampler run when progress is on (about 1 ms each)
 _SMALLEST_TWIST_RATE = 1e-6  # floor of yhat in the particles' Poisson fit to the observations
+
+
+class Observations(NamedTuple):
+    """Known counts of an imputation: ``counts`` ``x_obs`` (B, ...) int32, read where ``mask``
+    (bool, same shape) is true."""
+
+    counts: Array
+    mask: Array
+
+
+class StepContext(NamedTuple):
+    """What a step needs besides its key, state and times.
+
+    Attributes:
+      predict: ``(counts (B, ...), t (scalar or (B,))) -> yhat`` float32 of the counts' shape.
+      max_count: largest count ``N``.
+      observations: known counts that every draw bridges exactly to, or ``None``.
+      constrain: places an intermediate state on the sampler's sharding.
+    """
+
+    predict: Callable[[Array, Array], Array]
+    max_count: int
+    observations: Observations | None
+    constrain: Callable[[Array], Array]
+
+
+Step = Callable[[Array, Array, Array, Array, Array, StepContext], Array]
+"""``step(key, n_t, yhat, t, s, context) -> n_s``: one reverse step ``t -> s`` (int32 counts
+``(B, ...)``, ``yhat = predict(n_t, t)``, ``t`` and ``s`` scalars or ``(B,)``)."""
+
+Births = Callable[[Array, Array, Array, Array, Array, int], Array]
+"""``births(draw_key, round_key, n_t, expected, r, N) -> b``: int32 births of one draw
+``t -> s`` of bridge probability ``r`` for ``expected`` missing units, ``0 <= b <= N - n_t``."""
 
 
 def sample(
@@ -99,7 +98,7 @@ def sample(
     max_count: int,
     method: str = "binomial_bridge",
     start: str = "prior",
-    progress: bool = False,
+    progress: Progress | None = None,
     sharding: jax.sharding.Sharding | None = None,
 ) -> Array:
     """Draw samples by walking the reverse-time process down ``times``.
@@ -114,14 +113,16 @@ def sample(
       max_count: largest count ``N`` (``>= 1``).
       method: one of :data:`METHODS`: ``"binomial_bridge"`` (default), ``"tau_leaping"`` (one
         network call per step), ``"trapezoidal_bridge"`` or ``"trapezoidal_leaping"`` (two calls
-        per step, second order; see the module docstring).
+        per step, second order; docs/sampling.md).
       start: the state at ``t_end``: ``"prior"`` (default) draws ``Poisson((N/2) p_{t_end})``
         clipped to ``N``, the prior of the likelihood bound, so samples come from the model
         whose likelihood :func:`blackout_jax.nll_bound` bounds; ``"zeros"`` starts from an
         all-zero state, as the reference's generation code does (the prior is almost always
         all zeros too, but the bound is only a bound for the prior start).
-      progress: report steps done and steps/s on stderr while the compiled loop runs (about 20
-        host callbacks per run).
+      progress: ``progress(steps_done, total)``, called on the host about 20 times per run
+        through ``jax.debug.callback`` (for example
+        :func:`blackout_jax.run.progress.sampler_progress`), or ``None``. It is part of the
+        compilation's key: pass the same object on every call.
       sharding: optional sharding of the state (for example ``NamedSharding(mesh, P("data"))``
         to split the batch over devices); draws do not depend on it.
 
@@ -132,12 +133,11 @@ def sample(
       ValueError: bad ``method``, ``shape`` or ``max_count``, or (when concrete) a grid that is
         not 1-D, shorter than 2, not starting at 0 or not strictly increasing.
     """
-    _check_sampler_arguments(shape, times, max_count, method, start)
+    _check_sampler_arguments(shape, times, max_count, method, start, progress)
     return _run_sampler(
         key,
         functional.as_partial(predict_fn),
         jnp.asarray(times, jnp.float32),
-        None,
         None,
         None,
         shape=tuple(int(d) for d in shape),
@@ -146,7 +146,7 @@ def sample(
         start=start,
         resamples=1,
         particles=1,
-        progress=bool(progress),
+        progress=progress,
         sharding=sharding,
     )
 
@@ -163,7 +163,7 @@ def impute(
     start: str = "prior",
     resamples: int = 1,
     particles: int = 1,
-    progress: bool = False,
+    progress: Progress | None = None,
     sharding: jax.sharding.Sharding | None = None,
 ) -> Array:
     """Fill in unobserved counts, conditioned on the observed ones.
@@ -181,9 +181,7 @@ def impute(
     state is thinned back to ``t`` by the exact forward process (each unit survives with
     probability ``p_t / p_s``), which keeps the observed entries' marginals exact and lets the
     unobserved ones be redrawn in the light of the observed ones. This costs ``U`` network
-    calls per step. Measured with the dataset oracle on digits (experiments/RESULTS.md): with a
-    quarter of the entries missing, U = 1 completes about half of the examples as the observed
-    dataset member, U = 5 83% and U = 10 94%; with half or more missing the gain is smaller.
+    calls per step.
 
     With ``particles = P > 1`` each example is grown as ``P`` particles instead (sequential Monte
     Carlo, ``P`` network calls per step): at every step a particle is weighted by how well the
@@ -193,10 +191,10 @@ def impute(
     resampled by these weights when their effective number falls below ``P / 2``, and one
     particle per example is returned, drawn by its final weight (the last twist divided out).
     Particles whose unobserved entries commit to something the observations contradict are
-    dropped early. The twist is an approximation, so this too is approximate; measured with the
-    oracle it beats resampling at the same cost, most when much is missing (half missing: 83%
-    members with P = 5 against 56% with U = 5). Use ``P >= 3``: two particles are never
-    resampled (their effective number cannot fall below 1).
+    dropped early. The twist is an approximation, so this too is approximate. Use ``P >= 3``:
+    two particles are never resampled (their effective number cannot fall below 1).
+    docs/sampling.md discusses both; experiments/RESULTS.md compares them with the dataset
+    oracle.
 
     Args:
       counts: ``(B, ...)`` counts; only the observed entries are read.
@@ -211,31 +209,18 @@ def impute(
       int32 counts of ``counts.shape``: observed entries as given, the others sampled.
     """
     counts_shape = tuple(np.shape(counts))
-    _check_sampler_arguments(counts_shape, times, max_count, method, start)
-    for name, value in (("resamples", resamples), ("particles", particles)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if resamples > 1 and particles > 1:
-        raise ValueError(
-            f"use resamples or particles, not both (got resamples={resamples}, "
-            f"particles={particles})"
-        )
-    if tuple(np.shape(observed)) != counts_shape:
-        raise ValueError(
-            f"observed must have the shape of counts {counts_shape}, got {np.shape(observed)}"
-        )
-    observed_values = argument_checks.concrete_value(observed)
-    if observed_values is not None and observed_values.dtype != np.bool_:
-        raise ValueError(f"observed must be a boolean mask, got dtype {observed_values.dtype}")
-    observed_values = jnp.asarray(observed, bool)
-    argument_checks.check_counts("counts", jnp.where(observed_values, counts, 0), max_count)
+    _check_sampler_arguments(counts_shape, times, max_count, method, start, progress)
+    _check_impute_arguments(counts_shape, observed, resamples, particles)
+    argument_checks.check_counts("counts", counts, max_count, where=observed)
     particles = int(particles)
     return _run_sampler(
         key,
         functional.as_partial(predict_fn),
         jnp.asarray(times, jnp.float32),
-        jnp.repeat(jnp.asarray(counts).astype(jnp.int32), particles, axis=0),
-        jnp.repeat(observed_values, particles, axis=0),
+        Observations(
+            jnp.repeat(jnp.asarray(counts).astype(jnp.int32), particles, axis=0),
+            jnp.repeat(jnp.asarray(observed, bool), particles, axis=0),
+        ),
         None,
         shape=(counts_shape[0] * particles, *counts_shape[1:]),
         max_count=int(max_count),
@@ -243,7 +228,7 @@ def impute(
         start=start,
         resamples=int(resamples),
         particles=particles,
-        progress=bool(progress),
+        progress=progress,
         sharding=sharding,
     )
 
@@ -258,7 +243,7 @@ def unthin(
     num_steps: int,
     method: str = "trapezoidal_bridge",
     grid: str = "logit",
-    progress: bool = False,
+    progress: Progress | None = None,
     sharding: jax.sharding.Sharding | None = None,
 ) -> Array:
     """Draw counts ``x`` given an observation ``y ~ Binomial(x, q)`` of them (un-thinning).
@@ -293,7 +278,7 @@ def unthin(
         leaping methods can add more units than are missing, which takes a fine grid to make
         rare. experiments/RESULTS.md ("Un-thinning") compares them with the dataset oracle.
       grid: one of :data:`blackout_jax.schedule.UNTHIN_GRIDS`.
-      progress: report the steps on stderr, as for :func:`sample`.
+      progress: as for :func:`sample`.
       sharding: optional sharding of the state (split the batch over devices).
 
     Returns:
@@ -309,7 +294,7 @@ def unthin(
     shape = tuple(int(d) for d in np.shape(observed))
     if isinstance(num_steps, bool) or not isinstance(num_steps, int | np.integer) or num_steps < 1:
         raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
-    _check_sampler_arguments(shape, None, max_count, method, "prior")
+    _check_sampler_arguments(shape, None, max_count, method, "prior", progress)
     if (
         np.ndim(survival) not in (0, 1)
         or np.ndim(survival) == 1
@@ -334,7 +319,6 @@ def unthin(
         functional.as_partial(predict_fn),
         times,
         None,
-        None,
         counts,
         shape=shape,
         max_count=int(max_count),
@@ -342,24 +326,291 @@ def unthin(
         start="prior",
         resamples=1,
         particles=1,
-        progress=bool(progress),
+        progress=progress,
         sharding=sharding,
     )
     return jnp.where(_per_example(thinned, len(shape)), drawn, counts)
 
 
 def _check_sampler_arguments(
-    shape: tuple[int, ...], times: Array | None, max_count: int, method: str, start: str
+    shape: tuple[int, ...],
+    times: Array | None,
+    max_count: int,
+    method: str,
+    start: str,
+    progress: Progress | None,
 ) -> None:
+    """The arguments every sampler shares (a concrete grid only: see :mod:`argument_checks`)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if start not in STARTS:
         raise ValueError(f"start must be one of {STARTS}, got {start!r}")
+    if progress is not None and not callable(progress):
+        raise ValueError(
+            f"progress must be a callable (steps_done, total) or None, got {progress!r}"
+        )
     argument_checks.check_max_count(max_count)
     if len(shape) < 1 or any(int(d) < 1 for d in shape):
         raise ValueError(f"shape must be a non-empty tuple of positive sizes, got {shape!r}")
     if times is not None:
         argument_checks.check_time_grid(times)
+
+
+def _check_impute_arguments(
+    counts_shape: tuple[int, ...], observed: Array, resamples: int, particles: int
+) -> None:
+    """``resamples`` and ``particles`` (integers ``>= 1``, not both above 1) and the mask's shape
+    and dtype (known without reading its values)."""
+    for name, value in (("resamples", resamples), ("particles", particles)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if resamples > 1 and particles > 1:
+        raise ValueError(
+            f"use resamples or particles, not both (got resamples={resamples}, "
+            f"particles={particles})"
+        )
+    if tuple(np.shape(observed)) != counts_shape:
+        raise ValueError(
+            f"observed must have the shape of counts {counts_shape}, got {np.shape(observed)}"
+        )
+    dtype = observed.dtype if hasattr(observed, "dtype") else np.asarray(observed).dtype
+    if dtype != jnp.bool_:
+        raise ValueError(f"observed must be a boolean mask, got dtype {dtype}")
+
+
+def _advance(
+    births: Births,
+    keys: tuple[Array, Array | None, Array],
+    counts: Array,
+    expected: Array,
+    s: Array,
+    t: Array,
+    context: StepContext,
+) -> Array:
+    """One draw ``t -> s``: ``n_t + births`` for the unobserved entries, the exact bridge
+    ``n_t + Binomial(x_obs - n_t, r)`` for the observed ones (with ``keys[2]``), so that at every
+    grid time the observed entries are a draw of ``Binomial(x_obs, p_s)`` on one path."""
+    draw_key, round_key, observed_key = keys
+    r = process.bridge_probability(s, t)
+    new_counts = counts + births(draw_key, round_key, counts, expected, r, context.max_count)
+    if context.observations is None:
+        return new_counts
+    missing = context.observations.counts - counts
+    bridged = counts + _binomial(observed_key, missing, r, context.max_count)
+    return jnp.where(context.observations.mask, bridged, new_counts)
+
+
+def _rounded_bridge_births(
+    draw_key: Array, round_key: Array | None, counts: Array, expected: Array, r: Array, n: int
+) -> Array:
+    """``Binomial(clip(round(yhat), 0, N - n_t), r)`` (round to nearest, ``round_key`` unused)."""
+    room = (n - counts).astype(jnp.float32)
+    return _binomial(draw_key, jnp.clip(jnp.round(expected), 0.0, room), r, n)
+
+
+def _unbiased_bridge_births(
+    draw_key: Array, round_key: Array | None, counts: Array, expected: Array, r: Array, n: int
+) -> Array:
+    """``Binomial(R(yhat), r)``, ``R`` clipping to ``0..N - n_t`` and rounding without bias."""
+    room = (n - counts).astype(jnp.float32)
+    return _binomial(draw_key, _unbiased_round(round_key, jnp.clip(expected, 0.0, room)), r, n)
+
+
+def _leaping_births(
+    draw_key: Array, round_key: Array | None, counts: Array, expected: Array, r: Array, n: int
+) -> Array:
+    """``min(Poisson(yhat r), N - n_t)``: rates frozen over the bridge probability."""
+    return _capped_poisson(draw_key, expected, r, n - counts, n)
+
+
+def _clock_leaping_births(
+    draw_key: Array, round_key: Array | None, counts: Array, expected: Array, r: Array, n: int
+) -> Array:
+    """``min(Poisson(yhat k), N - n_t)``, rates frozen over the clock ``k = -log(1 - r)``
+    (``k = 1`` when ``r = 1``, the step into ``s = 0``)."""
+    clock = jnp.where(r < 1.0, -jnp.log1p(-jnp.minimum(r, 1.0 - 1e-7)), 1.0)
+    return _capped_poisson(draw_key, expected, clock, n - counts, n)
+
+
+def binomial_bridge_step(
+    key: Array, counts: Array, pred: Array, t: Array, s: Array, context: StepContext
+) -> Array:
+    """``n_s = n_t + Binomial(clip(round(yhat), 0, N - n_t), r)`` (the reference sampler); the
+    observed entries' bridge draws with the births' key (one binomial draw over all entries)."""
+    draw_key = jax.random.split(key)[0]
+    keys = (draw_key, None, draw_key)
+    return _advance(_rounded_bridge_births, keys, counts, pred, s, t, context)
+
+
+def tau_leaping_step(
+    key: Array, counts: Array, pred: Array, t: Array, s: Array, context: StepContext
+) -> Array:
+    """``n_s = clip(n_t + Poisson(yhat r), 0, N) = n_t + min(Poisson(yhat r), N - n_t)``; the
+    observed entries' bridge draws with the second key of ``split(key)``."""
+    draw_key, observed_key = jax.random.split(key)
+    return _advance(_leaping_births, (draw_key, None, observed_key), counts, pred, s, t, context)
+
+
+def _two_stage_step(
+    births: Births,
+    count_first_births: bool,
+    key: Array,
+    counts: Array,
+    pred: Array,
+    t: Array,
+    s: Array,
+    context: StepContext,
+) -> Array:
+    """A trapezoidal step ``t -> mid -> s``: stage 1 for ``yhat_1 = pred``, one more network
+    call ``yhat_2 = predict(n_mid, mid)``, stage 2 for ``yhat_2 + w (yhat_2 - frozen)`` with
+    ``frozen = yhat_1 - b_1`` (``count_first_births``) or ``yhat_1`` and the weight ``w`` of
+    :func:`_two_stage_midpoint`. Each stage draws with keys ``split(stage_key, 3)``."""
+    first_key, second_key = jax.random.split(key)
+    mid, weight = _two_stage_midpoint(t, s)
+    first_keys = tuple(jax.random.split(first_key, 3))
+    mid_counts = context.constrain(_advance(births, first_keys, counts, pred, mid, t, context))
+    pred_mid = context.predict(mid_counts, mid)
+    frozen = pred - (mid_counts - counts).astype(jnp.float32) if count_first_births else pred
+    extrapolated = pred_mid + _per_example(weight, counts.ndim) * (pred_mid - frozen)
+    second_keys = tuple(jax.random.split(second_key, 3))
+    return _advance(births, second_keys, mid_counts, extrapolated, s, mid, context)
+
+
+def trapezoidal_bridge_step(
+    key: Array, counts: Array, pred: Array, t: Array, s: Array, context: StepContext
+) -> Array:
+    """Two bridge stages of probability ``h``, ``(1 - h)^2 = 1 - r``:
+    ``b_1 ~ Binomial(R(yhat_1), h)`` and ``b_2 ~ Binomial(R(2 yhat_2 - (yhat_1 - b_1)), h)``,
+    ``R`` clipping to ``0..N - n`` and rounding without bias (docs/sampling.md)."""
+    return _two_stage_step(_unbiased_bridge_births, True, key, counts, pred, t, s, context)
+
+
+def trapezoidal_leaping_step(
+    key: Array, counts: Array, pred: Array, t: Array, s: Array, context: StepContext
+) -> Array:
+    """Two leaping stages of clock step ``k = -log(1 - h)``: ``b_1 = min(Poisson(yhat_1 k),
+    N - n_t)``, ``b_2 = min(Poisson(max(2 yhat_2 - yhat_1, 0) k), N - n_mid)``
+    (docs/sampling.md)."""
+    return _two_stage_step(_clock_leaping_births, False, key, counts, pred, t, s, context)
+
+
+STEPS: dict[str, Step] = {
+    "binomial_bridge": binomial_bridge_step,
+    "tau_leaping": tau_leaping_step,
+    "trapezoidal_bridge": trapezoidal_bridge_step,
+    "trapezoidal_leaping": trapezoidal_leaping_step,
+}
+"""The sampler methods by name: one :data:`Step` each."""
+
+METHODS = tuple(STEPS)
+
+
+def _predicted_step(
+    step: Step, key: Array, counts: Array, t: Array, s: Array, context: StepContext
+) -> Array:
+    """``step`` with ``yhat = predict(n_t, t)``."""
+    return step(key, counts, context.predict(counts, t), t, s, context)
+
+
+def _resampled_step(
+    step: Step,
+    resamples: int,
+    key: Array,
+    counts: Array,
+    t: Array,
+    s: Array,
+    context: StepContext,
+) -> Array:
+    """``U - 1`` rounds of (step ``t -> s``, thin ``s -> t`` back by the forward process, each
+    unit surviving with ``p_t / p_s``), then the step ``t -> s``; round ``i`` keyed
+    ``fold_in(key, i)``, the last step ``fold_in(key, U)``."""
+    survival = jnp.exp(s - t)
+
+    def step_and_thin(round_index: Array, counts: Array) -> Array:
+        step_key, thin_key = jax.random.split(jax.random.fold_in(key, round_index))
+        stepped = context.constrain(_predicted_step(step, step_key, counts, t, s, context))
+        return context.constrain(_binomial(thin_key, stepped, survival, context.max_count))
+
+    counts = jax.lax.fori_loop(0, resamples - 1, step_and_thin, counts)
+    return _predicted_step(step, jax.random.fold_in(key, resamples), counts, t, s, context)
+
+
+def _log_twist(counts: Array, pred: Array, observations: Observations) -> Array:
+    """``log prod_observed Poisson(x_obs - n_t; yhat)`` per particle, ``(B P,)``."""
+    missing = (observations.counts - counts).astype(jnp.float32)
+    rate = jnp.maximum(pred, _SMALLEST_TWIST_RATE)
+    log_pmf = missing * jnp.log(rate) - rate - jax.scipy.special.gammaln(missing + 1.0)
+    return jnp.sum(jnp.where(observations.mask, log_pmf, 0.0), axis=tuple(range(1, counts.ndim)))
+
+
+def _resample(key: Array, log_weights: Array) -> tuple[Array, Array]:
+    """Rows of the particles to carry on, ``(B P,)``, and their log weights ``(B, P)``.
+
+    An example whose effective number ``1 / sum_p w_p^2`` (``w = softmax(log_weights)``) is
+    below ``P / 2`` draws ``P`` particles by weight and resets their weights to 0; the others
+    keep their particles and weights.
+    """
+    num_examples, particles = log_weights.shape
+    weights = jax.nn.softmax(log_weights, axis=1)
+    degenerate = 1.0 / jnp.sum(weights**2, axis=1) < 0.5 * particles  # (B,)
+    drawn = jax.random.categorical(key, log_weights, shape=(particles, num_examples))
+    chosen = jnp.where(degenerate[:, None], drawn.T, jnp.arange(particles)[None, :])
+    rows = (jnp.arange(num_examples)[:, None] * particles + chosen).reshape(-1)
+    return rows, jnp.where(degenerate[:, None], 0.0, log_weights)
+
+
+ParticleState = tuple[Array, Array, Array]
+"""Counts ``(B P, ...)``, log weights ``(B, P)`` and each particle's last log twist ``(B P,)``."""
+
+
+def _particle_step(
+    step: Step, state: ParticleState, key: Array, t: Array, s: Array, context: StepContext
+) -> ParticleState:
+    """Reweight by the change of the twist, resample (:func:`_resample`), advance by ``step``."""
+    counts, log_weights, previous_twist = state
+    draw_key, resample_key = jax.random.split(key)
+    pred = context.predict(counts, t)
+    twist = _log_twist(counts, pred, context.observations)
+    log_weights = log_weights + (twist - previous_twist).reshape(log_weights.shape)
+    rows, log_weights = _resample(resample_key, log_weights)
+    counts, pred, twist = context.constrain(counts[rows]), pred[rows], twist[rows]
+    return context.constrain(step(draw_key, counts, pred, t, s, context)), log_weights, twist
+
+
+def _pick_particle(key: Array, state: ParticleState) -> Array:
+    """One particle per example ``(B, ...)``, drawn by its final weight with the last twist
+    divided out (at ``s = 0`` the observed entries equal ``x_obs``: the twist has done its
+    work)."""
+    counts, log_weights, twist = state
+    num_examples, particles = log_weights.shape
+    pick = jax.random.categorical(key, log_weights - twist.reshape(num_examples, particles))
+    return counts.reshape(num_examples, particles, *counts.shape[1:])[
+        jnp.arange(num_examples), pick
+    ]
+
+
+def _initial_state(
+    key: Array,
+    shape: tuple[int, ...],
+    t_end: Array,
+    start: str,
+    initial_counts: Array | None,
+    observations: Observations | None,
+    max_count: int,
+) -> Array:
+    """The state at ``t_end``: ``initial_counts``, zeros or a prior draw (with ``key``); the
+    observed entries a draw of their forward marginal ``Binomial(x_obs, p_{t_end})`` (with
+    ``fold_in(key, 1)``)."""
+    if initial_counts is not None:
+        initial = initial_counts
+    elif start == "zeros":
+        initial = jnp.zeros(shape, jnp.int32)
+    else:
+        initial = likelihood.prior_sample(key, shape, t_end=t_end, max_count=max_count)
+    if observations is None:
+        return initial
+    observed_start = process.forward_sample(jax.random.fold_in(key, 1), observations.counts, t_end)
+    return jnp.where(observations.mask, observed_start, initial)
 
 
 @functools.partial(
@@ -379,8 +630,7 @@ def _run_sampler(
     key: Array,
     predict_fn: jax.tree_util.Partial,
     times: Array,
-    observed_counts: Array | None,
-    observed: Array | None,
+    observations: Observations | None,
     initial_counts: Array | None,
     *,
     shape: tuple[int, ...],
@@ -389,159 +639,63 @@ def _run_sampler(
     start: str,
     resamples: int,
     particles: int,
-    progress: bool,
+    progress: Progress | None,
     sharding: jax.sharding.Sharding | None,
 ) -> Array:
     """The one sampler loop of :func:`sample`, :func:`impute` and :func:`unthin`.
 
     ``times`` is one grid ``(K + 1,)`` shared by the batch, or one grid per example
-    ``(B, K + 1)``: then every step's ``t`` and ``s`` are ``(B,)`` and the draws take one
-    bridge probability per example. ``initial_counts`` (``shape``), when given, is the state at
-    the grid's last time instead of a draw of the start.
+    ``(B, K + 1)``: then every step's ``t`` and ``s`` are ``(B,)``. ``initial_counts``
+    (``shape``), when given, is the state at the grid's last time instead of a draw of the
+    start. Step ``k`` (``t_k -> t_{k-1}``) is keyed ``fold_in(loop_key, k)``.
     """
-    batch = shape[0]
-    num_steps = times.shape[-1] - 1
-    t_end = _per_example(times[..., -1], len(shape))
     prior_key, loop_key = jax.random.split(key)
+    context = StepContext(
+        predict=functools.partial(_predict, predict_fn, shape[0]),
+        max_count=max_count,
+        observations=observations,
+        constrain=functools.partial(_constrain, sharding=sharding),
+    )
+    t_end = _per_example(times[..., -1], len(shape))
+    state = _initial_state(prior_key, shape, t_end, start, initial_counts, observations, max_count)
+    state = context.constrain(state)
+    step = STEPS[method]
+    num_steps = times.shape[-1] - 1
 
-    def constrain(counts: Array) -> Array:
-        if sharding is None:
-            return counts
-        return jax.lax.with_sharding_constraint(counts, sharding)
-
-    if initial_counts is not None:
-        initial = initial_counts
-    elif start == "zeros":
-        initial = jnp.zeros(shape, jnp.int32)
-    else:
-        initial = likelihood.prior_sample(prior_key, shape, t_end=t_end, max_count=max_count)
-    if observed is not None:
-        observed_start = process.forward_sample(
-            jax.random.fold_in(prior_key, 1), observed_counts, t_end
-        )
-        initial = jnp.where(observed, observed_start, initial)
-    initial = constrain(initial)
-
-    def predict(counts: Array, t: Array) -> Array:
-        return predict_fn(counts, jnp.broadcast_to(t, (batch,))).astype(jnp.float32)
-
-    def reverse_step(key: Array, counts: Array, t: Array, s: Array) -> Array:
-        return advance(key, counts, predict(counts, t), t, s)
-
-    def advance(key: Array, counts: Array, pred: Array, t: Array, s: Array) -> Array:
-        if method in _TWO_STAGE_METHODS:
-            return two_stage_advance(key, counts, pred, t, s)
-        draw_key, observed_key = jax.random.split(key)
-        r = process.bridge_probability(s, t)
-        if method == "binomial_bridge":
-            room = (max_count - counts).astype(jnp.float32)
-            trials = jnp.clip(jnp.round(pred), 0.0, room)
-            if observed is not None:  # observed entries follow the exact bridge to their value
-                trials = jnp.where(observed, observed_counts - counts, trials)
-            return counts + _binomial(draw_key, trials, r, max_count)
-        # clip(n_t + Poisson(yhat r), 0, N) = n_t + min(Poisson(yhat r), N - n_t)
-        room = max_count - counts
-        new_counts = counts + _capped_poisson(draw_key, pred, r, room, max_count)
-        if observed is not None:
-            missing = observed_counts - counts
-            bridged = counts + _binomial(observed_key, missing, r, max_count)
-            new_counts = jnp.where(observed, bridged, new_counts)
-        return new_counts
-
-    def two_stage_advance(key: Array, counts: Array, pred: Array, t: Array, s: Array) -> Array:
-        """A trapezoidal step ``t -> mid -> s``: ``pred`` at ``t``, one more call at ``mid``."""
-        first_key, second_key = jax.random.split(key)
-        mid, weight = _two_stage_midpoint(t, s)
-        mid_counts = constrain(stage(first_key, counts, pred, mid, t))
-        pred_mid = predict(mid_counts, mid)
-        frozen = pred  # the missing counts at mid that pred implies, before this stage's births
-        if method == "trapezoidal_bridge":
-            frozen = pred - (mid_counts - counts).astype(jnp.float32)
-        extrapolated = pred_mid + _per_example(weight, len(shape)) * (pred_mid - frozen)
-        return stage(second_key, mid_counts, extrapolated, s, mid)
-
-    def stage(key: Array, counts: Array, expected: Array, s: Array, t: Array) -> Array:
-        """Births of one stage ``t -> s`` for ``expected`` missing units, at most the room."""
-        draw_key, round_key, observed_key = jax.random.split(key, 3)
-        r = process.bridge_probability(s, t)
-        room = max_count - counts
-        if method == "trapezoidal_bridge":
-            trials = _unbiased_round(round_key, jnp.clip(expected, 0.0, room.astype(jnp.float32)))
-            births = _binomial(draw_key, trials, r, max_count)
-        else:  # frozen intensity over the clock -log(1 - p): -log(1 - r); 1 when r = 1 (s = 0)
-            clock = jnp.where(r < 1.0, -jnp.log1p(-jnp.minimum(r, 1.0 - 1e-7)), 1.0)
-            births = _capped_poisson(draw_key, expected, clock, room, max_count)
-        new_counts = counts + births
-        if observed is not None:  # observed entries follow the exact bridge to their value
-            missing = observed_counts - counts
-            bridged = counts + _binomial(observed_key, missing, r, max_count)
-            new_counts = jnp.where(observed, bridged, new_counts)
-        return new_counts
-
-    def resampled_step(key: Array, counts: Array, t: Array, s: Array) -> Array:
-        """``resamples - 1`` rounds of (step t -> s, thin s -> t back), then the step t -> s."""
-        survival = jnp.exp(s - t)  # p_t / p_s: a unit's forward survival from s to t
-
-        def step_and_thin(round_index: Array, counts: Array) -> Array:
-            step_key, thin_key = jax.random.split(jax.random.fold_in(key, round_index))
-            stepped = constrain(reverse_step(step_key, counts, t, s))
-            return constrain(_binomial(thin_key, stepped, survival, max_count))
-
-        counts = jax.lax.fori_loop(0, resamples - 1, step_and_thin, counts)
-        return reverse_step(jax.random.fold_in(key, resamples), counts, t, s)
-
-    num_examples = batch // particles
-
-    def log_twist(counts: Array, pred: Array) -> Array:
-        """``log prod_observed Poisson(x_obs - n_t; yhat)`` per particle, ``(B * P,)``."""
-        missing = (observed_counts - counts).astype(jnp.float32)
-        rate = jnp.maximum(pred, _SMALLEST_TWIST_RATE)
-        log_pmf = missing * jnp.log(rate) - rate - jax.scipy.special.gammaln(missing + 1.0)
-        return jnp.sum(jnp.where(observed, log_pmf, 0.0), axis=tuple(range(1, counts.ndim)))
-
-    def particle_step(
-        carry: tuple[Array, Array, Array], key: Array, t: Array, s: Array
-    ) -> tuple[Array, Array, Array]:
-        """Reweight by the change of the twist, resample when the ESS is below P / 2, advance."""
-        counts, log_weights, previous_twist = carry
-        draw_key, resample_key = jax.random.split(key)
-        pred = predict(counts, t)
-        twist = log_twist(counts, pred)
-        log_weights = log_weights + (twist - previous_twist).reshape(num_examples, particles)
-        weights = jax.nn.softmax(log_weights, axis=1)
-        degenerate = 1.0 / jnp.sum(weights**2, axis=1) < 0.5 * particles  # (B,)
-        drawn = jax.random.categorical(resample_key, log_weights, shape=(particles, num_examples))
-        chosen = jnp.where(degenerate[:, None], drawn.T, jnp.arange(particles)[None, :])
-        rows = (jnp.arange(num_examples)[:, None] * particles + chosen).reshape(-1)
-        counts, pred, twist = constrain(counts[rows]), pred[rows], twist[rows]
-        log_weights = jnp.where(degenerate[:, None], 0.0, log_weights)
-        return constrain(advance(draw_key, counts, pred, t, s)), log_weights, twist
-
-    def step(carry: Any, inputs: tuple[Array, Array, Array]) -> tuple[Any, None]:
+    def scan_step(state: Array | ParticleState, inputs: tuple[Array, Array, Array]):
         k, t, s = inputs
         key = jax.random.fold_in(loop_key, k)
         if particles > 1:
-            new_carry = particle_step(carry, key, t, s)
+            state = _particle_step(step, state, key, t, s, context)
         elif resamples > 1:
-            new_carry = constrain(resampled_step(key, carry, t, s))
+            state = context.constrain(_resampled_step(step, resamples, key, state, t, s, context))
         else:
-            new_carry = constrain(reverse_step(key, carry, t, s))
-        if progress:
-            _report_progress(num_steps - k + 1, num_steps)
-        return new_carry, None
+            state = context.constrain(_predicted_step(step, key, state, t, s, context))
+        if progress is not None:
+            _report_progress(progress, num_steps - k + 1, num_steps)
+        return state, None
 
     ks = jnp.arange(num_steps, 0, -1)
-    steps = times.T  # (K + 1,) or (K + 1, B): row k holds the time(s) t_k
-    if particles == 1:
-        final, _ = jax.lax.scan(step, initial, (ks, steps[ks], steps[ks - 1]))
-        return final
-    no_weights = jnp.zeros((num_examples, particles), jnp.float32)
-    carry = (initial, no_weights, jnp.zeros((batch,), jnp.float32))
-    (final, log_weights, twist), _ = jax.lax.scan(step, carry, (ks, steps[ks], steps[ks - 1]))
-    # At s = 0 the observed entries equal x_obs: the twist has done its work and is divided out.
-    log_weights = log_weights - twist.reshape(num_examples, particles)
-    pick = jax.random.categorical(jax.random.fold_in(loop_key, 0), log_weights)
-    return final.reshape(num_examples, particles, *shape[1:])[jnp.arange(num_examples), pick]
+    grid = times.T  # (K + 1,) or (K + 1, B): row k holds the time(s) t_k
+    if particles > 1:
+        no_weights = jnp.zeros((shape[0] // particles, particles), jnp.float32)
+        state = (state, no_weights, jnp.zeros((shape[0],), jnp.float32))
+    final, _ = jax.lax.scan(scan_step, state, (ks, grid[ks], grid[ks - 1]))
+    if particles > 1:
+        return _pick_particle(jax.random.fold_in(loop_key, 0), final)
+    return final
+
+
+def _predict(predict_fn: PredictFn, batch: int, counts: Array, t: Array) -> Array:
+    """``predict_fn(n_t, t)`` as float32, a scalar ``t`` broadcast to ``(B,)``."""
+    return predict_fn(counts, jnp.broadcast_to(t, (batch,))).astype(jnp.float32)
+
+
+def _constrain(counts: Array, *, sharding: jax.sharding.Sharding | None) -> Array:
+    """``counts`` constrained to ``sharding`` (unchanged without one)."""
+    if sharding is None:
+        return counts
+    return jax.lax.with_sharding_constraint(counts, sharding)
 
 
 def _per_example(value: Array, ndim: int) -> Array:
@@ -592,40 +746,14 @@ def _unbiased_round(key: Array, values: Array) -> Array:
     return whole + (jax.random.uniform(key, values.shape) < values - whole).astype(jnp.float32)
 
 
-def _report_progress(steps_done: Array, total: int) -> None:
-    """Call the host-side reporter about ``_PROGRESS_UPDATES`` times per run (and at the end)."""
+def _report_progress(progress: Progress, steps_done: Array, total: int) -> None:
+    """Call ``progress(steps_done, total)`` on the host about ``_PROGRESS_UPDATES`` times per
+    run (and at the end)."""
     every = max(1, total // _PROGRESS_UPDATES)
     due = (steps_done % every == 0) | (steps_done == total)
-    jax.lax.cond(
-        due,
-        lambda: jax.debug.callback(_ProgressLine.update, steps_done, total),
-        lambda: None,
-    )
+    report = functools.partial(_call_progress, progress, total)
+    jax.lax.cond(due, lambda: jax.debug.callback(report, steps_done), lambda: None)
 
 
-class _ProgressLine:
-    """One status line on stderr: ``sampling: k/K steps, x steps/s``."""
-
-    running: bool = False
-    first_time: float = 0.0
-    first_done: int = 0
-    last_done: int = 0
-
-    @classmethod
-    def update(cls, steps_done: np.ndarray, total: np.ndarray) -> None:
-        done, total = int(steps_done), int(total)
-        now = time.perf_counter()
-        if not cls.running or done <= cls.last_done:  # a new run
-            cls.running, cls.first_time, cls.first_done = True, now, done
-        cls.last_done = done
-        cls.running = done < total
-        elapsed = now - cls.first_time
-        rate = f"{(done - cls.first_done) / elapsed:.1f} steps/s" if elapsed > 0 else "..."
-        line = f"sampling: {done}/{total} steps, {rate}"
-        if sys.stderr.isatty():
-            sys.stderr.write("\r" + line + ("\n" if done >= total else ""))
-        else:  # logs: about one line per tenth of the run
-            previous = done - max(1, total // _PROGRESS_UPDATES)
-            if done >= total or done * 10 // total != previous * 10 // total:
-                sys.stderr.write(line + "\n")
-        sys.stderr.flush()
+def _call_progress(progress: Progress, total: int, steps_done: np.ndarray) -> None:
+    progress(int(steps_done), total)

@@ -1,8 +1,7 @@
-"""Tests of blackout_jax.run.reporting: metrics.jsonl, TensorBoard files, console lines, PNGs."""
+"""Tests of blackout_jax.run.reporting: metrics.jsonl, TensorBoard files, PNGs."""
 
 from __future__ import annotations
 
-import io
 import json
 import os
 
@@ -51,25 +50,6 @@ def test_metrics_writer_on_resume_drops_rows_after_the_restored_step(tmp_path):
 
 def test_read_metrics_of_a_missing_file_is_empty(tmp_path):
     assert reporting.read_metrics(tmp_path / "nothing.jsonl") == []
-
-
-def test_progress_lines_without_a_terminal():
-    stream = io.StringIO()
-    progress = reporting.ProgressReporter(200, 0, use_bar=False, stream=stream)
-    progress.log(50, {"loss": 1.23456, "skipped_updates": 0})
-    progress.message("eval at step 50")
-    lines = stream.getvalue().splitlines()
-    assert lines[0].startswith("step 50/200 (25.0%) | loss 1.235 skipped_updates 0 | ")
-    assert "steps/s | ETA " in lines[0]
-    assert lines[1] == "eval at step 50"
-
-
-def test_progress_disabled_prints_nothing():
-    stream = io.StringIO()
-    progress = reporting.ProgressReporter(10, 0, use_bar=False, enabled=False, stream=stream)
-    progress.log(5, {"loss": 1.0})
-    progress.message("hidden")
-    assert stream.getvalue() == ""
 
 
 def test_sample_grid_image_layout_and_scaling():

@@ -14,6 +14,7 @@ from blackout_jax import (
     impute,
     observation_times,
     sample,
+    sampling,
     subgrid,
 )
 from tests import exact_kernels
@@ -186,16 +187,60 @@ def test_sample_with_parameters_in_a_partial() -> None:
     np.testing.assert_array_equal(np.asarray(draws_none), 0)
 
 
-def test_progress_reporting_does_not_change_the_draws(capsys) -> None:
+def test_progress_callback_does_not_change_the_draws() -> None:
+    reports: list[tuple[int, int]] = []
+
+    def progress(steps_done: int, total: int) -> None:
+        reports.append((steps_done, total))
+
     shape = SHAPE
     quiet = sample(jax.random.key(13), RANDOM_PREDICTOR, shape, TIMES, max_count=MAX_COUNT)
     loud = sample(
-        jax.random.key(13), RANDOM_PREDICTOR, shape, TIMES, max_count=MAX_COUNT, progress=True
+        jax.random.key(13), RANDOM_PREDICTOR, shape, TIMES, max_count=MAX_COUNT, progress=progress
     )
     loud.block_until_ready()
     jax.effects_barrier()
     np.testing.assert_array_equal(np.asarray(loud), np.asarray(quiet))
-    assert "50/50" in capsys.readouterr().err
+    assert reports[-1] == (50, 50)
+    assert all(isinstance(done, int) and total == 50 for done, total in reports)
+    assert 15 <= len(reports) <= 25
+
+
+def test_the_same_progress_callback_compiles_once() -> None:
+    def progress(steps_done: int, total: int) -> None:
+        del steps_done, total
+
+    def run(key: int) -> None:
+        sample(
+            jax.random.key(key),
+            RANDOM_PREDICTOR,
+            SHAPE,
+            TIMES,
+            max_count=MAX_COUNT,
+            progress=progress,
+        )
+
+    run(14)
+    compiled = sampling._run_sampler._cache_size()
+    run(15)
+    assert sampling._run_sampler._cache_size() == compiled
+
+
+def test_progress_must_be_a_callable() -> None:
+    with pytest.raises(ValueError, match="progress must be a callable"):
+        sample(
+            jax.random.key(0), RANDOM_PREDICTOR, SHAPE, TIMES, max_count=MAX_COUNT, progress=True
+        )
+
+
+def test_methods_are_the_steps_in_order() -> None:
+    assert tuple(sampling.STEPS) == METHODS
+    assert METHODS == (
+        "binomial_bridge",
+        "tau_leaping",
+        "trapezoidal_bridge",
+        "trapezoidal_leaping",
+    )
 
 
 def small_dataset() -> np.ndarray:

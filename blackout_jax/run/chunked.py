@@ -29,6 +29,7 @@ from jax.experimental import multihost_utils
 
 from blackout_jax import sampling
 from blackout_jax.run import parallel
+from blackout_jax.run.progress import ProgressReporter, sampler_progress
 
 Array = jax.Array
 ChunkFn = Callable[..., Array]
@@ -128,9 +129,7 @@ def run_in_chunks(
         directory.mkdir(parents=True, exist_ok=True)
     indices: Sequence[int] = range(num_chunks)
     if progress and jax.process_index() == 0:
-        from tqdm import tqdm
-
-        indices = tqdm(indices, desc=description, unit="chunk")
+        indices = ProgressReporter(num_chunks, unit="chunk", description=description).track(indices)
     chunks: list[np.ndarray] = []
     for index in indices:
         path = _chunk_path(directory, index) if directory is not None else None
@@ -193,7 +192,7 @@ def generate_samples(
             method=method,
             start=start,
             sharding=sharding,
-            progress=progress and jax.process_index() == 0,
+            progress=sampler_progress(progress and jax.process_index() == 0),
         )
 
     samples = run_in_chunks(

@@ -55,6 +55,7 @@ from blackout_jax.run import (
 )
 from blackout_jax.run import config as config_lib
 from blackout_jax.run.config import ExperimentConfig
+from blackout_jax.run.progress import sampler_progress
 from blackout_jax.run.streams import Stream, stream_key
 
 INCEPTION_DATASETS = ("cifar10", "celeba64")
@@ -534,7 +535,7 @@ def impute_run(
             start=sampler.start,
             resamples=sampler.impute_resamples,
             particles=sampler.impute_particles,
-            progress=parallel.is_primary(),
+            progress=sampler_progress(parallel.is_primary()),
             sharding=parallel.batch_sharding_for(sampler.batch_size),
         )
 
@@ -709,7 +710,7 @@ def unthin_run(
             max_count=model.max_count,
             num_steps=sampler.num_steps,
             method=sampler.unthin_method,
-            progress=parallel.is_primary(),
+            progress=sampler_progress(parallel.is_primary()),
             sharding=sharding,
         )
 

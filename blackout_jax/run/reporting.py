@@ -1,12 +1,10 @@
-"""What a training run reports: metrics.jsonl, TensorBoard, console progress, PNG images.
+"""What a training run reports: metrics.jsonl, TensorBoard, PNG images.
 
 * :class:`MetricsWriter` appends one JSON object per line to ``WORKDIR/metrics.jsonl``
   (training rows ``{"step", "split": "train", "loss", ...}`` once per log period, evaluation rows
   ``{"step", "split": "eval", "bits_per_dim", ...}``) and mirrors every value to TensorBoard
   event files in ``WORKDIR/tensorboard`` (tag ``<split>/<name>``). On resume it drops rows (and
   TensorBoard events) written after the restored step, so the record continues from there.
-* :class:`ProgressReporter`: a tqdm bar with steps/s and ETA when stderr is a terminal, one
-  line per log period otherwise (CI logs).
 * :func:`save_sample_grid` and :func:`plot_loss_curve` draw with matplotlib's Agg canvas (no
   display, no global backend switch).
 """
@@ -17,10 +15,8 @@ import contextlib
 import json
 import math
 import os
-import sys
-import time
 from collections.abc import Mapping, Sequence
-from typing import Any, TextIO
+from typing import Any
 
 import numpy as np
 
@@ -57,7 +53,7 @@ def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     return rows
 
 
-def _plain(value: Any) -> Any:
+def plain_number(value: Any) -> Any:
     """NumPy scalars and 0-d arrays as Python numbers (JSON-serialisable)."""
     if isinstance(value, np.generic) or (isinstance(value, np.ndarray) and value.ndim == 0):
         return value.item()
@@ -125,7 +121,7 @@ class MetricsWriter:
         """
         row: dict[str, Any] = {"step": int(step), "split": split}
         for name, value in scalars.items():
-            value = _plain(value)
+            value = plain_number(value)
             row[name] = None if isinstance(value, float) and not math.isfinite(value) else value
         try:
             self._file.write(json.dumps(row, allow_nan=False) + "\n")
@@ -145,107 +141,6 @@ class MetricsWriter:
         self._file.close()
         if self._tensorboard is not None:
             self._tensorboard.close()
-
-
-def _format_duration(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m{seconds:02d}s" if hours else f"{minutes}m{seconds:02d}s"
-
-
-def format_scalars(scalars: Mapping[str, Any]) -> str:
-    """``"loss 1.2345 grad_norm 0.5"``: floats with 4 significant digits."""
-    parts = []
-    for name, value in scalars.items():
-        value = _plain(value)
-        parts.append(f"{name} {value:.4g}" if isinstance(value, float) else f"{name} {value}")
-    return " ".join(parts)
-
-
-class ProgressReporter:
-    """Console progress of training from ``start_step`` to ``total_steps``.
-
-    With a terminal on stderr (or ``use_bar=True``) a tqdm bar shows the step, steps/s, the ETA
-    and the latest logged scalars; otherwise :meth:`log` prints one line per call to ``stream``:
-    ``step 100/6000 (1.7%) | loss 1.234 | 12.3 steps/s | ETA 8m05s``.
-
-    Args:
-      total_steps: the last step of training.
-      start_step: the step training starts (or resumes) from.
-      use_bar: force the bar on or off; ``None`` = bar only when stderr is a terminal.
-      enabled: ``False`` makes every method a no-op (processes other than the primary).
-      stream: where lines go when there is no bar (default stdout).
-    """
-
-    def __init__(
-        self,
-        total_steps: int,
-        start_step: int = 0,
-        *,
-        use_bar: bool | None = None,
-        enabled: bool = True,
-        stream: TextIO | None = None,
-    ) -> None:
-        self.total_steps = total_steps
-        self.enabled = enabled
-        self.stream = stream
-        self._last_step = start_step
-        self._last_time = time.perf_counter()
-        if use_bar is None:
-            use_bar = sys.stderr.isatty()
-        self._bar = None
-        if enabled and use_bar:
-            from tqdm import tqdm
-
-            self._bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True)
-
-    def _write(self, text: str) -> None:
-        if self._bar is not None:
-            self._bar.write(text)
-        else:
-            print(text, file=self.stream or sys.stdout, flush=True)
-
-    def update(self, step: int) -> None:
-        """Training reached ``step`` (moves the bar; nothing is printed without a bar)."""
-        if self._bar is not None and step > self._bar.n:
-            self._bar.update(step - self._bar.n)
-
-    def log(self, step: int, scalars: Mapping[str, Any]) -> float:
-        """Report ``scalars`` at ``step``; returns the steps/s since the previous call."""
-        now = time.perf_counter()
-        elapsed = max(now - self._last_time, 1e-9)
-        rate = (step - self._last_step) / elapsed
-        self._last_step, self._last_time = step, now
-        if not self.enabled:
-            return rate
-        if self._bar is not None:
-            self.update(step)
-            self._bar.set_postfix_str(format_scalars(scalars))
-            return rate
-        eta = (self.total_steps - step) / rate if rate > 0 else float("inf")
-        percent = 100.0 * step / max(self.total_steps, 1)
-        self._write(
-            f"step {step}/{self.total_steps} ({percent:.1f}%) | {format_scalars(scalars)} | "
-            f"{rate:.2f} steps/s | ETA {_format_duration(eta)}"
-        )
-        return rate
-
-    def message(self, text: str) -> None:
-        """Print a line (above the bar when there is one)."""
-        if self.enabled:
-            self._write(text)
-
-    def reset_clock(self, step: int) -> None:
-        """Restart the steps/s clock at ``step`` (after an evaluation or a checkpoint)."""
-        self._last_step, self._last_time = step, time.perf_counter()
-
-    def close(self) -> None:
-        """Close the bar."""
-        if self._bar is not None:
-            self._bar.close()
 
 
 def sample_grid_image(

@@ -65,6 +65,7 @@ from blackout_jax.run import checkpointing, chunked, held_out, network, parallel
 from blackout_jax.run import config as config_lib
 from blackout_jax.run.config import ExperimentConfig, TrainingConfig
 from blackout_jax.run.lock import RunFolderLock
+from blackout_jax.run.progress import ProgressReporter
 from blackout_jax.run.streams import DROPOUT_STREAM, LABEL_DROPOUT_STREAM, Stream, stream_key
 
 CONFIG_FILE = "config.json"
@@ -562,7 +563,7 @@ class Trainer:
         self.evaluator = Evaluator(config, dataset, self.graphdef, self.rest)
         self.pending_metrics: list[dict[str, jax.Array]] = []
         self.writer: reporting.MetricsWriter | None = None
-        self.progress: reporting.ProgressReporter | None = None
+        self.progress: ProgressReporter | None = None
         self.longest_at_start = 0
 
     @classmethod
@@ -597,7 +598,7 @@ class Trainer:
             reporting.write_json(os.path.join(self.workdir, CONFIG_FILE), self.config.to_dict())
             reporting.write_json(os.path.join(self.workdir, METADATA_FILE), self.metadata)
             self.writer = reporting.MetricsWriter(self.workdir, resume_step=self.start_step)
-        self.progress = reporting.ProgressReporter(
+        self.progress = ProgressReporter(
             self.config.training.num_steps, self.start_step, enabled=self.primary
         )
         if self.start_step:

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 
 import blackout_jax as bj
 from blackout_jax.run import chunked
+from blackout_jax.run.progress import sampler_progress
 from experiments.benchmarks.common import median_seconds
 from experiments.benchmarks.sampler_overhead import IMAGE_SHAPE, MAX_COUNT, conv_net, init_conv_net
 
@@ -79,7 +80,7 @@ def main() -> None:
                     (args.chunk_size, *IMAGE_SHAPE),
                     times,
                     max_count=MAX_COUNT,
-                    progress=progress,
+                    progress=sampler_progress(progress),
                 )
                 if progress:
                     jax.effects_barrier()  # every progress line has been written

@@ -13,8 +13,8 @@ Measures, on digits-sized states (``batch`` x 8 x 8 x 1, ``max_count`` 16) and t
 2. the sampler's own cost in ns per count per step, with a trivial ``predict_fn``
    (``yhat = (N - n) / 2``), beside a host-side draw of the same binomials per step with NumPy's
    ``Generator.binomial`` and with ``scipy.stats.binom.rvs``;
-3. the cost of ``progress=True`` (host callbacks reporting steps/s) relative to
-   ``progress=False``.
+3. the cost of a progress callback (``progress=sampler_progress()``, host callbacks reporting
+   steps/s) relative to ``progress=None``.
 
 Every figure is the median of ``repeats`` timed runs after one warm-up (compilation) run, with
 ``block_until_ready``. Prints one table.
@@ -32,6 +32,7 @@ import numpy as np
 from scipy import stats
 
 import blackout_jax as bj
+from blackout_jax.run.progress import sampler_progress
 from experiments.benchmarks.common import median_seconds
 
 MAX_COUNT = 16
@@ -120,7 +121,7 @@ def main() -> None:
                 times,
                 max_count=MAX_COUNT,
                 method=method,
-                progress=progress,
+                progress=sampler_progress(progress),
             )
             draws.block_until_ready()
             if progress:
