@@ -388,7 +388,7 @@ def sampling_times(config: ExperimentConfig) -> Any:
         "logit" if grid == OPTIMISED_GRID else grid,
         config.sampling.num_steps,
         t_end=config.diffusion.t_end,
-        training_steps=config.diffusion.num_steps,
+        diffusion_steps=config.diffusion.num_steps,
     )
 
 
