@@ -20,7 +20,7 @@ draws ``sampling.num_posterior_samples`` samples of the counts behind each thinn
 of an ``.npz`` (``counts``, optional ``survival`` and ``truth``) into ``WORKDIR/unthinned/``.
 The last four use the EMA parameters of checkpoint ``sampling.checkpoint_step`` (-1 = the
 latest) and the network, data and diffusion settings stored in the run folder (see
-:func:`blackout_jax.run.inference.run_config`). ``show_config`` prints every config field with
+:func:`blackout_jax.run.folder.with_stored_config`). ``show_config`` prints every config field with
 its value after the overrides and its meaning, one ``section.field = value  # meaning`` line
 each, and needs no ``--workdir``.
 
@@ -31,16 +31,17 @@ processes by itself, elsewhere pass ``--coordinator_address=host:port --num_proc
 --process_id=i`` to every process.
 
 Order of work: parse the flags, check the run folder's path, join the other processes (if any),
-check the config, load the data, build the network's shapes, and only then create the run folder
-and train. A problem found before training (a bad flag, an unknown config field, a missing
-config file, a run folder below a file, unreadable data, an impossible value) prints one line
-``error: ...`` naming it on stderr and exits with status 2 without writing anything.
+take the stored settings of the run folder (all modes but ``train``), parse and check the
+config once (:func:`blackout_jax.run.config.parse`), load the data, build the network's
+shapes, and only then create the run folder and train. A problem found before training (a bad
+flag, an unknown config field, a missing config file, a run folder below a file, unreadable
+data, an impossible value) prints one line ``error: ...`` naming it on stderr and exits with
+status 2 without writing anything.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import sys
 
 from absl import app, flags, logging
@@ -126,22 +127,19 @@ def main(argv: list[str]) -> None:
 
     import jax
 
-    from blackout_jax import data
-    from blackout_jax.run import inference, network, train
+    from blackout_jax.run import folder, inference, network, train
     from blackout_jax.run.lock import RunFolderInUseError
 
     try:
-        config = config_lib.validate_config(_CONFIG.value, jax.device_count(), jax.process_count())
+        values = _CONFIG.value.to_dict()
         if mode != "train":
-            config = inference.run_config(config, workdir)
-        print("loading data ...", flush=True)
-        dataset = data.load_dataset(
-            config.data,
-            seed=config.seed,
-            size_divisor=config.model.size_divisor,
-            num_classes=config.model.num_classes,
+            values = folder.with_stored_config(values, workdir)
+        config = config_lib.parse(
+            values, device_count=jax.device_count(), process_count=jax.process_count()
         )
-        network.abstract_model(config, dataset)
+        print("loading data ...", flush=True)
+        dataset = network.load_data(config)
+        network.abstract_model(config, dataset.shape)
     except (ValueError, FileNotFoundError) as error:
         cli.fail(str(error))
 
@@ -160,7 +158,7 @@ def main(argv: list[str]) -> None:
         cli.fail("--mode=impute needs --input=<file.npz> with arrays 'counts' and 'mask'")
     if mode == "unthin" and not _INPUT.value:
         cli.fail("--mode=unthin needs --input=<file.npz> with an array 'counts'")
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    if not folder.has_checkpoints(workdir):
         cli.fail(f"no checkpoints in {workdir}: train first (--mode=train)")
     try:
         if mode == "sample":

@@ -107,23 +107,17 @@ def grid_order(by_scale: list[np.ndarray], labels: np.ndarray, per_class: int) -
 def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
-    from blackout_jax import data
     from blackout_jax.run import config as config_lib
-    from blackout_jax.run import generate, inference, reporting
+    from blackout_jax.run import folder, generate, inference, network, reporting
 
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("needs --config and --workdir of a trained conditional digits run")
-    config = inference.run_config(config_lib.parse(_CONFIG.value), _WORKDIR.value)
+    config = config_lib.parse(folder.with_stored_config(_CONFIG.value.to_dict(), _WORKDIR.value))
     num_classes = config.model.num_classes
     if config.data.name != "digits" or not num_classes:
         raise app.UsageError("the study needs a class-conditional digits run")
-    dataset = data.load_dataset(
-        config.data,
-        seed=config.seed,
-        size_divisor=config.model.size_divisor,
-        num_classes=num_classes,
-    )
-    model = inference.load_trained_model(config, _WORKDIR.value, dataset)
+    dataset = network.load_data(config)
+    model = inference.load_trained_model(config, _WORKDIR.value, dataset.shape)
     times = config_lib.sampling_times(config)
     num_samples = _NUM_SAMPLES.value
     labels = balanced_labels(num_samples, num_classes)

@@ -52,9 +52,8 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import blackout_jax as bj
-from blackout_jax import data
 from blackout_jax.run import config as config_lib
-from blackout_jax.run import inference, reporting
+from blackout_jax.run import folder, inference, network, reporting
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (configs/digits.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The trained run folder.")
@@ -235,11 +234,9 @@ def main(argv: list[str]) -> None:
         return
     if _CONFIG.value is None or not _WORKDIR.value:
         raise app.UsageError("--config and --workdir are required for --part=network")
-    config = inference.run_config(config_lib.parse(_CONFIG.value), _WORKDIR.value)
-    dataset = data.load_dataset(
-        config.data, seed=config.seed, size_divisor=config.model.size_divisor
-    )
-    model = inference.load_trained_model(config, _WORKDIR.value, dataset)
+    config = config_lib.parse(folder.with_stored_config(_CONFIG.value.to_dict(), _WORKDIR.value))
+    dataset = network.load_data(config)
+    model = inference.load_trained_model(config, _WORKDIR.value, dataset.shape)
     truth = np.asarray(dataset.test_examples(None))[: _NUM_EXAMPLES.value]
     truth = truth.reshape(len(truth), *model.image_shape).astype(np.int32)
     train = np.asarray(dataset.train_source.read(np.arange(dataset.num_train)), np.float64)

@@ -190,6 +190,7 @@ def counted(*args, **kwargs):
     calls.append(1)
     return gather(*args, **kwargs)
 multihost_utils.process_allgather = counted
+from blackout_jax.run import config as config_lib
 from blackout_jax.run import train
 from configs import tiny
 counts = {}
@@ -201,7 +202,7 @@ for num_steps in (4, 12):
     config.training.eval_every = 1000
     config.eval.num_grid_samples = 0
     calls.clear()
-    train.train_and_evaluate(config, f"{sys.argv[3]}/run_{num_steps}")
+    train.train_and_evaluate(config_lib.parse(config), f"{sys.argv[3]}/run_{num_steps}")
     counts[num_steps] = len(calls)
 print(json.dumps(counts))
 """

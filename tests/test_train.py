@@ -23,6 +23,7 @@ from flax import nnx
 
 from blackout_jax import data
 from blackout_jax.run import checkpointing, reporting, train
+from blackout_jax.run import config as config_lib
 from blackout_jax.run.config import TrainingConfig
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -210,7 +211,7 @@ def test_training_stops_after_too_many_non_finite_updates(tmp_path, monkeypatch)
     poisoned = _PoisonedDataset(dataset, bad_from=7)  # steps 8, 9, 10, ... see NaN counts
 
     with pytest.raises(train.NonFiniteTrainingError, match="max_consecutive_nonfinite=3") as info:
-        train.train_and_evaluate(config, tmp_path, dataset=poisoned)
+        train.train_and_evaluate(config_lib.parse(config), tmp_path, dataset=poisoned)
     assert "training stopped at step 10" in str(info.value)
     assert "(step 6)" in str(info.value)
 
@@ -233,7 +234,7 @@ def test_in_process_run_writes_the_run_folder_and_resumes(tmp_path, monkeypatch,
     config = tiny.get_config()
     (tmp_path / "samples").mkdir()
     (tmp_path / "samples" / "grid_21.png").write_bytes(b"left by an earlier, failed run")
-    result = train.train_and_evaluate(config, tmp_path)
+    result = train.train_and_evaluate(config_lib.parse(config), tmp_path)
     assert result.step == 6 and not result.stopped_by_signal
     assert set(result.last_eval) >= {"loss", "bits_per_dim", "nll_nats"}
     assert not (tmp_path / "samples" / "grid_21.png").exists()
@@ -248,7 +249,7 @@ def test_in_process_run_writes_the_run_folder_and_resumes(tmp_path, monkeypatch,
     assert (tmp_path / "config.json").exists() and (tmp_path / "metadata.json").exists()
 
     config.training.num_steps = 8
-    resumed = train.train_and_evaluate(config, tmp_path)
+    resumed = train.train_and_evaluate(config_lib.parse(config), tmp_path)
     assert resumed.step == 8
     rows = reporting.read_metrics(tmp_path / reporting.METRICS_FILE)
     assert [row["step"] for row in rows if row["split"] == "train"] == [2, 4, 6, 8]

@@ -33,6 +33,8 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
+from blackout_jax.data import DataShape
+
 ITEM_NAMES = ("state", "data_iterator", "config", "metadata")
 DAMAGED_SUFFIX = ".damaged"
 _T = TypeVar("_T")
@@ -109,12 +111,12 @@ def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
-def check_metadata(metadata: dict[str, Any], dataset: Any, workdir: str) -> None:
+def check_metadata(metadata: dict[str, Any], shape: DataShape, workdir: str) -> None:
     """Raise ``ValueError`` when a checkpoint's ``max_count`` or ``image_shape`` differ from
-    ``dataset``'s (the checkpoint was trained on other data)."""
+    those of ``shape``, the data's now (the checkpoint was trained on other data)."""
     for name, current in (
-        ("max_count", int(dataset.max_count)),
-        ("image_shape", [int(d) for d in dataset.image_shape]),
+        ("max_count", shape.max_count),
+        ("image_shape", list(shape.example_shape)),
     ):
         saved = metadata.get(name)
         if saved is not None and saved != current:

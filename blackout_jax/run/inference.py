@@ -27,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import json
 import math
 import os
 import shutil
@@ -42,16 +41,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from blackout_jax import grids, likelihood, models, sampling
-from blackout_jax.data import count_checks
+from blackout_jax.data import DataShape, count_checks
 from blackout_jax.run import (
     checkpointing,
+    folder,
     generate,
     grid_files,
     held_out,
     network,
     parallel,
     reporting,
-    train,
 )
 from blackout_jax.run import config as config_lib
 from blackout_jax.run.config import ExperimentConfig
@@ -74,38 +73,8 @@ class TrainedModel:
     predict_fn``); ``None`` for unconditional ones."""
 
 
-def run_config(config: ExperimentConfig, workdir: str | os.PathLike[str]) -> ExperimentConfig:
-    """The config the sample/evaluate/impute commands use for the run in ``workdir``.
-
-    The network, data and diffusion come from the run folder's stored ``config.json``, so the
-    overrides used for training need not be repeated; only the fields of
-    :data:`~blackout_jax.run.config.INFERENCE_FIELDS` (sampling and evaluation settings, seed,
-    data location) come from ``config``. Differences in the other fields are named in one note
-    on stderr. Without a stored config, ``config`` is used as it is.
-    """
-    path = os.path.join(os.fspath(workdir), train.CONFIG_FILE)
-    try:
-        with open(path, encoding="utf-8") as file:
-            stored = json.load(file)
-    except FileNotFoundError:
-        return config
-    except (OSError, ValueError) as error:
-        raise ValueError(f"{path} cannot be read ({error}); it is the run's config") from None
-    ignored = config_lib.changed_fields(stored, config, allowed=config_lib.INFERENCE_FIELDS)
-    if ignored:
-        listed = "; ".join(
-            f"{name} = {old!r} (command line: {new!r})" for name, old, new in ignored
-        )
-        print(
-            f"note: using the settings {workdir} was trained with: {listed}",
-            file=sys.stderr,
-            flush=True,
-        )
-    return config_lib.with_stored_fields(stored, config)
-
-
 def load_trained_model(
-    config: ExperimentConfig, workdir: str | os.PathLike[str], dataset: Any
+    config: ExperimentConfig, workdir: str | os.PathLike[str], shape: DataShape
 ) -> TrainedModel:
     """The EMA parameters of checkpoint ``sampling.checkpoint_step`` (-1 = latest), and nothing
     else: the restore target is the network's abstract parameters (``nnx.eval_shape``) and
@@ -116,9 +85,9 @@ def load_trained_model(
       ValueError: the checkpoint was trained on data of another ``max_count`` or shape.
     """
     replicated = parallel.replicated_sharding(parallel.create_mesh())
-    graphdef, abstract_params, rest = network.network_parts(config, dataset, replicated)
+    graphdef, abstract_params, rest = network.network_parts(config, shape, replicated)
     store = checkpointing.CheckpointStore(
-        os.path.join(os.fspath(workdir), "checkpoints"),
+        folder.checkpoints_dir(workdir),
         checkpoint_every=1,
         keep_checkpoints=2**31 - 1,  # inference never saves; no keep policy may remove anything
         async_save=False,
@@ -142,7 +111,7 @@ def load_trained_model(
             step, restored, metadata = found
     finally:
         store.close()
-    checkpointing.check_metadata(metadata, dataset, os.fspath(workdir))
+    checkpointing.check_metadata(metadata, shape, os.fspath(workdir))
     dropout_key = (
         stream_key(config.seed, Stream.SAMPLING_DROPOUT) if config.sampling.dropout else None
     )
@@ -160,14 +129,13 @@ def load_trained_model(
         predict_fn=models.make_predict_fn(
             graphdef, restored["ema_params"], rest, dropout_key=dropout_key
         ),
-        max_count=int(dataset.max_count),
-        image_shape=tuple(int(d) for d in dataset.image_shape),
+        max_count=shape.max_count,
+        image_shape=shape.example_shape,
         label_predict_fn=label_predict_fn,
     )
 
 
 GRID_EXAMPLES = 300  # training examples the optimised grid is fitted on
-GRIDS_DIR = "grids"
 
 
 def sampler_times(
@@ -180,7 +148,7 @@ def sampler_times(
     sampler = config.sampling
     if sampler.grid != config_lib.OPTIMISED_GRID:
         return config_lib.sampling_times(config)
-    path = Path(workdir, GRIDS_DIR, f"optimised_{model.step}_{sampler.num_steps}.json")
+    path = folder.optimised_grid_file(workdir, model.step, sampler.num_steps)
     if path.exists():
         return jnp.asarray(grid_files.load_grid(path)[0])
     count = min(int(dataset.num_train), GRID_EXAMPLES)
@@ -213,7 +181,7 @@ def sample_chunk_dir(config: ExperimentConfig, workdir: str | os.PathLike[str], 
         labels = config_lib.sampling_labels(config, sampler.num_samples)
         digest = hashlib.sha256(np.asarray(labels, np.int32).tobytes()).hexdigest()[:12]
         name += f"_w{sampler.guidance_scale:g}_labels{digest}"
-    return Path(workdir, "samples", name)
+    return Path(workdir, folder.SAMPLES_DIR, name)
 
 
 def draw_samples(
@@ -225,7 +193,6 @@ def draw_samples(
     """``sampling.num_samples`` samples of ``model`` on ``times`` (resumable chunks under
     ``samples/``); a conditional model's of the classes :func:`sample_labels` gives."""
     sampler = config.sampling
-    config_lib.check_conditional_fields(config)
     labels = sample_labels(config, model)
     predict_fn = model.predict_fn
     if labels is not None:
@@ -255,12 +222,11 @@ def sample_labels(config: ExperimentConfig, model: TrainedModel) -> np.ndarray |
     return config_lib.sampling_labels(config, config.sampling.num_samples)
 
 
-def sample_run(config: Any, workdir: str | os.PathLike[str], dataset: Any) -> Path:
+def sample_run(config: ExperimentConfig, workdir: str | os.PathLike[str], dataset: Any) -> Path:
     """Draw ``sampling.num_samples`` samples and write ``samples/samples_<step>.npz`` + PNG."""
-    config = config_lib.parse(config)
-    model = load_trained_model(config, workdir, dataset)
+    model = load_trained_model(config, workdir, dataset.shape)
     samples = draw_samples(config, workdir, model, sampler_times(config, workdir, model, dataset))
-    path = Path(workdir, "samples", f"samples_{model.step}.npz")
+    path = folder.command_output(workdir, "sample", model.step)
     if parallel.is_primary():
         labels = sample_labels(config, model)
         conditional = (
@@ -294,22 +260,20 @@ def sample_quality_kind(config: ExperimentConfig, dataset_name: str) -> str:
     return "inception" if dataset_name in INCEPTION_DATASETS else "none"
 
 
-def evaluate_run(config: Any, workdir: str | os.PathLike[str], dataset: Any) -> Path:
+def evaluate_run(config: ExperimentConfig, workdir: str | os.PathLike[str], dataset: Any) -> Path:
     """Likelihood bound over the held-out split and sample metrics → ``eval/metrics_<step>.json``.
 
     Raises:
       FileNotFoundError: Inception metrics were asked for and the weights file is missing
         (checked before any work).
     """
-    config = config_lib.parse(config)
-    config_lib.check_conditional_fields(config)
     kind = sample_quality_kind(config, str(dataset.name))
     extractor = None
     if kind == "inception":
         from blackout_jax.metrics import inception
 
         extractor = inception.TorchFidelityInception(config.eval.inception_weights or None)
-    model = load_trained_model(config, workdir, dataset)
+    model = load_trained_model(config, workdir, dataset.shape)
     nats = held_out.bound_over(
         stream_key(config.seed, Stream.EVALUATE),
         model.predict_fn,
@@ -353,7 +317,7 @@ def evaluate_run(config: Any, workdir: str | os.PathLike[str], dataset: Any) -> 
                 )
         else:
             results["sample_metrics"] = _inception_metrics(config, dataset, samples, extractor)
-    path = Path(workdir, "eval", f"metrics_{model.step}.json")
+    path = folder.command_output(workdir, "evaluate", model.step)
     if parallel.is_primary():
         path.parent.mkdir(parents=True, exist_ok=True)
         reporting.write_json(path, results)
@@ -515,7 +479,7 @@ def read_imputation_input(
 
 
 def impute_run(
-    config: Any,
+    config: ExperimentConfig,
     workdir: str | os.PathLike[str],
     dataset: Any,
     input_path: str | os.PathLike[str],
@@ -525,10 +489,9 @@ def impute_run(
     Chunk ``i`` of ``sampling.batch_size`` examples is imputed with ``fold_in(key, i)``
     (:func:`blackout_jax.run.generate.run_in_chunks`), split over every device.
     """
-    config = config_lib.parse(config)
     image_shape = tuple(int(d) for d in dataset.image_shape)
     counts, mask = read_imputation_input(input_path, image_shape, int(dataset.max_count))
-    model = load_trained_model(config, workdir, dataset)
+    model = load_trained_model(config, workdir, dataset.shape)
     sampler = config.sampling
     times = sampler_times(config, workdir, model, dataset)
 
@@ -556,7 +519,7 @@ def impute_run(
         inputs=(counts, mask),
         sharding=parallel.batch_sharding_for(sampler.batch_size),
     )
-    path = Path(workdir, "imputed", f"imputed_{model.step}.npz")
+    path = folder.command_output(workdir, "impute", model.step)
     if parallel.is_primary():
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, counts=completed, mask=mask)
@@ -679,7 +642,7 @@ def read_unthinning_input(
 
 
 def unthin_run(
-    config: Any,
+    config: ExperimentConfig,
     workdir: str | os.PathLike[str],
     dataset: Any,
     input_path: str | os.PathLike[str],
@@ -696,7 +659,6 @@ def unthin_run(
     PNG has one row per example (the first 50): truth (when given) | observed | ``y / q`` |
     the samples (at most 16) | their mean.
     """
-    config = config_lib.parse(config)
     image_shape = tuple(int(d) for d in dataset.image_shape)
     sampler = config.sampling
     counts, survival, truth = read_unthinning_input(
@@ -706,7 +668,7 @@ def unthin_run(
         t_end=config.diffusion.t_end,
         default_survival=sampler.survival,
     )
-    model = load_trained_model(config, workdir, dataset)
+    model = load_trained_model(config, workdir, dataset.shape)
     per_sample = sampler.num_posterior_samples
     sharding = parallel.batch_sharding_for(sampler.batch_size)
 
@@ -733,7 +695,7 @@ def unthin_run(
     )
     samples = samples.reshape(len(counts), per_sample, *image_shape).astype(np.int32)
     mean = samples.mean(axis=1, dtype=np.float64).astype(np.float32)
-    path = Path(workdir, "unthinned", f"unthinned_{model.step}.npz")
+    path = folder.command_output(workdir, "unthin", model.step)
     if parallel.is_primary():
         path.parent.mkdir(parents=True, exist_ok=True)
         extra = {} if truth is None else {"truth": truth}

@@ -44,7 +44,6 @@ import contextlib
 import dataclasses
 import errno
 import functools
-import json
 import logging
 import os
 import signal
@@ -61,16 +60,21 @@ import optax
 from flax import nnx
 
 from blackout_jax import likelihood, losses, models
-from blackout_jax.run import checkpointing, generate, held_out, network, parallel, reporting
+from blackout_jax.data import CountDataset, DataShape
+from blackout_jax.run import (
+    checkpointing,
+    folder,
+    generate,
+    held_out,
+    network,
+    parallel,
+    reporting,
+)
 from blackout_jax.run import config as config_lib
 from blackout_jax.run.config import ExperimentConfig, TrainingConfig
 from blackout_jax.run.lock import RunFolderLock
 from blackout_jax.run.streams import DROPOUT_STREAM, LABEL_DROPOUT_STREAM, Stream, stream_key
 
-CONFIG_FILE = "config.json"
-METADATA_FILE = "metadata.json"
-SAMPLES_DIR = "samples"
-LOSS_CURVE_FILE = "loss_curve.png"
 # optax.apply_if_finite applies updates anyway after this many skipped in a row; training stops
 # long before (training.max_consecutive_nonfinite), so it never does.
 _NEVER_APPLY_NONFINITE = 2**31 - 1
@@ -126,15 +130,17 @@ def check_resumable(config: ExperimentConfig, workdir: str) -> None:
       IncompatibleRunError: one line naming every changed field that matters
         (``model.nf: 8 -> 16``) and what may change on resume.
     """
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")) or not os.path.exists(path):
+    if not folder.has_checkpoints(workdir):
         return
     try:
-        with open(path, encoding="utf-8") as file:
-            stored = json.load(file)
-    except (OSError, ValueError):
+        stored = folder.read_stored_config(workdir)
+    except ValueError:
         return  # an unreadable copy: the checkpoints' own metadata still guards the restore
-    changed = config_lib.changed_fields(stored, config, allowed=config_lib.RESUMABLE_FIELDS)
+    if stored is None:
+        return
+    changed = config_lib.changed_fields(
+        stored, config.to_dict(), allowed=config_lib.RESUMABLE_FIELDS
+    )
     if changed:
         listed = "; ".join(f"{name}: {old!r} -> {new!r}" for name, old, new in changed)
         raise IncompatibleRunError(
@@ -350,17 +356,18 @@ def jit_train_step(
 
 def init_train_state(
     config: ExperimentConfig,
-    dataset: Any,
+    shape: DataShape,
     optimizer: optax.GradientTransformation,
     sharding: jax.sharding.Sharding,
 ) -> tuple[nnx.GraphDef, TrainState, Any]:
-    """Build the network and a fresh train state, placed on ``sharding`` (replicated).
+    """Build the network for examples of ``shape`` and a fresh train state, placed on
+    ``sharding`` (replicated).
 
     Returns:
       ``(graphdef, state, rest)``: the network's graph definition, the :class:`TrainState` at
       step 0, and the network's non-parameter variables.
     """
-    factory = network.model_factory(config, dataset)
+    factory = network.model_factory(config, shape)
     graphdef, _, _ = nnx.split(nnx.eval_shape(factory), nnx.Param, ...)
     rng = jax.random.key_data(stream_key(config.seed, Stream.TRAINING))
 
@@ -518,7 +525,7 @@ class Evaluator:
 def open_checkpoints(workdir: str, training: TrainingConfig) -> checkpointing.CheckpointStore:
     """The run's checkpoint store, with the keep policy of ``training``."""
     return checkpointing.CheckpointStore(
-        os.path.join(workdir, "checkpoints"),
+        folder.checkpoints_dir(workdir),
         checkpoint_every=training.checkpoint_every,
         keep_checkpoints=training.keep_checkpoints,
         keep_every=training.keep_every,
@@ -540,7 +547,7 @@ class Trainer:
         self.batch_sharding = parallel.batch_sharding(mesh)
         optimizer = skipping_nonfinite(make_optimizer(training))
         self.graphdef, self.state, self.rest = init_train_state(
-            config, dataset, optimizer, self.replicated
+            config, dataset.shape, optimizer, self.replicated
         )
         self.iterator = dataset.train_iterator(
             global_batch_size=training.batch_size,
@@ -585,7 +592,7 @@ class Trainer:
             restore, set_aside=True, warn=functools.partial(print, file=sys.stderr, flush=True)
         )
         if restored is not None:
-            checkpointing.check_metadata(restored.metadata, dataset, workdir)
+            checkpointing.check_metadata(restored.metadata, dataset.shape, workdir)
             trainer.state = TrainState(**restored.state)
             trainer.start_step = restored.step
         trainer.longest_at_start = trainer.counters()["longest_nonfinite"]
@@ -594,10 +601,12 @@ class Trainer:
 
     def _open_reports(self) -> None:
         if self.primary:
-            os.makedirs(os.path.join(self.workdir, SAMPLES_DIR), exist_ok=True)
-            reporting.remove_later_grids(os.path.join(self.workdir, SAMPLES_DIR), self.start_step)
-            reporting.write_json(os.path.join(self.workdir, CONFIG_FILE), self.config.to_dict())
-            reporting.write_json(os.path.join(self.workdir, METADATA_FILE), self.metadata)
+            os.makedirs(os.path.join(self.workdir, folder.SAMPLES_DIR), exist_ok=True)
+            folder.remove_later_grids(self.workdir, self.start_step)
+            reporting.write_json(
+                os.path.join(self.workdir, folder.CONFIG_FILE), self.config.to_dict()
+            )
+            reporting.write_json(os.path.join(self.workdir, folder.METADATA_FILE), self.metadata)
             self.writer = reporting.MetricsWriter(self.workdir, resume_step=self.start_step)
         self.progress = reporting.ProgressReporter(
             self.config.training.num_steps, self.start_step, enabled=self.primary
@@ -679,7 +688,7 @@ class Trainer:
         if self.config.eval.num_grid_samples > 0:
             grid = self.evaluator.samples(self.state.ema_params, step)
             if self.primary:
-                path = os.path.join(self.workdir, SAMPLES_DIR, f"grid_{step}.png")
+                path = folder.grid_image(self.workdir, step)
                 reporting.save_sample_grid(
                     grid, self.evaluator.max_count, path, columns=self.evaluator.grid_columns
                 )
@@ -689,7 +698,7 @@ class Trainer:
             self.writer.write(step, results, split="eval")
             reporting.plot_loss_curve(
                 reporting.read_metrics(self.writer.path),
-                os.path.join(self.workdir, LOSS_CURVE_FILE),
+                os.path.join(self.workdir, folder.LOSS_CURVE_FILE),
             )
         self.progress.message(
             f"eval at step {step}: held-out loss {results['loss']:.4f}, "
@@ -766,19 +775,11 @@ class Trainer:
             checkpointing.remove_unfinished(self.store.directory)
 
 
-def _load_data(config: ExperimentConfig) -> Any:
-    from blackout_jax import data
-
-    return data.load_dataset(
-        config.data,
-        seed=config.seed,
-        size_divisor=config.model.size_divisor,
-        num_classes=config.model.num_classes,
-    )
-
-
 def train_and_evaluate(
-    config: Any, workdir: str | os.PathLike[str], *, dataset: Any | None = None
+    config: ExperimentConfig,
+    workdir: str | os.PathLike[str],
+    *,
+    dataset: CountDataset | None = None,
 ) -> TrainResult:
     """Train (or resume training) the experiment ``config`` in ``workdir``.
 
@@ -787,8 +788,7 @@ def train_and_evaluate(
     and JSON files, orbax coordinates the checkpoints.
 
     Args:
-      config: the experiment config (a ConfigDict from ``configs/`` or an
-        :class:`~blackout_jax.run.config.ExperimentConfig`); checked here.
+      config: the experiment config (:func:`blackout_jax.run.config.parse`).
       workdir: the run folder; created if missing. A checkpoint in it is resumed.
       dataset: an already loaded :class:`blackout_jax.data.CountDataset` (default: load
         ``config.data``).
@@ -797,17 +797,15 @@ def train_and_evaluate(
       A :class:`TrainResult`.
 
     Raises:
-      ValueError: a bad config field, or a checkpoint in ``workdir`` made for other data.
+      ValueError: a checkpoint in ``workdir`` made for other data or settings.
       NonFiniteTrainingError: ``training.max_consecutive_nonfinite`` skipped updates in a row.
     """
-    config = config_lib.validate_config(config, jax.device_count(), jax.process_count())
-    config_lib.check_conditional_fields(config)
     if not jax.config.jax_threefry_partitionable:
         raise ValueError(
             "training needs jax_threefry_partitionable=True (JAX's default) so that random "
             "draws do not depend on how the batch is split over devices"
         )
-    dataset = dataset if dataset is not None else _load_data(config)
+    dataset = dataset if dataset is not None else network.load_data(config)
     workdir = os.fspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     with contextlib.ExitStack() as stack:

@@ -9,7 +9,6 @@ import re
 import statistics
 import sys
 import time
-import types
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +17,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from blackout_jax.data import DataShape
 from blackout_jax.run import config as config_lib
 from blackout_jax.run import parallel, train
 
@@ -167,12 +167,10 @@ def train_step(
     mesh = parallel.create_mesh()
     replicated = parallel.replicated_sharding(mesh)
     batch_sharding = parallel.batch_sharding(mesh)
-    dataset = types.SimpleNamespace(
-        image_shape=image_shape, max_count=max_count, name=config.data.name
-    )
+    shape = DataShape(tuple(image_shape), max_count, config.model.num_classes)
     optimizer = train.skipping_nonfinite(optimizer or train.make_optimizer(config.training))
     start = time.perf_counter()
-    graphdef, state, rest = train.init_train_state(config, dataset, optimizer, replicated)
+    graphdef, state, rest = train.init_train_state(config, shape, optimizer, replicated)
     jax.block_until_ready(state)
     init_seconds = time.perf_counter() - start
     jitted = train.jit_train_step(config, graphdef, optimizer, replicated, batch_sharding)

@@ -22,48 +22,45 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 
 import jax
 
+from blackout_jax.data import DataShape
 from blackout_jax.run import config as config_lib
 from blackout_jax.run import inference, parallel, train
 
 MODES = ("ema_only", "whole_state")
 
 
-def _setup(config_name: str) -> tuple[config_lib.ExperimentConfig, types.SimpleNamespace]:
+def _setup(config_name: str) -> tuple[config_lib.ExperimentConfig, DataShape]:
     config = config_lib.parse(importlib.import_module(f"configs.{config_name}").get_config())
-    shape = {"cifar10": (32, 32, 3), "celeba64": (64, 64, 3)}.get(config_name, (8, 8, 1))
-    dataset = types.SimpleNamespace(
-        image_shape=shape, max_count=config.data.max_count, name=config.data.name
-    )
-    return config, dataset
+    example_shape = {"cifar10": (32, 32, 3), "celeba64": (64, 64, 3)}.get(config_name, (8, 8, 1))
+    return config, DataShape(example_shape, config.data.max_count, config.model.num_classes)
 
 
 def write_checkpoint(config_name: str, workdir: str) -> None:
     """A step-1 checkpoint of a freshly initialised train state."""
-    config, dataset = _setup(config_name)
+    config, shape = _setup(config_name)
     replicated = parallel.replicated_sharding(parallel.create_mesh())
     optimizer = train.skipping_nonfinite(train.make_optimizer(config.training))
-    _, state, _ = train.init_train_state(config, dataset, optimizer, replicated)
+    _, state, _ = train.init_train_state(config, shape, optimizer, replicated)
     store = train.open_checkpoints(workdir, config.training)
-    metadata = {"max_count": dataset.max_count, "image_shape": list(dataset.image_shape)}
+    metadata = {"max_count": shape.max_count, "image_shape": list(shape.example_shape)}
     store.save(1, state.as_dict(), data_iterator={}, config={}, metadata=metadata, force=True)
     store.close()
 
 
 def load(config_name: str, workdir: str, mode: str) -> dict[str, float]:
     """Load the model one way; wall seconds and peak resident MiB of this process."""
-    config, dataset = _setup(config_name)
+    config, shape = _setup(config_name)
     start = time.perf_counter()
     if mode == "ema_only":
-        model = inference.load_trained_model(config, workdir, dataset)
+        model = inference.load_trained_model(config, workdir, shape)
         leaves = jax.tree.leaves(model.predict_fn)
     else:
         replicated = parallel.replicated_sharding(parallel.create_mesh())
         optimizer = train.skipping_nonfinite(train.make_optimizer(config.training))
-        _, state, _ = train.init_train_state(config, dataset, optimizer, replicated)
+        _, state, _ = train.init_train_state(config, shape, optimizer, replicated)
         store = train.open_checkpoints(workdir, config.training)
         target = train.checkpointing.abstract_like(state.as_dict(), replicated)
         leaves = jax.tree.leaves(store.restore(None, target).state["ema_params"])
