@@ -125,34 +125,45 @@ def main(argv: list[str]) -> None:
     except ValueError as error:
         cli.fail(str(error))
 
+    if mode == "train":
+        _train(workdir)
+    else:
+        _use_trained_run(mode, workdir)
+
+
+def _devices() -> dict[str, int]:
     import jax
 
-    from blackout_jax.run import folder, inference, network, train
+    return {"device_count": jax.device_count(), "process_count": jax.process_count()}
+
+
+def _train(workdir: str) -> None:
+    """Parse the config, load the data, check the network's shapes, then train or resume."""
+    from blackout_jax.run import config as config_lib
+    from blackout_jax.run import network, safety, train
     from blackout_jax.run.lock import RunFolderInUseError
 
     try:
-        values = _CONFIG.value.to_dict()
-        if mode != "train":
-            values = folder.with_stored_config(values, workdir)
-        config = config_lib.parse(
-            values, device_count=jax.device_count(), process_count=jax.process_count()
-        )
+        config = config_lib.parse(_CONFIG.value.to_dict(), **_devices())
         print("loading data ...", flush=True)
         dataset = network.load_data(config)
         network.abstract_model(config, dataset.shape)
     except (ValueError, FileNotFoundError) as error:
         cli.fail(str(error))
+    try:
+        result = train.train_and_evaluate(config, workdir, dataset=dataset)
+    except safety.NonFiniteTrainingError as error:
+        cli.fail(str(error), cli.EXIT_TRAINING_FAILED)
+    except (ValueError, OSError, RunFolderInUseError) as error:
+        cli.fail(str(error))
+    if result.stopped_by_signal:
+        sys.exit(config.training.preempted_exit_code)
 
-    if mode == "train":
-        try:
-            result = train.train_and_evaluate(config, workdir, dataset=dataset)
-        except train.NonFiniteTrainingError as error:
-            cli.fail(str(error), cli.EXIT_TRAINING_FAILED)
-        except (ValueError, OSError, RunFolderInUseError) as error:
-            cli.fail(str(error))
-        if result.stopped_by_signal:
-            sys.exit(config.training.preempted_exit_code)
-        return
+
+def _use_trained_run(mode: str, workdir: str) -> None:
+    """Open the run in ``workdir`` (its stored settings, data and EMA network) and run the
+    sample, evaluate, impute or unthin command on it."""
+    from blackout_jax.run import folder, inference, trained
 
     if mode == "impute" and not _INPUT.value:
         cli.fail("--mode=impute needs --input=<file.npz> with arrays 'counts' and 'mask'")
@@ -161,14 +172,16 @@ def main(argv: list[str]) -> None:
     if not folder.has_checkpoints(workdir):
         cli.fail(f"no checkpoints in {workdir}: train first (--mode=train)")
     try:
+        print("loading data ...", flush=True)
+        config, dataset, model = trained.open_trained_run(_CONFIG.value, workdir, **_devices())
         if mode == "sample":
-            inference.sample_run(config, workdir, dataset)
+            inference.sample_run(config, workdir, dataset, model)
         elif mode == "evaluate":
-            inference.evaluate_run(config, workdir, dataset)
+            inference.evaluate_run(config, workdir, dataset, model)
         elif mode == "unthin":
-            inference.unthin_run(config, workdir, dataset, _INPUT.value)
+            inference.unthin_run(config, workdir, model, _INPUT.value)
         else:
-            inference.impute_run(config, workdir, dataset, _INPUT.value)
+            inference.impute_run(config, workdir, dataset, model, _INPUT.value)
     except (ValueError, FileNotFoundError) as error:
         cli.fail(str(error))
 

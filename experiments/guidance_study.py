@@ -108,17 +108,15 @@ def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
     from blackout_jax.run import config as config_lib
-    from blackout_jax.run import folder, generate, inference, network, reporting
+    from blackout_jax.run import generate, reporting, trained
 
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("needs --config and --workdir of a trained conditional digits run")
-    config = config_lib.parse(folder.with_stored_config(_CONFIG.value.to_dict(), _WORKDIR.value))
+    config, dataset, model = trained.open_trained_run(_CONFIG.value, _WORKDIR.value)
     num_classes = config.model.num_classes
     if config.data.name != "digits" or not num_classes:
         raise app.UsageError("the study needs a class-conditional digits run")
-    dataset = network.load_data(config)
-    model = inference.load_trained_model(config, _WORKDIR.value, dataset.shape)
-    times = config_lib.sampling_times(config)
+    times = config_lib.fixed_sampling_times(config)
     num_samples = _NUM_SAMPLES.value
     labels = balanced_labels(num_samples, num_classes)
     scales = [float(s) for s in _SCALES.value]

@@ -15,7 +15,7 @@ import pytest
 from blackout_jax import models
 from blackout_jax.data import DataShape
 from blackout_jax.run import config as config_lib
-from blackout_jax.run import network, train
+from blackout_jax.run import network, train_step
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -195,7 +195,7 @@ def test_reference_optimiser_is_plain_adam(name):
     training = _config(name).training
     assert (training.warmup_steps, training.grad_clip_norm) == (0, 0.0)
     assert training.learning_rate == 2e-4
-    optimizer = train.make_optimizer(config_lib.parse(_config(name)).training)
+    optimizer = train_step.make_optimizer(config_lib.parse(_config(name)).training)
     rng = np.random.default_rng(0)
     params = np.zeros((3, 5))  # the parameters are then the accumulated updates themselves
     grads = [50.0 * rng.normal(size=(3, 5)), 30.0 * rng.normal(size=(3, 5))]

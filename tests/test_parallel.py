@@ -21,6 +21,7 @@ import pytest
 
 from blackout_jax.run import checkpointing, parallel, reporting
 from tests.cli import cpu_environment
+from tests.stored_state import read_state
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_STEPS = 20
@@ -83,7 +84,7 @@ def _final_state(workdir: pathlib.Path) -> dict:
     store = checkpointing.CheckpointStore(
         workdir / "checkpoints", checkpoint_every=10, keep_checkpoints=2
     )
-    state = store.read_state(NUM_STEPS)
+    state = read_state(store, NUM_STEPS)
     store.close()
     return state
 

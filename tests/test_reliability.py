@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from blackout_jax.run import config as config_lib
-from blackout_jax.run import reporting, train
+from blackout_jax.run import reporting, safety, train
 from blackout_jax.run.lock import RunFolderLock
 from configs import tiny
 from tests.cli import REPO_ROOT, cpu_environment, run_main
@@ -183,7 +183,7 @@ def test_disk_full_is_one_message_naming_the_file_and_the_last_checkpoint(tmp_pa
         self._file = FullAfterStep4(self._file)
 
     monkeypatch.setattr(reporting.MetricsWriter, "__init__", init)
-    with pytest.raises(train.DiskFullError) as info:
+    with pytest.raises(safety.DiskFullError) as info:
         train.train_and_evaluate(config_lib.parse(config), tmp_path / "run")
     message = str(info.value)
     assert "metrics.jsonl" in message and "step 3 in" in message
@@ -210,7 +210,7 @@ def test_disk_full_inside_a_checkpoint_save_is_one_message_and_leaves_no_partial
         return await original_save(self, item, directory)
 
     monkeypatch.setattr(handler, "_save_fn", save)
-    with pytest.raises(train.DiskFullError) as info:
+    with pytest.raises(safety.DiskFullError) as info:
         train.train_and_evaluate(config_lib.parse(config), tmp_path / "run")
     message = str(info.value)
     assert len(message.splitlines()) == 1 and "step 3 in" in message, message

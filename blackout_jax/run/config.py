@@ -16,7 +16,6 @@ Sections: ``data`` (:class:`DataConfig`), ``diffusion`` (:class:`DiffusionConfig
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from collections.abc import Mapping
 from typing import Any
@@ -293,11 +292,11 @@ def _check_across_fields(config: ExperimentConfig) -> None:
         )
 
 
-def sampling_times(config: ExperimentConfig) -> Any:
+def fixed_sampling_times(config: ExperimentConfig) -> Any:
     """The sampler's times of ``config.sampling`` (:func:`blackout_jax.schedule.sampling_times`).
 
     For ``sampling.grid = "optimised"``, which needs a trained model
-    (:func:`blackout_jax.run.inference.sampler_times`), the ``"logit"`` grid: the sample grids
+    (:func:`blackout_jax.run.trained.model_sampling_times`), the ``"logit"`` grid: the sample grids
     drawn during training use it.
     """
     grid = config.sampling.grid
@@ -394,80 +393,3 @@ def describe(config: ExperimentConfig) -> str:
             name = f"{field.name}.{inner.name}"
             lines.append(settings.describe(name, inner, getattr(value, inner.name)))
     return "\n".join(lines)
-
-
-RESUMABLE_FIELDS = (
-    "training.num_steps",
-    "training.log_every",
-    "training.eval_every",
-    "training.checkpoint_every",
-    "training.keep_checkpoints",
-    "training.keep_every",
-    "training.max_consecutive_nonfinite",
-    "training.preempted_exit_code",
-    "data.data_dir",
-    "data.path",
-    "data.prefetch",
-    "eval.*",
-    "sampling.*",
-)
-"""Fields that may differ between a run folder's stored config and a run resuming it."""
-
-INFERENCE_FIELDS = (
-    "seed",
-    "data.data_dir",
-    "data.path",
-    "data.prefetch",
-    "training.*",
-    "eval.*",
-    "sampling.*",
-)
-"""Fields that the sample/evaluate/impute commands take from the command line; the others (the
-network, the data, the diffusion) come from the config stored in the run folder."""
-
-
-def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"training.batch_size": 128, ...}`` from nested dicts; lists become tuples."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, prefix=f"{name}."))
-        else:
-            flat[name] = tuple(value) if isinstance(value, list) else value
-    return flat
-
-
-def _matches(name: str, patterns: tuple[str, ...]) -> bool:
-    return any(name == p or (p.endswith(".*") and name.startswith(p[:-1])) for p in patterns)
-
-
-def changed_fields(
-    stored: Mapping[str, Any], current: Mapping[str, Any], *, allowed: tuple[str, ...]
-) -> list[tuple[str, Any, Any]]:
-    """``[("model.nf", 8, 16), ...]``: ``(field, stored value, current value)`` for the fields of
-    the nested dict ``current`` that differ from the ``stored`` one (a run folder's
-    ``config.json``) and are not ``allowed`` to; fields the stored config lacks are not
-    compared."""
-    old, new = flatten(stored), flatten(current)
-    return [
-        (name, old[name], value)
-        for name, value in new.items()
-        if name in old and old[name] != value and not _matches(name, allowed)
-    ]
-
-
-def with_stored_fields(stored: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
-    """The nested dict ``values`` with every field outside :data:`INFERENCE_FIELDS` taken from
-    ``stored``; stored fields that ``values`` lacks are left out."""
-    merged = copy.deepcopy(dict(values))
-    present = flatten(merged)
-    for name, value in flatten(stored).items():
-        if _matches(name, INFERENCE_FIELDS) or name not in present:
-            continue
-        *sections, key = name.split(".")
-        target = merged
-        for section in sections:
-            target = target[section]
-        target[key] = value
-    return merged

@@ -20,6 +20,7 @@ Every other module names these through this one.
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -27,7 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from blackout_jax.run import config as config_lib
+from blackout_jax.run.config import ExperimentConfig
 
 CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"
@@ -90,6 +91,83 @@ def remove_later_grids(workdir: str | os.PathLike[str], step: int) -> None:
             os.remove(os.path.join(samples_dir, name))
 
 
+RESUMABLE_FIELDS = (
+    "training.num_steps",
+    "training.log_every",
+    "training.eval_every",
+    "training.checkpoint_every",
+    "training.keep_checkpoints",
+    "training.keep_every",
+    "training.max_consecutive_nonfinite",
+    "training.preempted_exit_code",
+    "data.data_dir",
+    "data.path",
+    "data.prefetch",
+    "eval.*",
+    "sampling.*",
+)
+"""Fields that may differ between a run folder's stored config and a run resuming it."""
+
+INFERENCE_FIELDS = (
+    "seed",
+    "data.data_dir",
+    "data.path",
+    "data.prefetch",
+    "training.*",
+    "eval.*",
+    "sampling.*",
+)
+"""Fields that the sample/evaluate/impute commands take from the command line; the others (the
+network, the data, the diffusion) come from the config stored in the run folder."""
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"training.batch_size": 128, ...}`` from nested dicts; lists become tuples."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = tuple(value) if isinstance(value, list) else value
+    return flat
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(name == p or (p.endswith(".*") and name.startswith(p[:-1])) for p in patterns)
+
+
+def changed_fields(
+    stored: Mapping[str, Any], current: Mapping[str, Any], *, allowed: tuple[str, ...]
+) -> list[tuple[str, Any, Any]]:
+    """``[("model.nf", 8, 16), ...]``: ``(field, stored value, current value)`` for the fields of
+    the nested dict ``current`` that differ from the ``stored`` one (a run folder's
+    ``config.json``) and are not ``allowed`` to; fields the stored config lacks are not
+    compared."""
+    old, new = flatten(stored), flatten(current)
+    return [
+        (name, old[name], value)
+        for name, value in new.items()
+        if name in old and old[name] != value and not _matches(name, allowed)
+    ]
+
+
+def with_stored_fields(stored: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The nested dict ``values`` with every field outside :data:`INFERENCE_FIELDS` taken from
+    ``stored``; stored fields that ``values`` lacks are left out."""
+    merged = copy.deepcopy(dict(values))
+    present = flatten(merged)
+    for name, value in flatten(stored).items():
+        if _matches(name, INFERENCE_FIELDS) or name not in present:
+            continue
+        *sections, key = name.split(".")
+        target = merged
+        for section in sections:
+            target = target[section]
+        target[key] = value
+    return merged
+
+
 def read_stored_config(workdir: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The run folder's ``config.json`` as nested dicts, or ``None`` when there is none.
 
@@ -113,14 +191,14 @@ def with_stored_config(
 
     The network, data and diffusion come from the run folder's stored ``config.json``, so the
     overrides used for training need not be repeated; only the fields of
-    :data:`~blackout_jax.run.config.INFERENCE_FIELDS` (sampling and evaluation settings, seed,
+    :data:`INFERENCE_FIELDS` (sampling and evaluation settings, seed,
     data location) come from ``values``. Differences in the other fields are named in one note
     on stderr. Without a stored config, ``values`` are used as they are.
     """
     stored = read_stored_config(workdir)
     if stored is None:
         return dict(values)
-    ignored = config_lib.changed_fields(stored, values, allowed=config_lib.INFERENCE_FIELDS)
+    ignored = changed_fields(stored, values, allowed=INFERENCE_FIELDS)
     if ignored:
         listed = "; ".join(
             f"{name} = {old!r} (command line: {new!r})" for name, old, new in ignored
@@ -130,4 +208,33 @@ def with_stored_config(
             file=sys.stderr,
             flush=True,
         )
-    return config_lib.with_stored_fields(stored, values)
+    return with_stored_fields(stored, values)
+
+
+class IncompatibleRunError(ValueError):
+    """The run folder was trained with settings that cannot change on resume."""
+
+
+def check_resumable(config: ExperimentConfig, workdir: str) -> None:
+    """Compare ``config`` with the run folder's stored ``config.json`` before any restore.
+
+    Raises:
+      IncompatibleRunError: one line naming every changed field that matters
+        (``model.nf: 8 -> 16``) and what may change on resume.
+    """
+    if not has_checkpoints(workdir):
+        return
+    try:
+        stored = read_stored_config(workdir)
+    except ValueError:
+        return  # an unreadable copy: the checkpoints' own metadata still guards the restore
+    if stored is None:
+        return
+    changed = changed_fields(stored, config.to_dict(), allowed=RESUMABLE_FIELDS)
+    if changed:
+        listed = "; ".join(f"{name}: {old!r} -> {new!r}" for name, old, new in changed)
+        raise IncompatibleRunError(
+            f"{workdir} was trained with other settings ({listed}): use a new "
+            "--workdir, or change only what may change on resume ("
+            f"{', '.join(RESUMABLE_FIELDS)})"
+        )

@@ -3,7 +3,7 @@
 Writes a checkpoint of the CIFAR-10 reference network (62.7M parameters, Adam state, EMA) once,
 then loads it in fresh processes two ways and reports wall time and peak resident memory:
 
-* ``ema_only``: :func:`blackout_jax.run.inference.load_trained_model` (the abstract network as
+* ``ema_only``: :func:`blackout_jax.run.trained.load_trained_model` (the abstract network as
   the target, only ``ema_params`` read from the checkpoint);
 * ``whole_state``: initialise the whole train state (parameters, Adam moments, EMA) and restore
   every array of the checkpoint, then keep the EMA (what inference did before).
@@ -26,8 +26,8 @@ import time
 import jax
 
 from blackout_jax.data import DataShape
+from blackout_jax.run import checkpointing, parallel, train, train_step, trained
 from blackout_jax.run import config as config_lib
-from blackout_jax.run import inference, parallel, train
 
 MODES = ("ema_only", "whole_state")
 
@@ -42,11 +42,11 @@ def write_checkpoint(config_name: str, workdir: str) -> None:
     """A step-1 checkpoint of a freshly initialised train state."""
     config, shape = _setup(config_name)
     replicated = parallel.replicated_sharding(parallel.create_mesh())
-    optimizer = train.skipping_nonfinite(train.make_optimizer(config.training))
-    _, state, _ = train.init_train_state(config, shape, optimizer, replicated)
+    optimizer = train_step.skipping_nonfinite(train_step.make_optimizer(config.training))
+    _, state, _ = train_step.init_train_state(config, shape, optimizer, replicated)
     store = train.open_checkpoints(workdir, config.training)
     metadata = {"max_count": shape.max_count, "image_shape": list(shape.example_shape)}
-    store.save(1, state.as_dict(), data_iterator={}, config={}, metadata=metadata, force=True)
+    store.save(1, state.as_dict(), data_iterator={}, metadata=metadata, force=True)
     store.close()
 
 
@@ -55,14 +55,14 @@ def load(config_name: str, workdir: str, mode: str) -> dict[str, float]:
     config, shape = _setup(config_name)
     start = time.perf_counter()
     if mode == "ema_only":
-        model = inference.load_trained_model(config, workdir, shape)
+        model = trained.load_trained_model(config, workdir, shape)
         leaves = jax.tree.leaves(model.predict_fn)
     else:
         replicated = parallel.replicated_sharding(parallel.create_mesh())
-        optimizer = train.skipping_nonfinite(train.make_optimizer(config.training))
-        _, state, _ = train.init_train_state(config, shape, optimizer, replicated)
+        optimizer = train_step.skipping_nonfinite(train_step.make_optimizer(config.training))
+        _, state, _ = train_step.init_train_state(config, shape, optimizer, replicated)
         store = train.open_checkpoints(workdir, config.training)
-        target = train.checkpointing.abstract_like(state.as_dict(), replicated)
+        target = checkpointing.abstract_like(state.as_dict(), replicated)
         leaves = jax.tree.leaves(store.restore(None, target).state["ema_params"])
         store.close()
     jax.block_until_ready(leaves)
