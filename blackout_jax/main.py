@@ -20,7 +20,7 @@ draws ``sampling.num_posterior_samples`` samples of the counts behind each thinn
 of an ``.npz`` (``counts``, optional ``survival`` and ``truth``) into ``WORKDIR/unthinned/``.
 The last four use the EMA parameters of checkpoint ``sampling.checkpoint_step`` (-1 = the
 latest) and the network, data and diffusion settings stored in the run folder (see
-:func:`blackout_jax.run.inference.run_config`). ``show_config`` prints every config field with
+:func:`blackout_jax.run.folder.with_stored_config`). ``show_config`` prints every config field with
 its value after the overrides and its meaning, one ``section.field = value  # meaning`` line
 each, and needs no ``--workdir``.
 
@@ -31,16 +31,17 @@ processes by itself, elsewhere pass ``--coordinator_address=host:port --num_proc
 --process_id=i`` to every process.
 
 Order of work: parse the flags, check the run folder's path, join the other processes (if any),
-check the config, load the data, build the network's shapes, and only then create the run folder
-and train. A problem found before training (a bad flag, an unknown config field, a missing
-config file, a run folder below a file, unreadable data, an impossible value) prints one line
-``error: ...`` naming it on stderr and exits with status 2 without writing anything.
+take the stored settings of the run folder (all modes but ``train``), parse and check the
+config once (:func:`blackout_jax.run.config.parse`), load the data, build the network's
+shapes, and only then create the run folder and train. A problem found before training (a bad
+flag, an unknown config field, a missing config file, a run folder below a file, unreadable
+data, an impossible value) prints one line ``error: ...`` naming it on stderr and exits with
+status 2 without writing anything.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 import sys
 
 from absl import app, flags, logging
@@ -124,53 +125,63 @@ def main(argv: list[str]) -> None:
     except ValueError as error:
         cli.fail(str(error))
 
+    if mode == "train":
+        _train(workdir)
+    else:
+        _use_trained_run(mode, workdir)
+
+
+def _devices() -> dict[str, int]:
     import jax
 
-    from blackout_jax import data
-    from blackout_jax.run import inference, network, train
+    return {"device_count": jax.device_count(), "process_count": jax.process_count()}
+
+
+def _train(workdir: str) -> None:
+    """Parse the config, load the data, check the network's shapes, then train or resume."""
+    from blackout_jax.run import config as config_lib
+    from blackout_jax.run import network, safety, train
     from blackout_jax.run.lock import RunFolderInUseError
 
     try:
-        config = config_lib.validate_config(_CONFIG.value, jax.device_count(), jax.process_count())
-        if mode != "train":
-            config = inference.run_config(config, workdir)
+        config = config_lib.parse(_CONFIG.value.to_dict(), **_devices())
         print("loading data ...", flush=True)
-        dataset = data.load_dataset(
-            config.data,
-            seed=config.seed,
-            size_divisor=config.model.size_divisor,
-            num_classes=config.model.num_classes,
-        )
-        network.abstract_model(config, dataset)
+        dataset = network.load_data(config)
+        network.abstract_model(config, dataset.shape)
     except (ValueError, FileNotFoundError) as error:
         cli.fail(str(error))
+    try:
+        result = train.train_and_evaluate(config, workdir, dataset=dataset)
+    except safety.NonFiniteTrainingError as error:
+        cli.fail(str(error), cli.EXIT_TRAINING_FAILED)
+    except (ValueError, OSError, RunFolderInUseError) as error:
+        cli.fail(str(error))
+    if result.stopped_by_signal:
+        sys.exit(config.training.preempted_exit_code)
 
-    if mode == "train":
-        try:
-            result = train.train_and_evaluate(config, workdir, dataset=dataset)
-        except train.NonFiniteTrainingError as error:
-            cli.fail(str(error), cli.EXIT_TRAINING_FAILED)
-        except (ValueError, OSError, RunFolderInUseError) as error:
-            cli.fail(str(error))
-        if result.stopped_by_signal:
-            sys.exit(config.training.preempted_exit_code)
-        return
+
+def _use_trained_run(mode: str, workdir: str) -> None:
+    """Open the run in ``workdir`` (its stored settings, data and EMA network) and run the
+    sample, evaluate, impute or unthin command on it."""
+    from blackout_jax.run import folder, inference, trained
 
     if mode == "impute" and not _INPUT.value:
         cli.fail("--mode=impute needs --input=<file.npz> with arrays 'counts' and 'mask'")
     if mode == "unthin" and not _INPUT.value:
         cli.fail("--mode=unthin needs --input=<file.npz> with an array 'counts'")
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    if not folder.has_checkpoints(workdir):
         cli.fail(f"no checkpoints in {workdir}: train first (--mode=train)")
     try:
+        print("loading data ...", flush=True)
+        config, dataset, model = trained.open_trained_run(_CONFIG.value, workdir, **_devices())
         if mode == "sample":
-            inference.sample_run(config, workdir, dataset)
+            inference.sample_run(config, workdir, dataset, model)
         elif mode == "evaluate":
-            inference.evaluate_run(config, workdir, dataset)
+            inference.evaluate_run(config, workdir, dataset, model)
         elif mode == "unthin":
-            inference.unthin_run(config, workdir, dataset, _INPUT.value)
+            inference.unthin_run(config, workdir, model, _INPUT.value)
         else:
-            inference.impute_run(config, workdir, dataset, _INPUT.value)
+            inference.impute_run(config, workdir, dataset, model, _INPUT.value)
     except (ValueError, FileNotFoundError) as error:
         cli.fail(str(error))
 

@@ -1,8 +1,13 @@
 """The default experiment: Blackout Diffusion on sklearn's digits (8x8, counts 0..16).
 
-Every config field, with its default, its meaning and its allowed values, is declared once in
-the typed sections of ``blackout_jax/run/config.py``; this file turns those defaults into the
-``ml_collections.ConfigDict`` that the other files in ``configs/`` override. The digits data ships
+Every config field, with its default, its meaning and its allowed values, is declared once:
+the sections ``data``, ``diffusion``, ``training``, ``eval``, ``sampling`` and ``seed`` in
+``blackout_jax/run/config.py`` (``DataConfig``, ``DiffusionConfig``, ``TrainingConfig``,
+``EvalConfig``, ``SamplingConfig``, ``ExperimentConfig``), the ``model`` section in
+``blackout_jax/models/ncsnpp.py`` (``NCSNppConfig``; the digits network is ``DIGITS_MODEL`` of
+``run/config.py``). ``--mode=show_config`` prints them all, one ``section.field = value  #
+meaning`` line each. This file turns those defaults into the ``ml_collections.ConfigDict`` that
+the other files in ``configs/`` override. The digits data ships
 with scikit-learn, so this run needs no download and trains on a laptop CPU in minutes:
 
     python -m blackout_jax.main --config=configs/digits.py --workdir=runs/digits

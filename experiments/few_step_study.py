@@ -187,20 +187,14 @@ def _oracle_part() -> None:
 
 
 def _digits_part() -> None:
-    from blackout_jax import data
     from blackout_jax.metrics import digits_features
-    from blackout_jax.run import chunked, inference
-    from blackout_jax.run import config as config_lib
+    from blackout_jax.run import chunked, trained
 
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("--part=digits needs --config and --workdir of a trained run")
-    config = inference.run_config(config_lib.parse(_CONFIG.value), _WORKDIR.value)
-    dataset = data.load_dataset(
-        config.data, seed=config.seed, size_divisor=config.model.size_divisor
-    )
+    config, dataset, model = trained.open_trained_run(_CONFIG.value, _WORKDIR.value)
     if dataset.name != "digits":
         raise app.UsageError("the digits part needs a digits run")
-    model = inference.load_trained_model(config, _WORKDIR.value, dataset)
     t_end = config.diffusion.t_end
     train = np.asarray(digits_features.digits_train_test_split()[0])
     examples = train[: _GRID_EXAMPLES.value].reshape(-1, *model.image_shape)

@@ -108,24 +108,16 @@ def grid_order(by_scale: list[np.ndarray], labels: np.ndarray, per_class: int) -
 def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
-    from blackout_jax import data
-    from blackout_jax.run import chunked, inference, reporting
+    from blackout_jax.run import chunked, reporting, trained
     from blackout_jax.run import config as config_lib
 
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("needs --config and --workdir of a trained conditional digits run")
-    config = inference.run_config(config_lib.parse(_CONFIG.value), _WORKDIR.value)
+    config, dataset, model = trained.open_trained_run(_CONFIG.value, _WORKDIR.value)
     num_classes = config.model.num_classes
     if config.data.name != "digits" or not num_classes:
         raise app.UsageError("the study needs a class-conditional digits run")
-    dataset = data.load_dataset(
-        config.data,
-        seed=config.seed,
-        size_divisor=config.model.size_divisor,
-        num_classes=num_classes,
-    )
-    model = inference.load_trained_model(config, _WORKDIR.value, dataset)
-    times = config_lib.sampling_times(config)
+    times = config_lib.fixed_sampling_times(config)
     num_samples = _NUM_SAMPLES.value
     labels = balanced_labels(num_samples, num_classes)
     scales = [float(s) for s in _SCALES.value]

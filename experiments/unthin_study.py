@@ -52,9 +52,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 import blackout_jax as bj
-from blackout_jax import data
-from blackout_jax.run import config as config_lib
-from blackout_jax.run import inference, reporting
+from blackout_jax.run import reporting, trained
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config (configs/digits.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The trained run folder.")
@@ -97,7 +95,7 @@ def randomized_rank(samples: np.ndarray, truth: np.ndarray, rng: np.random.Gener
 
 
 def posterior_samples(
-    model: inference.TrainedModel, observed: np.ndarray, q: float, key: jax.Array
+    model: trained.TrainedModel, observed: np.ndarray, q: float, key: jax.Array
 ) -> np.ndarray:
     """``(N, S, ...)`` draws of :func:`blackout_jax.unthin`, in calls of ``batch_size`` rows."""
     rows = np.repeat(observed, _NUM_SAMPLES.value, axis=0)
@@ -235,11 +233,7 @@ def main(argv: list[str]) -> None:
         return
     if _CONFIG.value is None or not _WORKDIR.value:
         raise app.UsageError("--config and --workdir are required for --part=network")
-    config = inference.run_config(config_lib.parse(_CONFIG.value), _WORKDIR.value)
-    dataset = data.load_dataset(
-        config.data, seed=config.seed, size_divisor=config.model.size_divisor
-    )
-    model = inference.load_trained_model(config, _WORKDIR.value, dataset)
+    config, dataset, model = trained.open_trained_run(_CONFIG.value, _WORKDIR.value)
     truth = np.asarray(dataset.test_examples(None))[: _NUM_EXAMPLES.value]
     truth = truth.reshape(len(truth), *model.image_shape).astype(np.int32)
     train = np.asarray(dataset.train_source.read(np.arange(dataset.num_train)), np.float64)

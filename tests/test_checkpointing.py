@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from blackout_jax.run import checkpointing
+from blackout_jax.run import checkpointing, safety
+from tests.stored_state import read_state
 
 
 def _state(value: float) -> dict:
@@ -33,7 +34,6 @@ def _save(store, step, *, force=False):
         step,
         _state(step),
         data_iterator={"position": step},
-        config={"training": {"num_steps": 10}},
         metadata={"max_count": 16, "image_shape": [8, 8, 1]},
         force=force,
     )
@@ -52,7 +52,6 @@ def test_save_and_restore_round_trip(tmp_path):
     np.testing.assert_array_equal(restored.state["params"]["dense"]["kernel"], np.full((3, 2), 4))
     np.testing.assert_array_equal(restored.state["rng"], jax.random.key_data(jax.random.key(7)))
     assert restored.data_iterator == {"position": 4}
-    assert restored.config == {"training": {"num_steps": 10}}
     assert restored.metadata == {"max_count": 16, "image_shape": [8, 8, 1]}
 
 
@@ -84,7 +83,7 @@ def test_a_new_store_sees_the_checkpoints_and_reads_single_items(tmp_path):
     reopened = _store(tmp_path)
     assert reopened.latest_step() == 2
     assert reopened.read_json(None, "metadata")["max_count"] == 16
-    state = reopened.read_state(2)
+    state = read_state(reopened, 2)
     np.testing.assert_array_equal(state["params"]["dense"]["kernel"], np.full((3, 2), 2.0))
     with pytest.raises(ValueError, match="item"):
         reopened.read_json(2, "state")
@@ -129,9 +128,9 @@ def test_restore_part_reads_only_the_requested_subtree(tmp_path):
 def test_only_closed_loop_callbacks_of_abandoned_reads_are_dropped(monkeypatch):
     reached = []
     monkeypatch.setattr("sys.unraisablehook", reached.append)
-    checkpointing._drop_callbacks_of_abandoned_reads()
+    safety.drop_callbacks_of_abandoned_reads()
     installed = sys.unraisablehook
-    checkpointing._drop_callbacks_of_abandoned_reads()
+    safety.drop_callbacks_of_abandoned_reads()
     assert sys.unraisablehook is installed  # once per process, not a chain of hooks
 
     def report(error):
@@ -157,7 +156,7 @@ def _record(message: str, code_file: str) -> logging.LogRecord:
 
 
 def test_only_never_retrieved_errors_of_orbax_reads_are_dropped_from_the_asyncio_log():
-    keep = checkpointing._AbandonedReadRecords().filter
+    keep = safety.AbandonedReadRecords().filter
     orbax_file = "/site-packages/orbax/checkpoint/_src/serialization/serialization.py"
     assert not keep(_record("Task exception was never retrieved", orbax_file))
     assert keep(_record("Task exception was never retrieved", "/somewhere/else.py"))

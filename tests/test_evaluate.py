@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
+from blackout_jax.run import config as config_lib
 from blackout_jax.run import grid_files, train
 from configs import tiny
 from tests.cli import run_main
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.slow
 def trained_run(tmp_path_factory):
     """A 6-step run of configs/tiny.py (checkpoints at steps 3 and 6)."""
     workdir = tmp_path_factory.mktemp("run")
-    train.train_and_evaluate(tiny.get_config(), workdir)
+    train.train_and_evaluate(config_lib.parse(tiny.get_config()), workdir)
     return workdir
 
 
@@ -133,7 +134,7 @@ def test_inference_uses_the_network_the_run_was_trained_with(tmp_path):
     config.training.num_steps = 2
     config.eval.num_grid_samples = 0
     workdir = tmp_path / "narrow"
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(config_lib.parse(config), workdir)
     result = _mode(workdir, "sample", "--config.sampling.num_samples=2")
     assert result.returncode == 0, result.stderr[-3000:]
     notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]

@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from blackout_jax.run import config as config_lib
+from blackout_jax.run import folder
 from configs import tiny
 from tests.cli import REPO_ROOT, cpu_environment
 from tests.cli import run_main as _main
@@ -159,9 +160,7 @@ def test_show_config_prints_every_field_after_the_overrides():
     config = tiny.get_config()
     config.model.nf = 16
     typed = config_lib.parse(config)
-    expected = [
-        f"{name} = {value!r}" for name, value in config_lib.flatten(typed.to_dict()).items()
-    ]
+    expected = [f"{name} = {value!r}" for name, value in folder.flatten(typed.to_dict()).items()]
     lines = result.stdout.splitlines()
     assert [line.split("  # ")[0] for line in lines] == expected
     assert all("  # " in line for line in lines)  # each field with its meaning

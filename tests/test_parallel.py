@@ -21,6 +21,7 @@ import pytest
 
 from blackout_jax.run import checkpointing, parallel, reporting
 from tests.cli import cpu_environment
+from tests.stored_state import read_state
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 NUM_STEPS = 20
@@ -83,7 +84,7 @@ def _final_state(workdir: pathlib.Path) -> dict:
     store = checkpointing.CheckpointStore(
         workdir / "checkpoints", checkpoint_every=10, keep_checkpoints=2
     )
-    state = store.read_state(NUM_STEPS)
+    state = read_state(store, NUM_STEPS)
     store.close()
     return state
 
@@ -190,6 +191,7 @@ def counted(*args, **kwargs):
     calls.append(1)
     return gather(*args, **kwargs)
 multihost_utils.process_allgather = counted
+from blackout_jax.run import config as config_lib
 from blackout_jax.run import train
 from configs import tiny
 counts = {}
@@ -201,7 +203,7 @@ for num_steps in (4, 12):
     config.training.eval_every = 1000
     config.eval.num_grid_samples = 0
     calls.clear()
-    train.train_and_evaluate(config, f"{sys.argv[3]}/run_{num_steps}")
+    train.train_and_evaluate(config_lib.parse(config), f"{sys.argv[3]}/run_{num_steps}")
     counts[num_steps] = len(calls)
 print(json.dumps(counts))
 """

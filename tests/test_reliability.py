@@ -20,7 +20,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from blackout_jax.run import reporting, train
+from blackout_jax.run import config as config_lib
+from blackout_jax.run import reporting, safety, train
 from blackout_jax.run.lock import RunFolderLock
 from configs import tiny
 from tests.cli import REPO_ROOT, cpu_environment, run_main
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.slow
 def trained_run(tmp_path_factory):
     """A 6-step run of configs/tiny.py with checkpoints at steps 3 and 6."""
     workdir = tmp_path_factory.mktemp("base") / "run"
-    train.train_and_evaluate(tiny.get_config(), workdir)
+    train.train_and_evaluate(config_lib.parse(tiny.get_config()), workdir)
     return workdir
 
 
@@ -182,8 +183,8 @@ def test_disk_full_is_one_message_naming_the_file_and_the_last_checkpoint(tmp_pa
         self._file = FullAfterStep4(self._file)
 
     monkeypatch.setattr(reporting.MetricsWriter, "__init__", init)
-    with pytest.raises(train.DiskFullError) as info:
-        train.train_and_evaluate(config, tmp_path / "run")
+    with pytest.raises(safety.DiskFullError) as info:
+        train.train_and_evaluate(config_lib.parse(config), tmp_path / "run")
     message = str(info.value)
     assert "metrics.jsonl" in message and "step 3 in" in message
     assert len(message.splitlines()) == 1
@@ -209,8 +210,8 @@ def test_disk_full_inside_a_checkpoint_save_is_one_message_and_leaves_no_partial
         return await original_save(self, item, directory)
 
     monkeypatch.setattr(handler, "_save_fn", save)
-    with pytest.raises(train.DiskFullError) as info:
-        train.train_and_evaluate(config, tmp_path / "run")
+    with pytest.raises(safety.DiskFullError) as info:
+        train.train_and_evaluate(config_lib.parse(config), tmp_path / "run")
     message = str(info.value)
     assert len(message.splitlines()) == 1 and "step 3 in" in message, message
     assert "metadata.orbax-checkpoint-tmp/metadata" in message, message
@@ -218,7 +219,7 @@ def test_disk_full_inside_a_checkpoint_save_is_one_message_and_leaves_no_partial
     checkpoints = tmp_path / "run" / "checkpoints"
     assert sorted(p.name for p in checkpoints.iterdir()) == ["3"]  # no half-written folder
     monkeypatch.undo()  # space freed: the same command resumes from step 3
-    assert train.train_and_evaluate(config, tmp_path / "run").step == 6
+    assert train.train_and_evaluate(config_lib.parse(config), tmp_path / "run").step == 6
     assert _train_rows(tmp_path / "run") == [2, 4, 6]
 
 

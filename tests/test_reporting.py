@@ -123,18 +123,6 @@ def test_non_finite_metrics_are_written_as_json_null(tmp_path):
     assert "NaN" not in line and "Infinity" not in line
 
 
-def test_grids_after_the_restart_step_are_removed(tmp_path):
-    for name in ("grid_3.png", "grid_6.png", "grid_9.png", "samples_9.png", "grid_x.png"):
-        (tmp_path / name).write_bytes(b"png")
-    reporting.remove_later_grids(tmp_path, 6)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "grid_3.png",
-        "grid_6.png",
-        "grid_x.png",
-        "samples_9.png",
-    ]
-
-
 def test_rows_by_label_puts_each_class_on_its_own_row_in_order():
     samples = np.arange(7)[:, None, None, None] * np.ones((7, 2, 2, 1), np.int32)
     labels = np.array([3, 1, 3, 1, 3, 3, 0])

@@ -22,7 +22,8 @@ import pytest
 from flax import nnx
 
 from blackout_jax import data
-from blackout_jax.run import checkpointing, reporting, train
+from blackout_jax.run import checkpointing, reporting, safety, train, train_step
+from blackout_jax.run import config as config_lib
 from blackout_jax.run.config import TrainingConfig
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -31,6 +32,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from configs import tiny  # noqa: E402  (the repository root must be importable first)
 from tests.cli import cpu_environment  # noqa: E402
+from tests.stored_state import read_state  # noqa: E402
 
 
 class SmallNet(nnx.Module):
@@ -60,14 +62,14 @@ def _small_net_factory(model_config, *, image_shape, max_count, t_end, num_steps
 
 def _small_step(ema_decay=0.5, clip=1.0, net=None, **step_options):
     """A jitted training step of ``net`` (default: :class:`SmallNet`) with its initial state;
-    ``step_options`` go to :func:`train.make_train_step`."""
+    ``step_options`` go to :func:`train_step.make_train_step`."""
     net = net if net is not None else SmallNet(max_count=16, dropout=0.0, seed=0)
     graphdef, params, rest = nnx.split(net, nnx.Param, ...)
-    optimizer = train.skipping_nonfinite(
+    optimizer = train_step.skipping_nonfinite(
         optax.chain(optax.clip_by_global_norm(clip), optax.adam(1e-2))
     )
     step_fn = jax.jit(
-        train.make_train_step(
+        train_step.make_train_step(
             graphdef,
             optimizer,
             weighting="elbo",
@@ -80,7 +82,7 @@ def _small_step(ema_decay=0.5, clip=1.0, net=None, **step_options):
         )
     )
     zero = jnp.zeros((), jnp.int32)
-    state = train.TrainState(
+    state = train_step.TrainState(
         step=zero,
         params=params,
         opt_state=optimizer.init(params),
@@ -136,22 +138,22 @@ def test_a_non_finite_step_is_skipped_and_counted():
 
 
 def test_ema_decay_warms_up_to_its_cap():
-    np.testing.assert_allclose(train.ema_decay_at(0, 0.999), 0.1)
-    np.testing.assert_allclose(train.ema_decay_at(90, 0.999), 91 / 100)
-    np.testing.assert_allclose(train.ema_decay_at(10**6, 0.999), 0.999)
+    np.testing.assert_allclose(train_step.ema_decay_at(0, 0.999), 0.1)
+    np.testing.assert_allclose(train_step.ema_decay_at(90, 0.999), 91 / 100)
+    np.testing.assert_allclose(train_step.ema_decay_at(10**6, 0.999), 0.999)
 
 
 def test_learning_rate_warmup():
-    rate = train.learning_rate_schedule(1e-3, 4)
+    rate = train_step.learning_rate_schedule(1e-3, 4)
     np.testing.assert_allclose(
         [float(rate(c)) for c in range(6)], [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 1e-3]
     )
-    np.testing.assert_allclose(float(train.learning_rate_schedule(1e-3, 0)(0)), 1e-3)
+    np.testing.assert_allclose(float(train_step.learning_rate_schedule(1e-3, 0)(0)), 1e-3)
 
 
 def test_optimizer_clips_the_gradient_norm():
     config = TrainingConfig(learning_rate=1.0, warmup_steps=0, grad_clip_norm=0.5)
-    optimizer = train.make_optimizer(config)
+    optimizer = train_step.make_optimizer(config)
     params = {"w": jnp.zeros(3)}
     grads = {"w": jnp.asarray([30.0, 40.0, 0.0])}
     state = optimizer.init(params)
@@ -209,8 +211,8 @@ def test_training_stops_after_too_many_non_finite_updates(tmp_path, monkeypatch)
     dataset = data.load_dataset(config.data, seed=config.seed)
     poisoned = _PoisonedDataset(dataset, bad_from=7)  # steps 8, 9, 10, ... see NaN counts
 
-    with pytest.raises(train.NonFiniteTrainingError, match="max_consecutive_nonfinite=3") as info:
-        train.train_and_evaluate(config, tmp_path, dataset=poisoned)
+    with pytest.raises(safety.NonFiniteTrainingError, match="max_consecutive_nonfinite=3") as info:
+        train.train_and_evaluate(config_lib.parse(config), tmp_path, dataset=poisoned)
     assert "training stopped at step 10" in str(info.value)
     assert "(step 6)" in str(info.value)
 
@@ -218,7 +220,7 @@ def test_training_stops_after_too_many_non_finite_updates(tmp_path, monkeypatch)
         tmp_path / "checkpoints", checkpoint_every=3, keep_checkpoints=2
     )
     assert store.latest_step() == 6  # step 9 was inside the bad run: not saved
-    assert all(np.all(np.isfinite(leaf)) for leaf in _leaves(store.read_state(6)["params"]))
+    assert all(np.all(np.isfinite(leaf)) for leaf in _leaves(read_state(store, 6)["params"]))
     store.close()
     rows = reporting.read_metrics(tmp_path / reporting.METRICS_FILE)
     assert [row["skipped_updates"] for row in rows if row["split"] == "train"] == [
@@ -233,7 +235,7 @@ def test_in_process_run_writes_the_run_folder_and_resumes(tmp_path, monkeypatch,
     config = tiny.get_config()
     (tmp_path / "samples").mkdir()
     (tmp_path / "samples" / "grid_21.png").write_bytes(b"left by an earlier, failed run")
-    result = train.train_and_evaluate(config, tmp_path)
+    result = train.train_and_evaluate(config_lib.parse(config), tmp_path)
     assert result.step == 6 and not result.stopped_by_signal
     assert set(result.last_eval) >= {"loss", "bits_per_dim", "nll_nats"}
     assert not (tmp_path / "samples" / "grid_21.png").exists()
@@ -248,7 +250,7 @@ def test_in_process_run_writes_the_run_folder_and_resumes(tmp_path, monkeypatch,
     assert (tmp_path / "config.json").exists() and (tmp_path / "metadata.json").exists()
 
     config.training.num_steps = 8
-    resumed = train.train_and_evaluate(config, tmp_path)
+    resumed = train.train_and_evaluate(config_lib.parse(config), tmp_path)
     assert resumed.step == 8
     rows = reporting.read_metrics(tmp_path / reporting.METRICS_FILE)
     assert [row["step"] for row in rows if row["split"] == "train"] == [2, 4, 6, 8]
@@ -385,8 +387,8 @@ def test_the_run_folder_holds_everything(interrupted_run):
         workdir / "checkpoints", checkpoint_every=25, keep_checkpoints=3
     )
     assert store.read_json(NUM_STEPS, "metadata")["image_shape"] == [8, 8, 1]
-    assert store.read_json(NUM_STEPS, "config")["model"]["nf"] == tiny.get_config().model.nf
-    state = store.read_state(NUM_STEPS)
+    assert saved_config["model"]["nf"] == tiny.get_config().model.nf
+    state = read_state(store, NUM_STEPS)
     assert int(state["step"]) == NUM_STEPS
     assert set(state) >= {"params", "opt_state", "ema_params", "rng", "step"}
     store.close()

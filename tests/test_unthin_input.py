@@ -4,14 +4,14 @@ array, the index and the value (or the config field)."""
 import numpy as np
 import pytest
 
-from blackout_jax.run import inference
+from blackout_jax.data import inputs
 
 SHAPE = (4, 4, 1)
 
 
 def _read(path, **arrays):
     np.savez(path, **arrays)
-    return inference.read_unthinning_input(path, SHAPE, 16, t_end=10.0, default_survival=0.5)
+    return inputs.read_unthinning_input(path, SHAPE, 16, t_end=10.0, default_survival=0.5)
 
 
 def test_reads_counts_survival_and_truth(tmp_path):
@@ -50,4 +50,4 @@ def test_bad_inputs_name_array_index_and_value(tmp_path):
     np.savez(path, counts=counts)
     for value, message in ((1.5, r"must be in \(0, 1\], got 1.5"), (1e-5, r"below exp\(-t_end\)")):
         with pytest.raises(ValueError, match=rf"sampling.survival.*{message}|{message}"):
-            inference.read_unthinning_input(path, SHAPE, 16, t_end=10.0, default_survival=value)
+            inputs.read_unthinning_input(path, SHAPE, 16, t_end=10.0, default_survival=value)

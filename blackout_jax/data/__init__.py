@@ -26,6 +26,7 @@ from blackout_jax.data import arrays, count_checks, digits, tfds_source
 from blackout_jax.data.pipeline import (
     ArraySource,
     CountDataset,
+    DataShape,
     ExampleSource,
     TrainIterator,
     epoch_permutation,
@@ -44,6 +45,7 @@ __all__ = [
     "TFDS_DATASETS",
     "ArraySource",
     "CountDataset",
+    "DataShape",
     "ExampleSource",
     "MissingDatasetError",
     "TrainIterator",

@@ -398,6 +398,21 @@ class TrainIterator(Iterator[Batch]):
             self.close()
 
 
+@dataclasses.dataclass(frozen=True)
+class DataShape:
+    """What a network needs to know of the data.
+
+    Attributes:
+      example_shape: the shape of one example, ``(H, W, C)``.
+      max_count: the largest count ``N``.
+      num_classes: class labels in ``[0, num_classes)``; 0 = none.
+    """
+
+    example_shape: tuple[int, ...]
+    max_count: int
+    num_classes: int = 0
+
+
 @dataclasses.dataclass
 class CountDataset:
     """A validated dataset of integer counts: a training stream and a fixed held-out split.
@@ -434,6 +449,13 @@ class CountDataset:
     @property
     def num_train(self) -> int:
         return len(self.train_source)
+
+    @property
+    def shape(self) -> DataShape:
+        """The :class:`DataShape` of the examples."""
+        return DataShape(
+            tuple(int(d) for d in self.image_shape), int(self.max_count), int(self.num_classes)
+        )
 
     @property
     def num_test(self) -> int:

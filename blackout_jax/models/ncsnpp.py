@@ -49,8 +49,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from blackout_jax import schedule
+from blackout_jax import schedule, settings
 from blackout_jax.models import layers
+from blackout_jax.settings import setting
 
 Array = jax.Array
 
@@ -70,36 +71,67 @@ NONLINEARITIES = tuple(layers.ACTIVATIONS)
 class NCSNppConfig:
     """Every setting of the network; the defaults are the CIFAR-10 reference network.
 
-    Fields as in the ``model`` section of the experiment config (``configs/default.py``);
-    ``nonlinearity`` is fixed to the reference (swish) unless given; the normalisation is always
-    GroupNorm, as in the reference.
+    Each field is declared with its meaning and allowed values
+    (:func:`blackout_jax.settings.setting`); it is the ``model`` section of the experiment
+    config. The normalisation is always GroupNorm, as in the reference.
     """
 
-    name: str = "ncsnpp"
-    nf: int = 128
-    ch_mult: tuple[int, ...] = (1, 2, 2, 2)
-    num_res_blocks: int = 4
-    attn_resolutions: tuple[int, ...] = (16,)
-    resblock_type: str = "biggan"
-    skip_rescale: bool = True
-    resamp_with_conv: bool = True
-    fir: bool = True
-    fir_kernel: tuple[float, ...] = (1, 3, 3, 1)
-    progressive: str = "none"
-    progressive_input: str = "residual"
-    progressive_combine: str = "sum"
-    dropout: float = 0.1
-    embedding_type: str = "positional"
-    fourier_scale: float = 16.0
-    time_input: str = "continuous"
-    init_scale: float = 0.0
-    conv_size: int = 3
-    input_transform: str = "reference"
-    output_transform: str = "softplus"
-    dtype: str = "float32"
-    inference_dtype: str = ""
-    nonlinearity: str = "swish"
-    num_classes: int = 0
+    name: str = setting("ncsnpp", "the network", choices=("ncsnpp",))
+    nf: int = setting(128, "channels of the first level", minimum=1)
+    ch_mult: tuple[int, ...] = setting(
+        (1, 2, 2, 2),
+        "channel multiplier of each level (H and W must be multiples of 2**(levels - 1))",
+        minimum=1,
+        check=(bool, "a non-empty tuple of ints >= 1"),
+    )
+    num_res_blocks: int = setting(4, "residual blocks per level", minimum=1)
+    attn_resolutions: tuple[int, ...] = setting(
+        (16,), "feature-map heights with self-attention", minimum=1
+    )
+    resblock_type: str = setting("biggan", "residual block", choices=RESBLOCK_TYPES)
+    skip_rescale: bool = setting(True, "scale skip connections by 1/sqrt(2)")
+    resamp_with_conv: bool = setting(True, "convolutions in the resampling layers")
+    fir: bool = setting(True, "FIR filters in the resampling layers")
+    fir_kernel: tuple[float, ...] = setting(
+        (1.0, 3.0, 3.0, 1.0),
+        "the FIR filter's taps",
+        check=(lambda taps: bool(taps) and sum(taps) != 0.0, "non-empty with a non-zero sum"),
+    )
+    progressive: str = setting("none", "output pyramid", choices=PROGRESSIVE)
+    progressive_input: str = setting("residual", "input pyramid", choices=PROGRESSIVE_INPUT)
+    progressive_combine: str = setting(
+        "sum", "how the input pyramid joins the features", choices=PROGRESSIVE_COMBINE
+    )
+    dropout: float = setting(0.1, "dropout rate in the residual blocks", minimum=0.0, below=1.0)
+    embedding_type: str = setting("positional", "time embedding", choices=EMBEDDING_TYPES)
+    fourier_scale: float = setting(16.0, "scale of the Fourier embedding", strictly_above=0.0)
+    time_input: str = setting(
+        "continuous",
+        "the embedded time: continuous grid position k(t) or the nearest grid index",
+        choices=TIME_INPUTS,
+    )
+    init_scale: float = setting(0.0, "scale of the last layers' initialisation", minimum=0.0)
+    conv_size: int = setting(
+        3, "convolution kernel size", minimum=1, check=(lambda size: size % 2 == 1, "an odd int")
+    )
+    input_transform: str = setting(
+        "reference", "reference: n_t - (N/2) p_t; scaled: 2 n_t / N - p_t", choices=INPUT_TRANSFORMS
+    )
+    output_transform: str = setting(
+        "softplus",
+        "softplus(h), or (N - n_t) sigmoid(h) which never exceeds the room left",
+        choices=OUTPUT_TRANSFORMS,
+    )
+    dtype: str = setting("float32", "compute dtype of training", choices=tuple(COMPUTE_DTYPES))
+    inference_dtype: str = setting(
+        "",
+        "compute dtype of sampling and evaluation ('' = model.dtype)",
+        choices=("", *COMPUTE_DTYPES),
+    )
+    nonlinearity: str = setting("swish", "activation function", choices=NONLINEARITIES)
+    num_classes: int = setting(
+        0, "class-conditional with this many classes (0 = unconditional)", minimum=0
+    )
 
     @property
     def evaluation_dtype(self) -> str:
@@ -131,46 +163,12 @@ CIFAR10_REFERENCE = NCSNppConfig()
 # --------------------------------------------------------------------------------------------
 
 
-def _fail(field: str, requirement: str, value: Any) -> None:
-    raise ValueError(f"model.{field} must be {requirement}, got {value!r}")
-
-
 def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def _is_number(value: Any) -> bool:
     return (_is_int(value) or isinstance(value, (float, np.floating))) and np.isfinite(value)
-
-
-def _check_choice(field: str, value: Any, options: Sequence[str]) -> None:
-    if not isinstance(value, str) or value not in options:
-        _fail(field, f"one of {tuple(options)}", value)
-
-
-def _int_tuple(field: str, value: Any, *, non_empty: bool) -> tuple[int, ...]:
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        _fail(field, "a tuple of positive ints", value)
-    if non_empty and len(value) == 0:
-        _fail(field, "a non-empty tuple of positive ints", value)
-    for index, item in enumerate(value):
-        if not _is_int(item) or item < 1:
-            raise ValueError(
-                f"model.{field} must hold positive ints; entry {index} is {item!r} (in {value!r})"
-            )
-    return tuple(int(item) for item in value)
-
-
-def _to_dict(model_config: Mapping[str, Any] | Any) -> dict[str, Any]:
-    if isinstance(model_config, NCSNppConfig):
-        return dataclasses.asdict(model_config)
-    if hasattr(model_config, "to_dict"):  # ml_collections.ConfigDict
-        return dict(model_config.to_dict())
-    if isinstance(model_config, Mapping):
-        return dict(model_config)
-    raise ValueError(
-        f"model config must be a mapping or ConfigDict, got {type(model_config).__name__}"
-    )
 
 
 def parse_config(model_config: Mapping[str, Any] | NCSNppConfig) -> NCSNppConfig:
@@ -182,64 +180,7 @@ def parse_config(model_config: Mapping[str, Any] | NCSNppConfig) -> NCSNppConfig
       ValueError: an unknown field, or a field of the wrong type or value; the message names
         ``model.<field>`` and the value.
     """
-    values = _to_dict(model_config)
-    known = {f.name for f in dataclasses.fields(NCSNppConfig)}
-    for field in values:
-        if field not in known:
-            raise ValueError(
-                f"model.{field} is not a field of the NCSN++ network (value {values[field]!r}); "
-                f"known fields: {sorted(known)}"
-            )
-    cfg = dataclasses.asdict(CIFAR10_REFERENCE) | values
-
-    _check_choice("name", cfg["name"], ("ncsnpp",))
-    for field in ("nf", "num_res_blocks", "conv_size"):
-        if not _is_int(cfg[field]) or cfg[field] < 1:
-            _fail(field, "a positive int", cfg[field])
-    if not _is_int(cfg["num_classes"]) or cfg["num_classes"] < 0:
-        _fail("num_classes", "an int >= 0 (0 = unconditional)", cfg["num_classes"])
-    if cfg["conv_size"] % 2 == 0:
-        _fail("conv_size", "an odd positive int", cfg["conv_size"])
-    cfg["ch_mult"] = _int_tuple("ch_mult", cfg["ch_mult"], non_empty=True)
-    cfg["attn_resolutions"] = _int_tuple(
-        "attn_resolutions", cfg["attn_resolutions"], non_empty=False
-    )
-    _check_choice("resblock_type", cfg["resblock_type"], RESBLOCK_TYPES)
-    _check_choice("progressive", cfg["progressive"], PROGRESSIVE)
-    _check_choice("progressive_input", cfg["progressive_input"], PROGRESSIVE_INPUT)
-    _check_choice("progressive_combine", cfg["progressive_combine"], PROGRESSIVE_COMBINE)
-    _check_choice("embedding_type", cfg["embedding_type"], EMBEDDING_TYPES)
-    _check_choice("time_input", cfg["time_input"], TIME_INPUTS)
-    _check_choice("input_transform", cfg["input_transform"], INPUT_TRANSFORMS)
-    _check_choice("output_transform", cfg["output_transform"], OUTPUT_TRANSFORMS)
-    _check_choice("dtype", cfg["dtype"], tuple(COMPUTE_DTYPES))
-    _check_choice("inference_dtype", cfg["inference_dtype"], ("", *COMPUTE_DTYPES))
-    _check_choice("nonlinearity", cfg["nonlinearity"], NONLINEARITIES)
-    for field in ("skip_rescale", "resamp_with_conv", "fir"):
-        if not isinstance(cfg[field], (bool, np.bool_)):
-            _fail(field, "True or False", cfg[field])
-        cfg[field] = bool(cfg[field])
-    dropout = cfg["dropout"]
-    if not _is_number(dropout) or not 0.0 <= dropout < 1.0:
-        _fail("dropout", "a number in [0, 1)", dropout)
-    if not _is_number(cfg["fourier_scale"]) or cfg["fourier_scale"] <= 0:
-        _fail("fourier_scale", "a finite number > 0", cfg["fourier_scale"])
-    if not _is_number(cfg["init_scale"]) or cfg["init_scale"] < 0:
-        _fail("init_scale", "a finite number >= 0", cfg["init_scale"])
-    kernel = cfg["fir_kernel"]
-    if (
-        isinstance(kernel, (str, bytes))
-        or not isinstance(kernel, Sequence)
-        or len(kernel) == 0
-        or not all(_is_number(v) for v in kernel)
-        or float(np.sum(kernel)) == 0.0
-    ):
-        _fail("fir_kernel", "a non-empty tuple of finite numbers with a non-zero sum", kernel)
-    cfg["fir_kernel"] = tuple(float(v) for v in kernel)
-    cfg["dropout"] = float(dropout)
-    cfg["fourier_scale"] = float(cfg["fourier_scale"])
-    cfg["init_scale"] = float(cfg["init_scale"])
-    return NCSNppConfig(**cfg)
+    return settings.build(CIFAR10_REFERENCE, settings.plain(model_config), section="model")
 
 
 def check_image_shape(config: NCSNppConfig, image_shape: Sequence[int]) -> tuple[int, int, int]:

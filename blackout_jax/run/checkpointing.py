@@ -1,13 +1,16 @@
 """Checkpoints of a training run with orbax ``CheckpointManager`` (asynchronous, atomic).
 
-A checkpoint at step ``s`` is the folder ``WORKDIR/checkpoints/<s>/`` with four items:
+A checkpoint at step ``s`` is the folder ``WORKDIR/checkpoints/<s>/`` with three items:
 
 * ``state``: the train state pytree (parameters, optimiser state, EMA parameters, step, RNG,
   non-finite counters), written by ``ocp.args.StandardSave``;
 * ``data_iterator``: the training iterator's position (JSON);
-* ``config``: the experiment config (JSON);
 * ``metadata``: facts about the run needed to use the checkpoint on its own (JSON: the data's
-  ``max_count`` and ``image_shape``, the non-finite counters, ...).
+  ``max_count`` and ``image_shape``, checked before a restore is used, the non-finite
+  counters, ...).
+
+The experiment config is the run folder's ``config.json`` (:mod:`blackout_jax.run.folder`);
+checkpoints of earlier releases that also hold a ``config`` item restore as before.
 
 Saves run in the background; every process calls :meth:`CheckpointStore.save` and orbax
 coordinates the hosts (arrays are written by the processes that hold them, JSON items by the
@@ -18,13 +21,10 @@ primary host). The state is restored onto the shardings of an abstract target bu
 from __future__ import annotations
 
 import dataclasses
-import logging
 import os
 import shutil
-import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -33,52 +33,16 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
-ITEM_NAMES = ("state", "data_iterator", "config", "metadata")
+from blackout_jax.data import DataShape
+from blackout_jax.run import safety
+
+ITEM_NAMES = ("state", "data_iterator", "metadata")
 DAMAGED_SUFFIX = ".damaged"
 _T = TypeVar("_T")
 
 
 class NoUsableCheckpointError(FileNotFoundError):
     """Every checkpoint of a run folder failed to restore."""
-
-
-class _AbandonedReadRecords(logging.Filter):
-    """Drops asyncio's "exception was never retrieved" records of orbax's abandoned reads."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not record.exc_info or "was never retrieved" not in record.getMessage():
-            return True
-        frames = traceback.extract_tb(record.exc_info[2])
-        return not any("/orbax/checkpoint/" in frame.filename for frame in frames)
-
-
-def _drop_callbacks_of_abandoned_reads() -> None:
-    """Keep the reads abandoned by a failed restore off the terminal.
-
-    When one array of a checkpoint fails to read (a missing ``manifest.ocdbt``, a truncated
-    file), orbax closes the event loop of that restore while tensorstore still has the other
-    reads in flight. As they finish, each callback fails with ``RuntimeError('Event loop is
-    closed')``, reported as an unraisable exception, and each read task that failed too is
-    logged by asyncio as "Task exception was never retrieved" when it is collected: a traceback
-    per array, hundreds in all, printed at times in the middle of the one-line warning. They say
-    nothing beyond the failure already reported, so they are dropped: that one unraisable
-    exception, and asyncio's never-retrieved records whose traceback runs through orbax's
-    checkpoint code. Every other exception is reported as before. Installed once per process,
-    before the first restore.
-    """
-    previous = sys.unraisablehook
-    if getattr(previous, "drops_abandoned_reads", False):
-        return
-
-    def hook(unraisable: Any) -> None:
-        value = unraisable.exc_value
-        if isinstance(value, RuntimeError) and str(value) == "Event loop is closed":
-            return
-        previous(unraisable)
-
-    hook.drops_abandoned_reads = True  # type: ignore[attr-defined]
-    sys.unraisablehook = hook
-    logging.getLogger("asyncio").addFilter(_AbandonedReadRecords())
 
 
 def failure_reason(error: BaseException) -> str:
@@ -96,7 +60,6 @@ class RestoredCheckpoint:
     step: int
     state: Any
     data_iterator: dict[str, Any]
-    config: dict[str, Any]
     metadata: dict[str, Any]
 
 
@@ -109,12 +72,12 @@ def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
-def check_metadata(metadata: dict[str, Any], dataset: Any, workdir: str) -> None:
+def check_metadata(metadata: dict[str, Any], shape: DataShape, workdir: str) -> None:
     """Raise ``ValueError`` when a checkpoint's ``max_count`` or ``image_shape`` differ from
-    ``dataset``'s (the checkpoint was trained on other data)."""
+    those of ``shape``, the data's now (the checkpoint was trained on other data)."""
     for name, current in (
-        ("max_count", int(dataset.max_count)),
-        ("image_shape", [int(d) for d in dataset.image_shape]),
+        ("max_count", shape.max_count),
+        ("image_shape", list(shape.example_shape)),
     ):
         saved = metadata.get(name)
         if saved is not None and saved != current:
@@ -210,7 +173,6 @@ class CheckpointStore:
         state: Any,
         *,
         data_iterator: dict[str, Any],
-        config: dict[str, Any],
         metadata: dict[str, Any],
         force: bool = False,
     ) -> bool:
@@ -230,7 +192,6 @@ class CheckpointStore:
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),
                 data_iterator=ocp.args.JsonSave(data_iterator),
-                config=ocp.args.JsonSave(config),
                 metadata=ocp.args.JsonSave(metadata),
             ),
             force=force,
@@ -253,7 +214,6 @@ class CheckpointStore:
             args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state),
                 data_iterator=ocp.args.JsonRestore(),
-                config=ocp.args.JsonRestore(),
                 metadata=ocp.args.JsonRestore(),
             ),
         )
@@ -261,7 +221,6 @@ class CheckpointStore:
             step=int(step),
             state=restored["state"],
             data_iterator=dict(restored["data_iterator"]),
-            config=dict(restored["config"]),
             metadata=dict(restored["metadata"]),
         )
 
@@ -310,7 +269,7 @@ class CheckpointStore:
           NoUsableCheckpointError: there are checkpoints and none restores.
         """
         steps = self.all_steps()
-        _drop_callbacks_of_abandoned_reads()
+        safety.drop_callbacks_of_abandoned_reads()
         for step in reversed(steps):
             try:
                 return restore(step)
@@ -356,31 +315,8 @@ class CheckpointStore:
             )
         return step
 
-    def read_state(
-        self, step: int | None = None, sharding: jax.sharding.Sharding | None = None
-    ) -> Any:
-        """The ``state`` item as stored (nested dicts of arrays), without a target structure.
-
-        Shapes and dtypes come from the checkpoint's metadata; arrays are placed on
-        ``sharding`` (default: this process's first device). Useful to inspect or compare
-        checkpoints whatever the devices that wrote them.
-        """
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint in {self.directory}")
-        if sharding is None:
-            sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        stored = self._manager.item_metadata(step)["state"]
-        target = jax.tree.map(
-            lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), stored
-        )
-        restored = self._manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
-        )
-        return restored["state"]
-
     def read_json(self, step: int | None, item: str) -> dict[str, Any]:
-        """One JSON item (``"config"``, ``"metadata"`` or ``"data_iterator"``) of a checkpoint."""
+        """One JSON item (``"metadata"`` or ``"data_iterator"``) of a checkpoint."""
         if item not in ITEM_NAMES or item == "state":
             raise ValueError(f"item must be one of {ITEM_NAMES[1:]}, got {item!r}")
         step = self.latest_step() if step is None else step

@@ -1,58 +1,39 @@
 """The experiment config, typed: one frozen dataclass per section, the single source of truth.
 
-Every field, its type, its default (the digits run) and its allowed values are declared here
-once. ``configs/default.py`` turns the defaults into an ``ml_collections.ConfigDict``; the other
-files in ``configs/`` override it; the command line overrides them again
-(``--config.training.num_steps=2000``). :func:`parse` then builds an :class:`ExperimentConfig`
-from the ConfigDict, checking every field, and the run layer reads only that typed object.
+Every field, its type, its default (the digits run), its meaning and its allowed values are
+declared once, with :func:`blackout_jax.settings.setting`: the sections below and the network's
+:class:`blackout_jax.models.NCSNppConfig` (the ``model`` section). ``configs/default.py`` turns
+the defaults into an ``ml_collections.ConfigDict``; the other files in ``configs/`` override it;
+the command line overrides them again (``--config.training.num_steps=2000``). :func:`parse`
+then builds an :class:`ExperimentConfig` from the nested dict, checking every field and the
+fields against each other, once per command; the run layer reads only that typed object.
 
 Sections: ``data`` (:class:`DataConfig`), ``diffusion`` (:class:`DiffusionConfig`), ``model``
-(the network's own :class:`blackout_jax.models.NCSNppConfig`, checked by
-:func:`blackout_jax.models.parse_config`), ``training`` (:class:`TrainingConfig`), ``eval``
+(:class:`blackout_jax.models.NCSNppConfig`), ``training`` (:class:`TrainingConfig`), ``eval``
 (:class:`EvalConfig`), ``sampling`` (:class:`SamplingConfig`) and the top-level ``seed``.
-:func:`describe` prints every field with its value and meaning.
+:func:`describe` prints every field with its value and meaning (``--mode=show_config``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from blackout_jax import schedule
+from blackout_jax import schedule, settings
 from blackout_jax.data import DATASET_NAMES
 from blackout_jax.losses import WEIGHTINGS
-from blackout_jax.models import NCSNppConfig, parse_config
+from blackout_jax.models import NCSNppConfig
 from blackout_jax.models.ncsnpp import CIFAR10_REFERENCE
 from blackout_jax.sampling import METHODS, STARTS
 from blackout_jax.schedule import GRIDS
+from blackout_jax.settings import setting
 
 SAMPLE_METRICS = ("auto", "digits", "inception", "none")
 BALANCED_LABELS = "balanced"
 OPTIMISED_GRID = "optimised"  # a grid fitted to a trained model: see blackout_jax.run.inference
-
-
-def setting(
-    default: Any,
-    doc: str,
-    *,
-    choices: tuple[str, ...] | None = None,
-    minimum: float | None = None,
-    strictly_above: float | None = None,
-    below: float | None = None,
-) -> Any:
-    """A config field: its default, its meaning and the bounds :func:`parse` checks."""
-    metadata = {
-        "doc": doc,
-        "choices": choices,
-        "minimum": minimum,
-        "strictly_above": strictly_above,
-        "below": below,
-    }
-    return dataclasses.field(default=default, metadata=metadata)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,15 +198,6 @@ DIGITS_MODEL = dataclasses.replace(
 )
 """The network of the digits run: the reference NCSN++ at width 32, three levels, one block."""
 
-_SECTION_TYPES: dict[str, type] = {
-    "data": DataConfig,
-    "diffusion": DiffusionConfig,
-    "model": NCSNppConfig,
-    "training": TrainingConfig,
-    "eval": EvalConfig,
-    "sampling": SamplingConfig,
-}
-
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
@@ -244,113 +216,57 @@ class ExperimentConfig:
         return dataclasses.asdict(self)
 
 
-# Network fields that no config file sets: they stay at the reference values.
-_FIXED_MODEL_FIELDS = ("nonlinearity",)
-
-
 def default_dict() -> dict[str, Any]:
     """Every config field with its default, as nested dicts (``configs/default.py`` uses it)."""
-    values = ExperimentConfig().to_dict()
-    for name in _FIXED_MODEL_FIELDS:
-        del values["model"][name]
-    return values
+    return ExperimentConfig().to_dict()
 
 
-def _fail(field: str, requirement: str, value: Any) -> None:
-    raise ValueError(f"config field {field} must be {requirement}, got {value!r}")
+def _sections() -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(ExperimentConfig) if f.name != "seed")
 
 
-def _check_value(name: str, field: dataclasses.Field, value: Any) -> Any:
-    """Check one scalar field against its annotation and bounds; return it normalised."""
-    kind = _ANNOTATIONS[field.type]
-    meta = field.metadata
-    if kind is bool:
-        if not isinstance(value, bool):
-            _fail(name, "True or False", value)
-        return value
-    if kind is str:
-        if not isinstance(value, str):
-            _fail(name, "a string", value)
-        if meta["choices"] is not None and value not in meta["choices"]:
-            _fail(name, f"one of {meta['choices']}", value)
-        return value
-    numeric = (int,) if kind is int else (int, float)
-    parts = ["an int" if kind is int else "a finite number"]
-    if meta["minimum"] is not None:
-        parts.append(f">= {meta['minimum']}")
-    if meta["strictly_above"] is not None:
-        parts.append(f"> {meta['strictly_above']}")
-    if meta["below"] is not None:
-        parts.append(f"< {meta['below']}")
-    requirement = " ".join(parts)
-    if isinstance(value, bool) or not isinstance(value, numeric):
-        _fail(name, requirement, value)
-    if (
-        not math.isfinite(value)
-        or (meta["minimum"] is not None and value < meta["minimum"])
-        or (meta["strictly_above"] is not None and value <= meta["strictly_above"])
-        or (meta["below"] is not None and value >= meta["below"])
-    ):
-        _fail(name, requirement, value)
-    return kind(value)
-
-
-_ANNOTATIONS = {"int": int, "float": float, "bool": bool, "str": str}
-
-
-def _plain(config: Any) -> dict[str, Any]:
-    if hasattr(config, "to_dict"):
-        return dict(config.to_dict())
-    if isinstance(config, Mapping):
-        return dict(config)
-    raise ValueError(f"config must be a ConfigDict or a mapping, got {type(config).__name__}")
-
-
-def _build_section(section: str, cls: type, values: Mapping[str, Any]) -> Any:
-    known = {field.name: field for field in dataclasses.fields(cls)}
-    for key in values:
-        if key not in known:
-            raise ValueError(
-                f"config field {section}.{key} is unknown; the fields of {section} are "
-                f"{sorted(known)} (see blackout_jax/run/config.py)"
-            )
-    kwargs = {key: _check_value(f"{section}.{key}", known[key], v) for key, v in values.items()}
-    return cls(**kwargs)
-
-
-def parse(config: Any) -> ExperimentConfig:
+def parse(config: Any, *, device_count: int = 1, process_count: int = 1) -> ExperimentConfig:
     """The typed :class:`ExperimentConfig` of a ConfigDict or nested mapping, every field checked.
 
-    Missing fields take their defaults; an :class:`ExperimentConfig` is returned unchanged.
+    Missing fields take their defaults (those of :class:`ExperimentConfig`); an
+    :class:`ExperimentConfig` is checked across fields and returned unchanged. Besides each
+    field's own bounds (:func:`blackout_jax.settings.check_value`) the fields are checked
+    against each other: ``data.path`` for own counts, ``sampling.num_steps`` against the
+    training grid, ``data.max_count``, the class-conditional fields and ``sampling.labels``
+    against ``model.num_classes``, and the batch sizes against ``device_count`` and
+    ``process_count``.
 
     Raises:
-      ValueError: an unknown field, a value of the wrong type or out of range; the message
-        names the field (``training.batch_size``) and the value.
+      ValueError: an unknown field, a value of the wrong type or out of range, or fields that
+        contradict each other; the message names the field (``training.batch_size``) and the
+        value.
     """
-    if isinstance(config, ExperimentConfig):
-        return config
-    values = _plain(config)
+    experiment = config if isinstance(config, ExperimentConfig) else _build(config)
+    _check_across_fields(experiment)
+    _check_conditional_fields(experiment)
+    _check_devices(experiment, device_count, process_count)
+    return experiment
+
+
+def _build(config: Any) -> ExperimentConfig:
+    values, defaults = settings.plain(config), ExperimentConfig()
     for key in values:
-        if key != "seed" and key not in _SECTION_TYPES:
+        if key != "seed" and key not in _sections():
             raise ValueError(
                 f"config field {key} is unknown; the config sections are "
-                f"{sorted(_SECTION_TYPES)} and seed"
+                f"{sorted(_sections())} and seed"
             )
-    sections: dict[str, Any] = {}
-    for section, cls in _SECTION_TYPES.items():
+    built: dict[str, Any] = {}
+    for section in _sections():
         given = values.get(section, {})
         if not isinstance(given, Mapping) and not hasattr(given, "to_dict"):
             raise ValueError(f"config field {section} must be a section, got {given!r}")
-        given = _plain(given)
-        if cls is NCSNppConfig:
-            sections[section] = parse_config(dataclasses.asdict(DIGITS_MODEL) | given)
-        else:
-            sections[section] = _build_section(section, cls, given)
+        built[section] = settings.build(
+            getattr(defaults, section), settings.plain(given), section=section
+        )
     seed_field = next(f for f in dataclasses.fields(ExperimentConfig) if f.name == "seed")
-    seed = _check_value("seed", seed_field, values.get("seed", 0))
-    experiment = ExperimentConfig(seed=seed, **sections)
-    _check_across_fields(experiment)
-    return experiment
+    seed = settings.check_value("seed", seed_field, values.get("seed", defaults.seed))
+    return ExperimentConfig(seed=seed, **built)
 
 
 def _check_across_fields(config: ExperimentConfig) -> None:
@@ -360,13 +276,13 @@ def _check_across_fields(config: ExperimentConfig) -> None:
             "config field data.path must name your counts file (.npy/.npz) or PNG folder "
             "when data.name is 'counts', got ''"
         )
-    sampler, training_steps = config.sampling, config.diffusion.num_steps
+    sampler, num_times = config.sampling, config.diffusion.num_steps
     if sampler.grid == "subgrid" and (
-        sampler.num_steps > training_steps or training_steps % sampler.num_steps
+        sampler.num_steps > num_times or num_times % sampler.num_steps
     ):
         raise ValueError(
             "config field sampling.num_steps must divide diffusion.num_steps = "
-            f"{training_steps} with sampling.grid 'subgrid' (every d-th training time), got "
+            f"{num_times} with sampling.grid 'subgrid' (every d-th training time), got "
             f"{sampler.num_steps}; choose a divisor or sampling.grid 'logit'"
         )
     if data.max_count == 0 and data.name != "counts":
@@ -376,11 +292,11 @@ def _check_across_fields(config: ExperimentConfig) -> None:
         )
 
 
-def sampling_times(config: ExperimentConfig) -> Any:
+def fixed_sampling_times(config: ExperimentConfig) -> Any:
     """The sampler's times of ``config.sampling`` (:func:`blackout_jax.schedule.sampling_times`).
 
     For ``sampling.grid = "optimised"``, which needs a trained model
-    (:func:`blackout_jax.run.inference.sampler_times`), the ``"logit"`` grid: the sample grids
+    (:func:`blackout_jax.run.trained.model_sampling_times`), the ``"logit"`` grid: the sample grids
     drawn during training use it.
     """
     grid = config.sampling.grid
@@ -392,15 +308,10 @@ def sampling_times(config: ExperimentConfig) -> Any:
     )
 
 
-def check_conditional_fields(config: ExperimentConfig) -> None:
-    """The class-conditional fields against ``model.num_classes``: an unconditional model needs
-    ``training.label_dropout = 0``, ``sampling.guidance_scale = 0`` and ``sampling.labels =
-    'balanced'``; a conditional one well-formed ``sampling.labels``. Training checks it; the
-    sample/evaluate commands check it on the config merged with the run folder's network.
-
-    Raises:
-      ValueError: naming the field and its value.
-    """
+def _check_conditional_fields(config: ExperimentConfig) -> None:
+    """An unconditional model (``model.num_classes = 0``) needs ``training.label_dropout = 0``,
+    ``sampling.guidance_scale = 0`` and ``sampling.labels = 'balanced'``; a conditional one
+    well-formed ``sampling.labels``."""
     sampling_labels(config, 1)
     if config.model.num_classes:
         return
@@ -457,12 +368,8 @@ def sampling_labels(config: ExperimentConfig, num_samples: int) -> np.ndarray | 
     return np.resize(np.asarray(labels, np.int32), num_samples)
 
 
-def check_devices(config: ExperimentConfig, device_count: int, process_count: int) -> None:
-    """The global training and evaluation batches must split evenly over devices and processes.
-
-    Raises:
-      ValueError: naming the batch-size field, the count and the value.
-    """
+def _check_devices(config: ExperimentConfig, device_count: int, process_count: int) -> None:
+    """The global training and evaluation batches must split evenly over devices and processes."""
     for name, value in (
         ("training.batch_size", config.training.batch_size),
         ("eval.batch_size", config.eval.batch_size),
@@ -474,96 +381,15 @@ def check_devices(config: ExperimentConfig, device_count: int, process_count: in
                 )
 
 
-def validate_config(config: Any, device_count: int = 1, process_count: int = 1) -> ExperimentConfig:
-    """:func:`parse` plus :func:`check_devices`; returns the typed config."""
-    experiment = parse(config)
-    check_devices(experiment, device_count, process_count)
-    return experiment
-
-
 def describe(config: ExperimentConfig) -> str:
     """Every field as ``section.field = value  # meaning``, one per line."""
     lines = []
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
         if not dataclasses.is_dataclass(value):
-            lines.append(f"{field.name} = {value!r}  # {field.metadata['doc']}")
+            lines.append(settings.describe(field.name, field, value))
             continue
         for inner in dataclasses.fields(value):
-            doc = inner.metadata.get("doc", "the network (blackout_jax.models.NCSNppConfig)")
-            lines.append(f"{field.name}.{inner.name} = {getattr(value, inner.name)!r}  # {doc}")
+            name = f"{field.name}.{inner.name}"
+            lines.append(settings.describe(name, inner, getattr(value, inner.name)))
     return "\n".join(lines)
-
-
-RESUMABLE_FIELDS = (
-    "training.num_steps",
-    "training.log_every",
-    "training.eval_every",
-    "training.checkpoint_every",
-    "training.keep_checkpoints",
-    "training.keep_every",
-    "training.max_consecutive_nonfinite",
-    "training.preempted_exit_code",
-    "data.data_dir",
-    "data.path",
-    "data.prefetch",
-    "eval.*",
-    "sampling.*",
-)
-"""Fields that may differ between a run folder's stored config and a run resuming it."""
-
-INFERENCE_FIELDS = (
-    "seed",
-    "data.data_dir",
-    "data.path",
-    "data.prefetch",
-    "training.*",
-    "eval.*",
-    "sampling.*",
-)
-"""Fields that the sample/evaluate/impute commands take from the command line; the others (the
-network, the data, the diffusion) come from the config stored in the run folder."""
-
-
-def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"training.batch_size": 128, ...}`` from nested dicts; lists become tuples."""
-    flat: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, prefix=f"{name}."))
-        else:
-            flat[name] = tuple(value) if isinstance(value, list) else value
-    return flat
-
-
-def _matches(name: str, patterns: tuple[str, ...]) -> bool:
-    return any(name == p or (p.endswith(".*") and name.startswith(p[:-1])) for p in patterns)
-
-
-def changed_fields(
-    stored: Mapping[str, Any], config: ExperimentConfig, *, allowed: tuple[str, ...]
-) -> list[tuple[str, Any, Any]]:
-    """``[("model.nf", 8, 16), ...]``: ``(field, stored value, value in config)`` for the fields
-    of ``config`` that differ from the ``stored`` dict (a run folder's ``config.json``) and are
-    not ``allowed`` to; fields the stored config lacks are not compared."""
-    old, new = flatten(stored), flatten(config.to_dict())
-    return [
-        (name, old[name], value)
-        for name, value in new.items()
-        if name in old and old[name] != value and not _matches(name, allowed)
-    ]
-
-
-def with_stored_fields(stored: Mapping[str, Any], config: ExperimentConfig) -> ExperimentConfig:
-    """``config`` with every field outside :data:`INFERENCE_FIELDS` taken from ``stored``."""
-    merged = config.to_dict()
-    for name, value in flatten(stored).items():
-        if _matches(name, INFERENCE_FIELDS) or name not in flatten(merged):
-            continue
-        *sections, key = name.split(".")
-        target = merged
-        for section in sections:
-            target = target[section]
-        target[key] = value
-    return parse(merged)

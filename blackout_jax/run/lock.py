@@ -15,7 +15,7 @@ import socket
 import time
 from typing import Any
 
-LOCK_FILE = ".lock"
+from blackout_jax.run.folder import LOCK_FILE
 
 
 class RunFolderInUseError(RuntimeError):

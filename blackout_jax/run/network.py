@@ -1,8 +1,9 @@
-"""The network of an experiment: built from the typed config and the data's shape.
+"""The data and the network of an experiment, built from the typed config.
 
-The run layer's one place that turns ``config.model`` + the dataset into an NCSN++
-(:func:`model_factory`), into its shapes only (:func:`abstract_model`, no memory, no compute),
-or into the parts a restore needs (:func:`network_parts`).
+The run layer's one place that loads ``config.data`` (:func:`load_data`) and turns
+``config.model`` + the data's shape into an NCSN++ (:func:`model_factory`), into its shapes only
+(:func:`abstract_model`, no memory, no compute), or into the parts a restore needs
+(:func:`network_parts`).
 """
 
 from __future__ import annotations
@@ -14,31 +15,43 @@ from typing import Any
 import jax
 from flax import nnx
 
-from blackout_jax import models
+from blackout_jax import data, models
+from blackout_jax.data import CountDataset, DataShape
 from blackout_jax.run.config import ExperimentConfig
 
 
-def model_factory(config: ExperimentConfig, dataset: Any) -> Callable[[], nnx.Module]:
-    """A no-argument function building the network of ``config`` for ``dataset``'s examples."""
+def load_data(config: ExperimentConfig) -> CountDataset:
+    """The checked dataset of ``config.data`` (:func:`blackout_jax.data.load_dataset`), with
+    the class labels of ``model.num_classes`` and sizes the network's levels divide."""
+    return data.load_dataset(
+        config.data,
+        seed=config.seed,
+        size_divisor=config.model.size_divisor,
+        num_classes=config.model.num_classes,
+    )
+
+
+def model_factory(config: ExperimentConfig, shape: DataShape) -> Callable[[], nnx.Module]:
+    """A no-argument function building the network of ``config`` for examples of ``shape``."""
     return functools.partial(
         models.create_model,
         config.model,
-        image_shape=tuple(int(d) for d in dataset.image_shape),
-        max_count=int(dataset.max_count),
+        image_shape=shape.example_shape,
+        max_count=shape.max_count,
         t_end=config.diffusion.t_end,
         num_steps=config.diffusion.num_steps,
         seed=config.seed,
     )
 
 
-def abstract_model(config: ExperimentConfig, dataset: Any) -> nnx.Module:
+def abstract_model(config: ExperimentConfig, shape: DataShape) -> nnx.Module:
     """The network with shapes only (``nnx.eval_shape``); building it checks the model fields
     against the data (errors name ``model.<field>``)."""
-    return nnx.eval_shape(model_factory(config, dataset))
+    return nnx.eval_shape(model_factory(config, shape))
 
 
 def network_parts(
-    config: ExperimentConfig, dataset: Any, sharding: jax.sharding.Sharding
+    config: ExperimentConfig, shape: DataShape, sharding: jax.sharding.Sharding
 ) -> tuple[nnx.GraphDef, Any, Any]:
     """``(graphdef, abstract_params, rest)`` without initialising the parameters.
 
@@ -47,7 +60,7 @@ def network_parts(
     by a compiled initialisation from which XLA drops the unused parameter draws, and only when
     there are any (the positional time embedding has none).
     """
-    factory = model_factory(config, dataset)
+    factory = model_factory(config, shape)
     graphdef, abstract_params, abstract_rest = nnx.split(nnx.eval_shape(factory), nnx.Param, ...)
     abstract_params = jax.tree.map(
         lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),

@@ -20,20 +20,7 @@ from typing import Any
 
 import numpy as np
 
-METRICS_FILE = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
-
-
-def remove_later_grids(samples_dir: str | os.PathLike[str], step: int) -> None:
-    """Delete ``grid_<k>.png`` with ``k > step``: images of a run that did not keep those steps
-    (a crash or a failed run after the checkpoint training restarts from)."""
-    if not os.path.isdir(samples_dir):
-        return
-    for name in os.listdir(samples_dir):
-        stem, extension = os.path.splitext(name)
-        number = stem.removeprefix("grid_")
-        if extension == ".png" and stem != number and number.isdigit() and int(number) > step:
-            os.remove(os.path.join(samples_dir, name))
+from blackout_jax.run.folder import METRICS_FILE, TENSORBOARD_DIR
 
 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:

@@ -15,9 +15,9 @@ class Stream(enum.IntEnum):
     """Streams folded into the seed's key."""
 
     TRAINING = 1  # every draw of the training steps (times, n_t, dropout)
-    EVAL = 2  # the evaluations during training (held-out loss, bound, sample grids)
+    TRAINING_EVAL = 2  # the evaluations during training (held-out loss, bound, sample grids)
     SAMPLE = 3  # --mode=sample (and the samples of --mode=evaluate)
-    EVALUATE = 4  # the bound of --mode=evaluate
+    EVALUATE_COMMAND = 4  # the bound of --mode=evaluate
     IMPUTE = 5  # --mode=impute
     SAMPLING_DROPOUT = 6  # the network's dropout masks when sampling.dropout is on
     GRID = 7  # the forward draws of the optimised grid's error measurements

@@ -12,7 +12,7 @@ Sections (time box in seconds, full run):
 
 * ``matmul`` (30): the device: a bf16 ``n x n x n`` matrix product (``n = 8192``), the
   measured rate beside the datasheet dense bf16 peak (989 TFLOP/s for H100/H200 SXM).
-* ``cifar_bf16`` (190): the CIFAR-10 NCSN++ training step of ``train.make_train_step`` in
+* ``cifar_bf16`` (190): the CIFAR-10 NCSN++ training step of ``train_step.make_train_step`` in
   bfloat16 at batch 256: compile time, ms/step, images/s; FLOPs counted from the step's jaxpr
   (:mod:`experiments.benchmarks.flops`) beside XLA's count, TFLOP/s and MFU against the datasheet
   peak and the measured matmul. (The network's FLOPs per image do not depend on the device:

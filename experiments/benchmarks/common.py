@@ -9,7 +9,6 @@ import re
 import statistics
 import sys
 import time
-import types
 from collections.abc import Callable
 from typing import Any
 
@@ -18,8 +17,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from blackout_jax.data import DataShape
 from blackout_jax.run import config as config_lib
-from blackout_jax.run import parallel, train
+from blackout_jax.run import parallel
+from blackout_jax.run import train_step as training_step
 
 # Published dense (no sparsity) bf16 tensor-core peaks in FLOP/s, by device kind.
 BF16_PEAK_FLOPS = (
@@ -137,7 +138,7 @@ def bf16_peak(device: jax.Device) -> float | None:
 
 @dataclasses.dataclass
 class TrainStep:
-    """The training step of :func:`blackout_jax.run.train.make_train_step`, jitted as training
+    """The training step of :func:`blackout_jax.run.train_step.make_train_step`, jitted as training
     jits it, with the arguments of its first call."""
 
     jitted: Any
@@ -157,7 +158,7 @@ def train_step(
 ) -> TrainStep:
     """Build the train state and the jitted step of ``config`` for random count batches.
 
-    ``optimizer``: an optax transformation in place of ``train.make_optimizer`` (for studies).
+    ``optimizer``: an optax transformation in place of ``train_step.make_optimizer`` (for studies).
     """
     typed = config_lib.parse(config)
     config = dataclasses.replace(
@@ -167,15 +168,14 @@ def train_step(
     mesh = parallel.create_mesh()
     replicated = parallel.replicated_sharding(mesh)
     batch_sharding = parallel.batch_sharding(mesh)
-    dataset = types.SimpleNamespace(
-        image_shape=image_shape, max_count=max_count, name=config.data.name
-    )
-    optimizer = train.skipping_nonfinite(optimizer or train.make_optimizer(config.training))
+    shape = DataShape(tuple(image_shape), max_count, config.model.num_classes)
+    optimizer = optimizer or training_step.make_optimizer(config.training)
+    optimizer = training_step.skipping_nonfinite(optimizer)
     start = time.perf_counter()
-    graphdef, state, rest = train.init_train_state(config, dataset, optimizer, replicated)
+    graphdef, state, rest = training_step.init_train_state(config, shape, optimizer, replicated)
     jax.block_until_ready(state)
     init_seconds = time.perf_counter() - start
-    jitted = train.jit_train_step(config, graphdef, optimizer, replicated, batch_sharding)
+    jitted = training_step.jit_train_step(config, graphdef, optimizer, replicated, batch_sharding)
     rng = np.random.default_rng(seed)
     host_batch = rng.integers(0, max_count + 1, (batch_size, *image_shape)).astype(np.int32)
     batch = parallel.global_batch(host_batch, batch_sharding)

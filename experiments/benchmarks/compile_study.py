@@ -8,7 +8,7 @@ For the network of ``configs/<config>.py`` at batch ``B`` it measures, one row e
 * ``network``: the gradient of the training loss alone (``jax.value_and_grad`` of
   :func:`blackout_jax.training_loss` through the network): trace+lower and compile seconds,
   and the kernels of the optimised program (:func:`common.hlo_op_counts`);
-* ``step``: the whole training step of :func:`blackout_jax.run.train.make_train_step` (loss,
+* ``step``: the whole training step of :func:`blackout_jax.run.train_step.make_train_step` (loss,
   gradient, Adam, EMA, the non-finite guard), the same figures;
 * ``flat_optimizer``: the same step with the optimiser wrapped in ``optax.flatten`` (Adam and
   clipping on one concatenated vector instead of one update per parameter array);
@@ -31,7 +31,7 @@ import optax
 from flax import nnx
 
 import blackout_jax as bj
-from blackout_jax.run import train
+from blackout_jax.run import train_step
 from configs import cifar10, digits
 from experiments.benchmarks import common
 
@@ -110,7 +110,7 @@ def main() -> None:
             config,
             image_shape,
             batch,
-            optimizer=optax.flatten(train.make_optimizer(config.training)),
+            optimizer=optax.flatten(train_step.make_optimizer(config.training)),
         )
         name = "training step, optax.flatten(optimizer)"
         row, _ = compile_row(name, setting, flat.jitted, flat.args)

@@ -3,7 +3,7 @@
 Writes a checkpoint of the CIFAR-10 reference network (62.7M parameters, Adam state, EMA) once,
 then loads it in fresh processes two ways and reports wall time and peak resident memory:
 
-* ``ema_only``: :func:`blackout_jax.run.inference.load_trained_model` (the abstract network as
+* ``ema_only``: :func:`blackout_jax.run.trained.load_trained_model` (the abstract network as
   the target, only ``ema_params`` read from the checkpoint);
 * ``whole_state``: initialise the whole train state (parameters, Adam moments, EMA) and restore
   every array of the checkpoint, then keep the EMA (what inference did before).
@@ -22,50 +22,47 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 
 import jax
 
+from blackout_jax.data import DataShape
+from blackout_jax.run import checkpointing, parallel, train, train_step, trained
 from blackout_jax.run import config as config_lib
-from blackout_jax.run import inference, parallel, train
 
 MODES = ("ema_only", "whole_state")
 
 
-def _setup(config_name: str) -> tuple[config_lib.ExperimentConfig, types.SimpleNamespace]:
+def _setup(config_name: str) -> tuple[config_lib.ExperimentConfig, DataShape]:
     config = config_lib.parse(importlib.import_module(f"configs.{config_name}").get_config())
-    shape = {"cifar10": (32, 32, 3), "celeba64": (64, 64, 3)}.get(config_name, (8, 8, 1))
-    dataset = types.SimpleNamespace(
-        image_shape=shape, max_count=config.data.max_count, name=config.data.name
-    )
-    return config, dataset
+    example_shape = {"cifar10": (32, 32, 3), "celeba64": (64, 64, 3)}.get(config_name, (8, 8, 1))
+    return config, DataShape(example_shape, config.data.max_count, config.model.num_classes)
 
 
 def write_checkpoint(config_name: str, workdir: str) -> None:
     """A step-1 checkpoint of a freshly initialised train state."""
-    config, dataset = _setup(config_name)
+    config, shape = _setup(config_name)
     replicated = parallel.replicated_sharding(parallel.create_mesh())
-    optimizer = train.skipping_nonfinite(train.make_optimizer(config.training))
-    _, state, _ = train.init_train_state(config, dataset, optimizer, replicated)
+    optimizer = train_step.skipping_nonfinite(train_step.make_optimizer(config.training))
+    _, state, _ = train_step.init_train_state(config, shape, optimizer, replicated)
     store = train.open_checkpoints(workdir, config.training)
-    metadata = {"max_count": dataset.max_count, "image_shape": list(dataset.image_shape)}
-    store.save(1, state.as_dict(), data_iterator={}, config={}, metadata=metadata, force=True)
+    metadata = {"max_count": shape.max_count, "image_shape": list(shape.example_shape)}
+    store.save(1, state.as_dict(), data_iterator={}, metadata=metadata, force=True)
     store.close()
 
 
 def load(config_name: str, workdir: str, mode: str) -> dict[str, float]:
     """Load the model one way; wall seconds and peak resident MiB of this process."""
-    config, dataset = _setup(config_name)
+    config, shape = _setup(config_name)
     start = time.perf_counter()
     if mode == "ema_only":
-        model = inference.load_trained_model(config, workdir, dataset)
+        model = trained.load_trained_model(config, workdir, shape)
         leaves = jax.tree.leaves(model.predict_fn)
     else:
         replicated = parallel.replicated_sharding(parallel.create_mesh())
-        optimizer = train.skipping_nonfinite(train.make_optimizer(config.training))
-        _, state, _ = train.init_train_state(config, dataset, optimizer, replicated)
+        optimizer = train_step.skipping_nonfinite(train_step.make_optimizer(config.training))
+        _, state, _ = train_step.init_train_state(config, shape, optimizer, replicated)
         store = train.open_checkpoints(workdir, config.training)
-        target = train.checkpointing.abstract_like(state.as_dict(), replicated)
+        target = checkpointing.abstract_like(state.as_dict(), replicated)
         leaves = jax.tree.leaves(store.restore(None, target).state["ema_params"])
         store.close()
     jax.block_until_ready(leaves)

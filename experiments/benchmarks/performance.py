@@ -21,7 +21,7 @@ Prints one Markdown table (and progress lines on stderr). The rows:
    grid. The reference also keeps float64 tables of ``(T + 1) x 256 x 256`` entries on the
    device; their size is given by arithmetic beside the ``(N + 1)^2`` float32 table that
    blackout_jax builds inside each step.
-4. Training step: the exact step of :func:`blackout_jax.run.train.make_train_step`, jitted as
+4. Training step: the exact step of :func:`blackout_jax.run.train_step.make_train_step`, jitted as
    training jits it, for the ``configs/cifar10.py`` network at ``--train-batch`` (default 256
    on an accelerator, 4 on a CPU) in float32 and bfloat16 compute: compile time, images/s and
    achieved TFLOP/s from the FLOP count of the step's jaxpr (:mod:`experiments.benchmarks.flops`;
@@ -350,7 +350,7 @@ def table_rows(max_count: int) -> list[Row]:
 def training_rows(
     config: Any, image_shape: tuple[int, ...], batch: int, dtypes: list[str], steps: int
 ) -> list[Row]:
-    """The exact training step of ``train.make_train_step``, jitted as training jits it.
+    """The exact training step of ``train_step.make_train_step``, jitted as training jits it.
 
     TFLOP/s from the FLOP count of the step's own jaxpr (:mod:`experiments.benchmarks.flops`:
     convolutions, dense layers, attention), which holds on every backend; XLA's count beside it.
@@ -375,7 +375,7 @@ def training_rows(
         )
         rows.append(
             Row(
-                "training step (train.make_train_step)",
+                "training step (train_step.make_train_step)",
                 setting,
                 f"{batch / seconds:,.2f} images/s; {achieved / 1e12:.4f} TFLOP/s{fraction}",
                 ">= 40% of a measured bf16 matmul (GPU, bf16)",

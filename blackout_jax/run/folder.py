@@ -1,0 +1,240 @@
+"""The run folder: the name of every file and folder in it, and its stored config.
+
+A run folder (``--workdir``) holds::
+
+    config.json            the experiment config of the training run (read back here)
+    metadata.json          facts about the data and devices of the training run
+    lock                   .lock, held by the trainer (blackout_jax.run.lock)
+    metrics.jsonl          one JSON row per log period and evaluation
+    tensorboard/           the same rows for TensorBoard
+    loss_curve.png         the training and held-out losses
+    checkpoints/<step>/    orbax checkpoints (blackout_jax.run.checkpointing)
+    samples/               grid_<step>.png of training, samples_<step>.npz + .png, chunks
+    eval/                  metrics_<step>.json of --mode=evaluate
+    imputed/               imputed_<step>.npz + .png of --mode=impute
+    unthinned/             unthinned_<step>.npz + .png of --mode=unthin
+    grids/                 optimised_<step>_<K>.json, fitted sampler grids
+
+Every other module names these through this one.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from blackout_jax.run.config import ExperimentConfig
+
+CONFIG_FILE = "config.json"
+METADATA_FILE = "metadata.json"
+LOCK_FILE = ".lock"
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+LOSS_CURVE_FILE = "loss_curve.png"
+CHECKPOINTS_DIR = "checkpoints"
+SAMPLES_DIR = "samples"
+GRIDS_DIR = "grids"
+
+COMMAND_OUTPUTS = {
+    "sample": (SAMPLES_DIR, "samples_{step}.npz"),
+    "evaluate": ("eval", "metrics_{step}.json"),
+    "impute": ("imputed", "imputed_{step}.npz"),
+    "unthin": ("unthinned", "unthinned_{step}.npz"),
+}
+"""Folder and file name of each command's result (its PNG, if any, sits beside it)."""
+
+_GRID_IMAGE = "grid_{step}.png"
+
+
+def checkpoints_dir(workdir: str | os.PathLike[str]) -> str:
+    """``WORKDIR/checkpoints``."""
+    return os.path.join(os.fspath(workdir), CHECKPOINTS_DIR)
+
+
+def has_checkpoints(workdir: str | os.PathLike[str]) -> bool:
+    """Whether training has created the checkpoints folder."""
+    return os.path.isdir(checkpoints_dir(workdir))
+
+
+def command_output(workdir: str | os.PathLike[str], mode: str, step: int) -> Path:
+    """The result file of ``--mode=<mode>`` for the checkpoint of ``step``."""
+    folder, name = COMMAND_OUTPUTS[mode]
+    return Path(workdir, folder, name.format(step=step))
+
+
+def grid_image(workdir: str | os.PathLike[str], step: int) -> Path:
+    """``samples/grid_<step>.png``: the sample grid of the evaluation at ``step``."""
+    return Path(workdir, SAMPLES_DIR, _GRID_IMAGE.format(step=step))
+
+
+def optimised_grid_file(workdir: str | os.PathLike[str], step: int, num_steps: int) -> Path:
+    """``grids/optimised_<step>_<K>.json``: the fitted grid of ``K`` steps for ``step``."""
+    return Path(workdir, GRIDS_DIR, f"optimised_{step}_{num_steps}.json")
+
+
+def remove_later_grids(workdir: str | os.PathLike[str], step: int) -> None:
+    """Delete ``samples/grid_<k>.png`` with ``k > step``: images of a run that did not keep
+    those steps (a crash or a failed run after the checkpoint training restarts from)."""
+    samples_dir = os.path.join(os.fspath(workdir), SAMPLES_DIR)
+    if not os.path.isdir(samples_dir):
+        return
+    prefix = _GRID_IMAGE.split("{")[0]
+    for name in os.listdir(samples_dir):
+        stem, extension = os.path.splitext(name)
+        number = stem.removeprefix(prefix)
+        if extension == ".png" and stem != number and number.isdigit() and int(number) > step:
+            os.remove(os.path.join(samples_dir, name))
+
+
+RESUMABLE_FIELDS = (
+    "training.num_steps",
+    "training.log_every",
+    "training.eval_every",
+    "training.checkpoint_every",
+    "training.keep_checkpoints",
+    "training.keep_every",
+    "training.max_consecutive_nonfinite",
+    "training.preempted_exit_code",
+    "data.data_dir",
+    "data.path",
+    "data.prefetch",
+    "eval.*",
+    "sampling.*",
+)
+"""Fields that may differ between a run folder's stored config and a run resuming it."""
+
+INFERENCE_FIELDS = (
+    "seed",
+    "data.data_dir",
+    "data.path",
+    "data.prefetch",
+    "training.*",
+    "eval.*",
+    "sampling.*",
+)
+"""Fields that the sample/evaluate/impute commands take from the command line; the others (the
+network, the data, the diffusion) come from the config stored in the run folder."""
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"training.batch_size": 128, ...}`` from nested dicts; lists become tuples."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = tuple(value) if isinstance(value, list) else value
+    return flat
+
+
+def _matches(name: str, patterns: tuple[str, ...]) -> bool:
+    return any(name == p or (p.endswith(".*") and name.startswith(p[:-1])) for p in patterns)
+
+
+def changed_fields(
+    stored: Mapping[str, Any], current: Mapping[str, Any], *, allowed: tuple[str, ...]
+) -> list[tuple[str, Any, Any]]:
+    """``[("model.nf", 8, 16), ...]``: ``(field, stored value, current value)`` for the fields of
+    the nested dict ``current`` that differ from the ``stored`` one (a run folder's
+    ``config.json``) and are not ``allowed`` to; fields the stored config lacks are not
+    compared."""
+    old, new = flatten(stored), flatten(current)
+    return [
+        (name, old[name], value)
+        for name, value in new.items()
+        if name in old and old[name] != value and not _matches(name, allowed)
+    ]
+
+
+def with_stored_fields(stored: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """The nested dict ``values`` with every field outside :data:`INFERENCE_FIELDS` taken from
+    ``stored``; stored fields that ``values`` lacks are left out."""
+    merged = copy.deepcopy(dict(values))
+    present = flatten(merged)
+    for name, value in flatten(stored).items():
+        if _matches(name, INFERENCE_FIELDS) or name not in present:
+            continue
+        *sections, key = name.split(".")
+        target = merged
+        for section in sections:
+            target = target[section]
+        target[key] = value
+    return merged
+
+
+def read_stored_config(workdir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The run folder's ``config.json`` as nested dicts, or ``None`` when there is none.
+
+    Raises:
+      ValueError: the file exists but cannot be read as JSON.
+    """
+    path = os.path.join(os.fspath(workdir), CONFIG_FILE)
+    try:
+        with open(path, encoding="utf-8") as file:
+            return json.load(file)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} cannot be read ({error}); it is the run's config") from None
+
+
+def with_stored_config(
+    values: Mapping[str, Any], workdir: str | os.PathLike[str]
+) -> dict[str, Any]:
+    """The config values (nested dicts) the sample/evaluate/impute/unthin commands use.
+
+    The network, data and diffusion come from the run folder's stored ``config.json``, so the
+    overrides used for training need not be repeated; only the fields of
+    :data:`INFERENCE_FIELDS` (sampling and evaluation settings, seed,
+    data location) come from ``values``. Differences in the other fields are named in one note
+    on stderr. Without a stored config, ``values`` are used as they are.
+    """
+    stored = read_stored_config(workdir)
+    if stored is None:
+        return dict(values)
+    ignored = changed_fields(stored, values, allowed=INFERENCE_FIELDS)
+    if ignored:
+        listed = "; ".join(
+            f"{name} = {old!r} (command line: {new!r})" for name, old, new in ignored
+        )
+        print(
+            f"note: using the settings {workdir} was trained with: {listed}",
+            file=sys.stderr,
+            flush=True,
+        )
+    return with_stored_fields(stored, values)
+
+
+class IncompatibleRunError(ValueError):
+    """The run folder was trained with settings that cannot change on resume."""
+
+
+def check_resumable(config: ExperimentConfig, workdir: str) -> None:
+    """Compare ``config`` with the run folder's stored ``config.json`` before any restore.
+
+    Raises:
+      IncompatibleRunError: one line naming every changed field that matters
+        (``model.nf: 8 -> 16``) and what may change on resume.
+    """
+    if not has_checkpoints(workdir):
+        return
+    try:
+        stored = read_stored_config(workdir)
+    except ValueError:
+        return  # an unreadable copy: the checkpoints' own metadata still guards the restore
+    if stored is None:
+        return
+    changed = changed_fields(stored, config.to_dict(), allowed=RESUMABLE_FIELDS)
+    if changed:
+        listed = "; ".join(f"{name}: {old!r} -> {new!r}" for name, old, new in changed)
+        raise IncompatibleRunError(
+            f"{workdir} was trained with other settings ({listed}): use a new "
+            "--workdir, or change only what may change on resume ("
+            f"{', '.join(RESUMABLE_FIELDS)})"
+        )

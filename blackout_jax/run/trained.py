@@ -1,0 +1,209 @@
+"""A trained run opened for use: the EMA network of one checkpoint and the samples it draws.
+
+:func:`open_trained_run` is the one way in for the sample/evaluate/impute/unthin commands and
+the studies under ``experiments/``: the config (the run folder's stored settings overlaid by
+the sampling and evaluation ones given, parsed once), the data, and the EMA network of
+checkpoint ``sampling.checkpoint_step`` (:func:`load_trained_model`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import os
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from blackout_jax import grids, models, settings
+from blackout_jax.data import CountDataset, DataShape
+from blackout_jax.run import checkpointing, chunked, folder, grid_files, network, parallel
+from blackout_jax.run import config as config_lib
+from blackout_jax.run.config import ExperimentConfig
+from blackout_jax.run.streams import Stream, stream_key
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedModel:
+    """The EMA network of one checkpoint, ready for the samplers and the bound."""
+
+    step: int
+    predict_for: Callable[..., jax.tree_util.Partial]
+    """``predict_for(labels=y, guidance_scale=w)``: :func:`blackout_jax.models.make_predict_fn`
+    of the EMA network (labels ``None``: none, or a conditional model's null label)."""
+    max_count: int
+    image_shape: tuple[int, ...]
+
+    @property
+    def predict_fn(self) -> jax.tree_util.Partial:
+        """The predict function without labels: ``predict_for(labels=None)``."""
+        return self.predict_for(labels=None)
+
+
+def load_trained_model(
+    config: ExperimentConfig, workdir: str | os.PathLike[str], shape: DataShape
+) -> TrainedModel:
+    """The EMA parameters of checkpoint ``sampling.checkpoint_step`` (-1 = latest), and nothing
+    else: the restore target is the network's abstract parameters (``nnx.eval_shape``) and
+    only the checkpoint's ``ema_params`` are read (no optimiser state, no training copy).
+
+    Raises:
+      FileNotFoundError: no (such) checkpoint in ``WORKDIR/checkpoints``.
+      ValueError: the checkpoint was trained on data of another ``max_count`` or shape.
+    """
+    replicated = parallel.replicated_sharding(parallel.create_mesh())
+    graphdef, abstract_params, rest = network.network_parts(config, shape, replicated)
+    step, restored, metadata = _restore_ema_params(
+        workdir, config.sampling.checkpoint_step, {"ema_params": abstract_params}
+    )
+    checkpointing.check_metadata(metadata, shape, os.fspath(workdir))
+    dropout_key = (
+        stream_key(config.seed, Stream.SAMPLING_DROPOUT) if config.sampling.dropout else None
+    )
+    return TrainedModel(
+        step=step,
+        predict_for=functools.partial(
+            models.make_predict_fn, graphdef, restored["ema_params"], rest, dropout_key=dropout_key
+        ),
+        max_count=shape.max_count,
+        image_shape=shape.example_shape,
+    )
+
+
+def _restore_ema_params(
+    workdir: str | os.PathLike[str], wanted: int, target: dict[str, Any]
+) -> tuple[int, Any, dict[str, Any]]:
+    """``(step, restored target, metadata)`` of checkpoint ``wanted`` (-1 = the newest that
+    restores; damaged ones are reported and skipped, never moved)."""
+    store = checkpointing.CheckpointStore(
+        folder.checkpoints_dir(workdir),
+        checkpoint_every=1,
+        keep_checkpoints=2**31 - 1,  # inference never saves; no keep policy may remove anything
+        async_save=False,
+    )
+
+    def restore(step: int) -> tuple[int, Any, dict[str, Any]]:
+        step, restored = store.restore_part(step, target)
+        return step, restored, store.read_json(step, "metadata")
+
+    try:
+        if wanted >= 0:
+            return restore(wanted)
+        found = store.restore_newest_usable(
+            restore, set_aside=False, warn=functools.partial(print, file=sys.stderr)
+        )
+        if found is None:
+            raise FileNotFoundError(f"no checkpoint in {store.directory}: train first")
+        return found
+    finally:
+        store.close()
+
+
+def open_trained_run(
+    values: Mapping[str, Any] | Any,
+    workdir: str | os.PathLike[str],
+    *,
+    device_count: int = 1,
+    process_count: int = 1,
+) -> tuple[ExperimentConfig, CountDataset, TrainedModel]:
+    """The config, the data and the EMA network of the run in ``workdir``.
+
+    ``values`` (a ConfigDict or nested dicts) give the sampling and evaluation settings; the
+    network, data and diffusion come from the run folder
+    (:func:`blackout_jax.run.folder.with_stored_config`); the result is parsed once
+    (:func:`blackout_jax.run.config.parse`, the batch sizes checked against ``device_count``
+    and ``process_count``).
+
+    Raises:
+      ValueError: a bad config field, unreadable data, or a checkpoint made for other data.
+      FileNotFoundError: missing data or no (such) checkpoint.
+    """
+    merged = folder.with_stored_config(settings.plain(values), workdir)
+    config = config_lib.parse(merged, device_count=device_count, process_count=process_count)
+    dataset = network.load_data(config)
+    return config, dataset, load_trained_model(config, workdir, dataset.shape)
+
+
+GRID_EXAMPLES = 300  # training examples the optimised grid is fitted on
+
+
+def model_sampling_times(
+    config: ExperimentConfig,
+    workdir: str | os.PathLike[str],
+    model: TrainedModel,
+    dataset: CountDataset,
+) -> jax.Array:
+    """The times the sampler walks: :func:`blackout_jax.run.config.fixed_sampling_times`, or for
+    ``sampling.grid = "optimised"`` the grid of :func:`blackout_jax.grids.optimised_grid` for this
+    checkpoint and ``K``, read from ``WORKDIR/grids/optimised_<step>_<K>.json`` or, the first
+    time, fitted on the first :data:`GRID_EXAMPLES` training examples and written there."""
+    sampler = config.sampling
+    if sampler.grid != config_lib.OPTIMISED_GRID:
+        return config_lib.fixed_sampling_times(config)
+    path = folder.optimised_grid_file(workdir, model.step, sampler.num_steps)
+    if path.exists():
+        return jnp.asarray(grid_files.load_grid(path)[0])
+    count = min(int(dataset.num_train), GRID_EXAMPLES)
+    print(
+        f"fitting an optimised {sampler.num_steps}-step grid to the model of step {model.step} "
+        f"on {count} training examples ...",
+        flush=True,
+    )
+    examples = np.asarray(dataset.train_source.read(np.arange(count)))
+    times, _ = grids.optimised_grid(
+        stream_key(config.seed, Stream.GRID),
+        model.predict_fn,
+        jnp.asarray(examples.reshape(count, *model.image_shape)),
+        sampler.num_steps,
+        t_end=config.diffusion.t_end,
+    )
+    if parallel.is_primary():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        info = {"step": model.step, "num_examples": count, "t_end": config.diffusion.t_end}
+        grid_files.save_grid(path, times, info)
+    return times
+
+
+def sample_chunk_dir(config: ExperimentConfig, workdir: str | os.PathLike[str], step: int) -> Path:
+    """Where the chunks of a sample command are kept until its result is written (resume)."""
+    sampler = config.sampling
+    variant = f"{sampler.grid}_{sampler.start}" + ("_dropout" if sampler.dropout else "")
+    name = f"chunks_{step}_{sampler.method}_{variant}_{sampler.num_steps}_{sampler.batch_size}"
+    if config.model.num_classes:  # other labels or another scale: other chunks
+        labels = config_lib.sampling_labels(config, sampler.num_samples)
+        digest = hashlib.sha256(np.asarray(labels, np.int32).tobytes()).hexdigest()[:12]
+        name += f"_w{sampler.guidance_scale:g}_labels{digest}"
+    return Path(workdir, folder.SAMPLES_DIR, name)
+
+
+def draw_samples(
+    config: ExperimentConfig,
+    workdir: str | os.PathLike[str],
+    model: TrainedModel,
+    times: jax.Array,
+) -> np.ndarray:
+    """``sampling.num_samples`` samples of ``model`` on ``times`` (resumable chunks under
+    ``samples/``); a conditional model's of the classes
+    :func:`blackout_jax.run.config.sampling_labels` gives."""
+    sampler = config.sampling
+    return chunked.generate_samples(
+        jax.random.fold_in(stream_key(config.seed, Stream.SAMPLE), model.step),
+        functools.partial(model.predict_for, guidance_scale=sampler.guidance_scale),
+        num_samples=sampler.num_samples,
+        example_shape=model.image_shape,
+        times=times,
+        max_count=model.max_count,
+        method=sampler.method,
+        start=sampler.start,
+        chunk_size=sampler.batch_size,
+        chunk_dir=sample_chunk_dir(config, workdir, model.step),
+        sharding=parallel.batch_sharding_for(sampler.batch_size),
+        progress=True,
+        labels=config_lib.sampling_labels(config, sampler.num_samples),
+    )
