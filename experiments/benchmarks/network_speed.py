@@ -29,8 +29,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from blackout_jax.models import count_parameters, create_model, flops
+from blackout_jax.models import count_parameters, create_model
 from configs import cifar10, digits
+from experiments.benchmarks import flops
 from experiments.benchmarks.common import xla_flops
 
 CONFIGS = {"cifar10": (cifar10.get_config, (32, 32, 3)), "digits": (digits.get_config, (8, 8, 1))}
