@@ -43,7 +43,7 @@ def test_sample_writes_npz_and_png_and_is_reproducible(trained_run, tmp_path):
     assert samples.min() >= 0 and samples.max() <= 16
     assert (workdir / "samples" / "samples_6.png").stat().st_size > 0
 
-    # The chunks kept for resuming (tests/test_chunked.py) are removed once the npz is written;
+    # The chunks kept for resuming (tests/run/test_chunked.py) are removed once the npz is written;
     # a second command draws the same samples.
     assert not list((workdir / "samples").glob("chunks_*"))
     path.unlink()

@@ -19,7 +19,7 @@ from blackout_jax.metrics.inception import (
     load_or_compute_reference_statistics,
     reference_statistics_path,
 )
-from tests.random_projection import RandomProjectionExtractor
+from tests.metrics.random_projection import RandomProjectionExtractor
 
 MAX_COUNT = 16
 

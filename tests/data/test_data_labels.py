@@ -12,8 +12,8 @@ from sklearn.datasets import load_digits
 
 from blackout_jax.data import digits, load_dataset, stream_indices, tfds_source
 from blackout_jax.run.config import DataConfig
-from tests.test_data_arrays import counts_config, random_counts
-from tests.test_data_tfds import mocked_tfds, tfds_config  # noqa: F401 - a fixture
+from tests.data.test_data_arrays import counts_config, random_counts
+from tests.data.test_data_tfds import mocked_tfds, tfds_config  # noqa: F401 - a fixture
 
 NUM_CLASSES = 3
 

@@ -17,7 +17,7 @@ from blackout_jax.data import DataShape
 from blackout_jax.run import config as config_lib
 from blackout_jax.run import network, train_step
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 

@@ -150,7 +150,7 @@ def test_labelled_samples_and_unthinning_sharded_over_four_devices_equal_one_dev
         """
         import json, jax, numpy as np
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-        from tests.test_chunked import _labelled_samples, _unthinned
+        from tests.run.test_chunked import _labelled_samples, _unthinned
         assert jax.device_count() == 4
         sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P("data"))
         for array in (_labelled_samples(sharding), _unthinned(sharding)):

@@ -26,13 +26,13 @@ from blackout_jax.run import checkpointing, reporting, safety, train, train_step
 from blackout_jax.run import config as config_lib
 from blackout_jax.run.config import TrainingConfig
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from configs import tiny  # noqa: E402  (the repository root must be importable first)
 from tests.cli import cpu_environment  # noqa: E402
-from tests.stored_state import read_state  # noqa: E402
+from tests.run.stored_state import read_state  # noqa: E402
 
 
 class SmallNet(nnx.Module):

@@ -21,9 +21,9 @@ import pytest
 
 from blackout_jax.run import checkpointing, parallel, reporting
 from tests.cli import cpu_environment
-from tests.stored_state import read_state
+from tests.run.stored_state import read_state
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 NUM_STEPS = 20
 OVERRIDES = [
     f"--config.training.num_steps={NUM_STEPS}",

@@ -11,8 +11,8 @@ import pytest
 from flax import nnx
 
 from blackout_jax import models
-from tests.test_models_ncsnpp import MAX_COUNT, build, random_counts
-from tests.test_train import _small_step
+from tests.models.test_models_ncsnpp import MAX_COUNT, build, random_counts
+from tests.run.test_train import _small_step
 
 NUM_CLASSES = 4
 NULL = NUM_CLASSES

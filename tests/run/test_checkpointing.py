@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from blackout_jax.run import checkpointing, safety
-from tests.stored_state import read_state
+from tests.run.stored_state import read_state
 
 
 def _state(value: float) -> dict:
