@@ -1,7 +1,7 @@
 """Run folders made by an earlier release keep working, with the same figures.
 
-``tests/end_to_end/fixtures/tiny_run`` and ``tests/end_to_end/fixtures/tiny_conditional_run`` were written by the
-training command of the release before the run layer's renovation (``configs/tiny.py`` with
+``fixtures/tiny_run`` and ``fixtures/tiny_conditional_run`` beside this file were written by
+the training command of the release before the run layer's renovation (``configs/tiny.py`` with
 ``--config.training.num_steps=3``; the conditional one with ``--config.model.num_classes=10
 --config.training.label_dropout=0.1``), less their TensorBoard files, loss curve, sample grids
 and lock. Each test works on a copy. The pinned figures are what that release wrote from
