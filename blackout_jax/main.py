@@ -1,4 +1,4 @@
-"""Command line: train, sample, evaluate and impute with a Blackout Diffusion model.
+"""Command line: train a Blackout Diffusion model and use it (the modes of ``MODES``).
 
     blackout-jax --config=configs/digits.py --workdir=runs/digits
     blackout-jax --config=configs/digits.py --workdir=runs/digits --config.training.num_steps=2000

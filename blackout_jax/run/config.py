@@ -129,7 +129,7 @@ class EvalConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
-    """The sampler of the sample/evaluate/impute commands and of the training-time grids."""
+    """The sampler of the inference modes (every mode but train) and of the training-time grids."""
 
     num_samples: int = setting(64, "samples drawn by --mode=sample/evaluate", minimum=1)
     num_steps: int = setting(100, "sampler steps K", minimum=1)
@@ -150,7 +150,7 @@ class SamplingConfig:
     )
     dropout: bool = setting(
         False,
-        "run the network with dropout active while sampling (sample/evaluate/impute), as the "
+        "run the network with dropout active while sampling (inference modes), as the "
         "reference's generation does",
     )
     batch_size: int = setting(64, "samples per compiled call (one chunk)", minimum=1)

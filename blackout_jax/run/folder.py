@@ -117,8 +117,8 @@ INFERENCE_FIELDS = (
     "eval.*",
     "sampling.*",
 )
-"""Fields that the sample/evaluate/impute commands take from the command line; the others (the
-network, the data, the diffusion) come from the config stored in the run folder."""
+"""Fields that the inference modes (every mode but train) take from the command line; the others
+(the network, the data, the diffusion) come from the config stored in the run folder."""
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
