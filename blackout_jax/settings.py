@@ -28,6 +28,7 @@ def setting(
     minimum: float | None = None,
     strictly_above: float | None = None,
     below: float | None = None,
+    maximum: float | None = None,
     check: Check | None = None,
 ) -> Any:
     """A dataclass field: its default, its meaning and the bounds :func:`check_value` applies.
@@ -41,6 +42,7 @@ def setting(
         "minimum": minimum,
         "strictly_above": strictly_above,
         "below": below,
+        "maximum": maximum,
         "check": check,
     }
     return dataclasses.field(default=default, metadata=metadata)
@@ -56,11 +58,17 @@ _TUPLES = {"tuple[int, ...]": int, "tuple[float, ...]": float}
 
 
 def _number_requirement(kind: type, meta: Mapping[str, Any]) -> str:
-    parts = ["an int" if kind is int else "a finite number"]
-    for key, word in (("minimum", ">="), ("strictly_above", ">"), ("below", "<")):
-        if meta[key] is not None:
-            parts.append(f"{word} {meta[key]}")
-    return " ".join(parts)
+    bounds = [
+        f"{word} {meta[key]}"
+        for key, word in (
+            ("minimum", ">="),
+            ("strictly_above", ">"),
+            ("below", "<"),
+            ("maximum", "<="),
+        )
+        if meta[key] is not None
+    ]
+    return " ".join(["an int" if kind is int else "a finite number", " and ".join(bounds)]).strip()
 
 
 def _number_fits(kind: type, meta: Mapping[str, Any], value: Any) -> bool:
@@ -73,6 +81,7 @@ def _number_fits(kind: type, meta: Mapping[str, Any], value: Any) -> bool:
         (meta["minimum"] is not None and value < meta["minimum"])
         or (meta["strictly_above"] is not None and value <= meta["strictly_above"])
         or (meta["below"] is not None and value >= meta["below"])
+        or (meta["maximum"] is not None and value > meta["maximum"])
     )
 
 

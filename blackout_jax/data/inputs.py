@@ -181,10 +181,6 @@ def read_unthinning_input(
                 f"the observed count {counts[index].item()}: thinning only removes units"
             )
     if survival is None:
-        if not 0.0 < default_survival <= 1.0:
-            raise ValueError(
-                f"config field sampling.survival must be in (0, 1], got {default_survival!r}"
-            )
         source = "config field sampling.survival"
         survival = check_survival_values(
             np.full(len(counts), default_survival),

@@ -474,7 +474,26 @@ def residual_sum(x: Array, h: Array, skip_rescale: bool) -> Array:
     return (x + h) * SKIP_RESCALE if skip_rescale else x + h
 
 
-class ResnetBlockBigGAN(nnx.Module):
+class _ResidualBlock(nnx.Module):
+    """What both residual blocks share: after ``h = Conv_0(...)``, the time embedding, the second
+    convolution and the skip path (attributes ``temb_proj``, ``norm_1``, ``conv_1``, ``skip``,
+    ``act``, ``dropout_rate``, ``skip_rescale`` set by the block)."""
+
+    def _second_half(
+        self, x: Array, h: Array, temb: Array | None, dropout_key: Array | None
+    ) -> Array:
+        """``Conv_1(drop(act(GN_1(h + Dense(act(temb))))))`` added to the skip path of ``x``."""
+        if self.temb_proj is not None and temb is not None:
+            h = h + self.temb_proj(self.act(temb))[:, None, None, :]
+        h = self.act(self.norm_1(h))
+        h = dropout(h, self.dropout_rate, dropout_key)
+        h = self.conv_1(h)
+        if self.skip is not None:
+            x = self.skip(x)
+        return residual_sum(x, h, self.skip_rescale)
+
+
+class ResnetBlockBigGAN(_ResidualBlock):
     """BigGAN-type residual block with optional up/downsampling, conditioned on ``temb``.
 
     ``h = Conv_1(drop(act(GN_1(Conv_0(resample(act(GN_0(x)))) + Dense(act(temb))))))``,
@@ -536,18 +555,10 @@ class ResnetBlockBigGAN(nnx.Module):
         h = self.act(self.norm_0(x))
         h = self._resample(h)
         x = self._resample(x)
-        h = self.conv_0(h)
-        if self.temb_proj is not None and temb is not None:
-            h = h + self.temb_proj(self.act(temb))[:, None, None, :]
-        h = self.act(self.norm_1(h))
-        h = dropout(h, self.dropout_rate, dropout_key)
-        h = self.conv_1(h)
-        if self.skip is not None:
-            x = self.skip(x)
-        return residual_sum(x, h, self.skip_rescale)
+        return self._second_half(x, self.conv_0(h), temb, dropout_key)
 
 
-class ResnetBlockDDPM(nnx.Module):
+class ResnetBlockDDPM(_ResidualBlock):
     """DDPM-type residual block (no resampling), conditioned on ``temb``.
 
     ``h = Conv_1(drop(act(GN_1(Conv_0(act(GN_0(x))) + Dense(act(temb))))))``; the skip path is
@@ -590,15 +601,7 @@ class ResnetBlockDDPM(nnx.Module):
         self, x: Array, temb: Array | None = None, dropout_key: Array | None = None
     ) -> Array:
         x = x.astype(self.dtype)
-        h = self.conv_0(self.act(self.norm_0(x)))
-        if self.temb_proj is not None and temb is not None:
-            h = h + self.temb_proj(self.act(temb))[:, None, None, :]
-        h = self.act(self.norm_1(h))
-        h = dropout(h, self.dropout_rate, dropout_key)
-        h = self.conv_1(h)
-        if self.skip is not None:
-            x = self.skip(x)
-        return residual_sum(x, h, self.skip_rescale)
+        return self._second_half(x, self.conv_0(self.act(self.norm_0(x))), temb, dropout_key)
 
 
 class AttentionBlock(nnx.Module):

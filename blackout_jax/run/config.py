@@ -166,6 +166,7 @@ class SamplingConfig:
         "--mode=unthin: survival q in (0, 1] with which the observations were thinned, when "
         "--input has no 'survival' array",
         strictly_above=0.0,
+        maximum=1.0,
     )
     num_posterior_samples: int = setting(
         16, "--mode=unthin: posterior samples per example", minimum=1

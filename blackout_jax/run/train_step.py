@@ -147,13 +147,8 @@ def make_train_step(
         state: TrainState, rest: Any, batch: Any
     ) -> tuple[TrainState, dict[str, jax.Array]]:
         batch, labels = batch if isinstance(batch, tuple) else (batch, None)
-        base_key = jax.random.wrap_key_data(state.rng)
-        step_key = jax.random.fold_in(base_key, state.step)
-        first_index = state.step.astype(jnp.uint32) * jnp.uint32(global_batch_size)
-        indices = first_index + jnp.arange(global_batch_size, dtype=jnp.uint32)
-        if batch_sharding is not None:
-            indices = jax.lax.with_sharding_constraint(indices, batch_sharding)
-        example_keys = losses.example_keys(step_key, indices)
+        step_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        example_keys = _example_keys(step_key, state.step, global_batch_size, batch_sharding)
         dropout_key = jax.random.fold_in(step_key, DROPOUT_STREAM)
         if labels is not None and label_dropout > 0:
             label_key = jax.random.fold_in(step_key, LABEL_DROPOUT_STREAM)
@@ -173,32 +168,58 @@ def make_train_step(
             return jnp.mean(per_example)
 
         loss, grads = jax.value_and_grad(loss_fn)(state.params)
-        applied_before = state.step - state.total_nonfinite
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)  # zero updates when skipped
-        finite = opt_state.last_finite
-        decay = ema_decay_at(state.step, ema_decay)
-        ema_params = jax.tree.map(
-            lambda ema, p: jnp.where(finite, decay * ema + (1.0 - decay) * p, ema),
-            state.ema_params,
-            params,
-        )
-        new_state = state.replace(
-            step=state.step + 1,
-            params=params,
-            opt_state=opt_state,
-            ema_params=ema_params,
-            longest_nonfinite=jnp.maximum(state.longest_nonfinite, opt_state.notfinite_count),
-        )
+        new_state = _apply_update(state, grads, optimizer, ema_decay)
+        finite = new_state.opt_state.last_finite
         metrics = {
             "loss": loss.astype(jnp.float32),
             "grad_norm": optax.tree.norm(grads).astype(jnp.float32),
-            "learning_rate": jnp.asarray(learning_rate(applied_before), jnp.float32),
+            "learning_rate": jnp.asarray(
+                learning_rate(state.step - state.total_nonfinite), jnp.float32
+            ),
             "finite": (finite & jnp.isfinite(loss)).astype(jnp.float32),
         }
         return new_state, metrics
 
     return train_step
+
+
+def _example_keys(
+    step_key: jax.Array,
+    step: jax.Array,
+    global_batch_size: int,
+    batch_sharding: jax.sharding.Sharding | None,
+) -> jax.Array:
+    """The keys of the step's examples ``(B,)``: example ``i`` of step ``s`` is keyed on its
+    global index ``s B + i`` (:func:`blackout_jax.losses.example_keys`), laid out as the batch."""
+    first_index = step.astype(jnp.uint32) * jnp.uint32(global_batch_size)
+    indices = first_index + jnp.arange(global_batch_size, dtype=jnp.uint32)
+    if batch_sharding is not None:
+        indices = jax.lax.with_sharding_constraint(indices, batch_sharding)
+    return losses.example_keys(step_key, indices)
+
+
+def _apply_update(
+    state: TrainState, grads: Any, optimizer: optax.GradientTransformation, ema_decay: float
+) -> TrainState:
+    """The state after one update: parameters moved by ``optimizer`` (zero updates when the
+    gradients are not finite), the EMA ``decay ema + (1 - decay) params`` where the update was
+    applied, the step and the longest run of skipped updates counted."""
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = opt_state.last_finite
+    decay = ema_decay_at(state.step, ema_decay)
+    ema_params = jax.tree.map(
+        lambda ema, p: jnp.where(finite, decay * ema + (1.0 - decay) * p, ema),
+        state.ema_params,
+        params,
+    )
+    return state.replace(
+        step=state.step + 1,
+        params=params,
+        opt_state=opt_state,
+        ema_params=ema_params,
+        longest_nonfinite=jnp.maximum(state.longest_nonfinite, opt_state.notfinite_count),
+    )
 
 
 def jit_train_step(

@@ -48,6 +48,6 @@ def test_bad_inputs_name_array_index_and_value(tmp_path):
         with pytest.raises(ValueError, match=message):
             _read(path, **arrays)
     np.savez(path, counts=counts)
-    for value, message in ((1.5, r"must be in \(0, 1\], got 1.5"), (1e-5, r"below exp\(-t_end\)")):
+    for value, message in ((1.5, r"= 1.5: survival must be in \(0, 1\]"), (1e-5, r"below exp")):
         with pytest.raises(ValueError, match=rf"sampling.survival.*{message}|{message}"):
             inputs.read_unthinning_input(path, SHAPE, 16, t_end=10.0, default_survival=value)

@@ -220,6 +220,7 @@ def test_reference_optimiser_is_plain_adam(name):
         ("eval.num_time_samples", 0, "eval.num_time_samples"),
         ("diffusion.weighting", "uniform", "diffusion.weighting must be one of"),
         ("sampling.method", "euler", "sampling.method"),
+        ("sampling.survival", 1.5, "sampling.survival must be a finite number > 0.0 and <= 1.0"),
         ("data.name", "mnist", "data.name"),
         ("data.max_count", 0, "data.max_count"),
         ("model.nf", 0, "model.nf"),
