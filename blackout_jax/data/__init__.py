@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from blackout_jax.data import arrays, count_checks, digits, tfds_source
+from blackout_jax.data import arrays, digits, tfds_source
 from blackout_jax.data.pipeline import (
     ArraySource,
     CountDataset,
@@ -74,9 +74,7 @@ def _check_fixed_num_classes(name: str, num_classes: int, fixed: int) -> None:
         )
 
 
-def load_dataset(
-    data_config: Any, *, seed: int, size_divisor: int = 1, num_classes: int = 0
-) -> CountDataset:
+def load_dataset(data_config: Any, *, seed: int, num_classes: int = 0) -> CountDataset:
     """Loads and validates the dataset of a ``config.data`` section.
 
     Args:
@@ -85,7 +83,6 @@ def load_dataset(
         ``max_count``, ``num_test``, ``random_flip``, ``prefetch``; their types and bounds are
         checked by the run layer's config (:mod:`blackout_jax.run.config`).
       seed: the default seed of the training stream (the held-out splits do not depend on it).
-      size_divisor: H and W must be multiples of it (``2 ** (len(model.ch_mult) - 1)``).
       num_classes: ``model.num_classes``: ``> 0`` loads class labels in ``[0, num_classes)``
         too (digits, cifar10 and binarized MNIST have exactly 10); 0 loads none.
 
@@ -106,7 +103,6 @@ def load_dataset(
     if name == "digits":
         _check_fixed_max_count(name, declared_max, digits.MAX_COUNT)
         num_test = data_config.num_test
-        count_checks.check_image_size(digits.IMAGE_SHAPE, size_divisor, source=digits.SOURCE)
         _check_fixed_num_classes(name, num_classes, digits.NUM_CLASSES)
         (train, train_labels), (test, test_labels) = digits.load_digits_labelled_split(num_test)
         if not num_classes:
@@ -131,7 +127,6 @@ def load_dataset(
             path, array_key=data_config.array_key, max_count=declared_max, num_classes=num_classes
         )
         image_shape = tuple(int(d) for d in loaded.counts.shape[1:])
-        count_checks.check_image_size(image_shape, size_divisor, source=loaded.source)
         num_test = data_config.num_test
         train_indices, test_indices = fixed_split(
             len(loaded.counts), num_test, source=loaded.source, split_seed=COUNTS_SPLIT_SEED
@@ -150,9 +145,6 @@ def load_dataset(
         spec = TFDS_DATASETS[name]
         _check_fixed_max_count(name, declared_max, spec.max_count)
         _check_fixed_num_classes(name, num_classes, spec.num_classes)
-        count_checks.check_image_size(
-            spec.image_shape, size_divisor, source=f"{name} (TFDS {spec.tfds_name!r})"
-        )
         data_dir = data_config.data_dir
         spec, train, test = tfds_source.load_tfds_splits(name, data_dir)
         dataset = CountDataset(

@@ -8,7 +8,7 @@ array as stored (for example ``counts.npz['x'][12, 3, 4, 0]``) and its value.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import numpy as np
 
@@ -127,25 +127,6 @@ def check_declared_max_count(max_count: int) -> None:
         raise ValueError(f"data.max_count must be an integer >= 0, got {max_count!r}")
     if not 0 <= max_count <= LARGEST_COUNT:
         raise ValueError(f"data.max_count must be in 0..{LARGEST_COUNT}, got {max_count}")
-
-
-def check_image_size(image_shape: Sequence[int], size_divisor: int, *, source: str) -> None:
-    """H and W must be multiples of ``size_divisor`` (the network halves them that often).
-
-    Raises:
-      ValueError: naming ``source``, the image shape and the divisor.
-    """
-    if size_divisor < 1:
-        raise ValueError(f"size_divisor must be >= 1, got {size_divisor}")
-    height, width = int(image_shape[0]), int(image_shape[1])
-    for axis, size in (("H", height), ("W", width)):
-        if size % size_divisor:
-            raise ValueError(
-                f"{source}: images of shape {tuple(int(d) for d in image_shape)} have "
-                f"{axis} = {size}, which is not a multiple of {size_divisor} = "
-                "2 ** (len(model.ch_mult) - 1), the network's downsampling factor; use a "
-                "shorter model.ch_mult or pad/crop the images"
-            )
 
 
 def check_num_test(num_test: int, num_examples: int, *, source: str) -> None:

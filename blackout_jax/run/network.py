@@ -22,13 +22,20 @@ from blackout_jax.run.config import ExperimentConfig
 
 def load_data(config: ExperimentConfig) -> CountDataset:
     """The checked dataset of ``config.data`` (:func:`blackout_jax.data.load_dataset`), with
-    the class labels of ``model.num_classes`` and sizes the network's levels divide."""
-    return data.load_dataset(
-        config.data,
-        seed=config.seed,
-        size_divisor=config.model.size_divisor,
-        num_classes=config.model.num_classes,
-    )
+    the class labels of ``model.num_classes``, checked against the network of ``config.model``
+    (:func:`blackout_jax.models.check_image_shape`: sizes its levels divide, attention
+    resolutions it has).
+
+    Raises:
+      ValueError: bad data, or data the network does not fit, naming where the data came from.
+      FileNotFoundError: missing data.
+    """
+    dataset = data.load_dataset(config.data, seed=config.seed, num_classes=config.model.num_classes)
+    try:
+        models.check_image_shape(config.model, dataset.shape.example_shape)
+    except ValueError as error:
+        raise ValueError(f"{dataset.origin} ({dataset.name}): {error}") from None
+    return dataset
 
 
 def model_factory(config: ExperimentConfig, shape: DataShape) -> Callable[[], nnx.Module]:

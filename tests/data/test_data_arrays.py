@@ -37,7 +37,7 @@ def test_npy_with_channel_axis_and_inferred_max_count(tmp_path):
     counts = random_counts()
     counts[3, 1, 2, 0] = 37
     np.save(tmp_path / "c.npy", counts)
-    dataset = load_dataset(counts_config(tmp_path / "c.npy"), seed=0, size_divisor=4)
+    dataset = load_dataset(counts_config(tmp_path / "c.npy"), seed=0)
     assert dataset.image_shape == (4, 4, 2)
     assert dataset.max_count == 37
     assert dataset.max_count_inferred
@@ -237,16 +237,6 @@ def test_index_is_reported_in_the_stored_shape(tmp_path):
     np.save(tmp_path / "c.npy", counts)
     with pytest.raises(ValueError, match=re.escape("c.npy[4, 5, 1] = ")):
         load_dataset(counts_config(tmp_path / "c.npy", num_test=1), seed=0)
-
-
-def test_image_size_incompatible_with_the_downsampling(tmp_path):
-    np.save(tmp_path / "c.npy", random_counts((10, 12, 8, 1)))
-    assert load_dataset(counts_config(tmp_path / "c.npy"), seed=0, size_divisor=4)
-    with pytest.raises(ValueError, match=r"c\.npy.*H = 12.*multiple of 8"):
-        load_dataset(counts_config(tmp_path / "c.npy"), seed=0, size_divisor=8)
-    np.save(tmp_path / "d.npy", random_counts((10, 8, 6, 1)))
-    with pytest.raises(ValueError, match=r"d\.npy.*W = 6.*multiple of 4"):
-        load_dataset(counts_config(tmp_path / "d.npy"), seed=0, size_divisor=4)
 
 
 def test_test_split_larger_than_the_data(tmp_path):

@@ -33,7 +33,7 @@ def test_default_split_is_1500_train_297_test_covering_every_digit_once():
 
 
 def test_loaded_digits_are_sklearn_images_as_counts():
-    dataset = load_dataset(digits_config(), seed=5, size_divisor=8)
+    dataset = load_dataset(digits_config(), seed=5)
     assert dataset.name == "digits"
     assert dataset.image_shape == (8, 8, 1)
     assert dataset.max_count == 16
@@ -63,8 +63,6 @@ def test_digits_are_never_flipped():
 def test_digits_errors():
     with pytest.raises(ValueError, match=r"num_test = 1797.*1797 examples"):
         load_dataset(digits_config(num_test=1797), seed=0)
-    with pytest.raises(ValueError, match=r"H = 8.*multiple of 16"):
-        load_dataset(digits_config(), seed=0, size_divisor=16)
     with pytest.raises(ValueError, match=r"data.max_count = 255.*digits.*0\.\.16"):
         load_dataset(digits_config(max_count=255), seed=0)
     with pytest.raises(ValueError, match="data.name"):

@@ -45,7 +45,7 @@ def mocked_tfds(tmp_path):
 
 
 def test_cifar10_from_mocked_tfds(tmp_path, mocked_tfds):
-    dataset = load_dataset(tfds_config("cifar10", tmp_path), seed=3, size_divisor=8)
+    dataset = load_dataset(tfds_config("cifar10", tmp_path), seed=3)
     assert dataset.image_shape == (32, 32, 3)
     assert dataset.max_count == 255
     assert dataset.num_train == NUM_MOCK_EXAMPLES
@@ -83,7 +83,7 @@ def test_tfds_stream_resumes_exactly(tmp_path, mocked_tfds):
 
 
 def test_binarized_mnist_from_mocked_tfds(tmp_path, mocked_tfds):
-    dataset = load_dataset(tfds_config("binarized_mnist", tmp_path), seed=0, size_divisor=4)
+    dataset = load_dataset(tfds_config("binarized_mnist", tmp_path), seed=0)
     assert dataset.image_shape == (32, 32, 1)
     assert dataset.max_count == 1
     assert not dataset.random_flip  # the reference did not flip MNIST
@@ -127,7 +127,7 @@ def test_mnist_resize_and_threshold_match_direct_interpolation_and_pil():
 
 
 def test_celeba64_from_mocked_tfds(tmp_path, mocked_tfds):
-    dataset = load_dataset(tfds_config("celeba64", tmp_path), seed=0, size_divisor=16)
+    dataset = load_dataset(tfds_config("celeba64", tmp_path), seed=0)
     assert dataset.image_shape == (64, 64, 3)
     assert dataset.max_count == 255
     test = dataset.test_examples(2)
@@ -136,11 +136,6 @@ def test_celeba64_from_mocked_tfds(tmp_path, mocked_tfds):
     for counts, image in zip(test, pixels, strict=True):
         np.testing.assert_array_equal(counts, tfds_source.celeba_crop_resize(image))
     assert test.min() >= 0 and test.max() <= 255
-
-
-def test_image_size_is_checked_against_the_network(tmp_path, mocked_tfds):
-    with pytest.raises(ValueError, match=r"binarized_mnist.*H = 32.*multiple of 64"):
-        load_dataset(tfds_config("binarized_mnist", tmp_path), seed=0, size_divisor=64)
 
 
 def test_declared_max_count_must_match_the_dataset(tmp_path):

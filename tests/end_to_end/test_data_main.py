@@ -53,7 +53,7 @@ def bad_counts(kind: str) -> tuple[np.ndarray, list[str], str]:
     if kind == "image_size":
         side = 2 * size_divisor() + 1
         odd = np.ones((NUM_EXAMPLES, side, side, 1))
-        return odd, [], rf"\['x'\].*H = {side}.*multiple of {size_divisor()}"
+        return odd, [], rf"\['x'\].*height {side} is not divisible by .* = {size_divisor()}"
     if kind == "test_split":
         flags = [f"--config.data.num_test={NUM_EXAMPLES}"]
         return counts, flags, rf"num_test = {NUM_EXAMPLES}.*has {NUM_EXAMPLES} examples"

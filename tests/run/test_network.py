@@ -1,0 +1,50 @@
+"""Tests of blackout_jax.run.network: the data of a config, checked against its network."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from blackout_jax.run import config as config_lib
+from blackout_jax.run import network
+
+
+def _config(ch_mult: tuple[int, ...], **data: object) -> config_lib.ExperimentConfig:
+    values = config_lib.default_dict()
+    values["data"].update(data)
+    values["model"].update(ch_mult=list(ch_mult), attn_resolutions=[], num_res_blocks=1, nf=8)
+    return config_lib.parse(values)
+
+
+def _counts_file(tmp_path, shape: tuple[int, ...]) -> str:
+    path = tmp_path / f"counts_{'x'.join(map(str, shape))}.npy"
+    np.save(path, np.random.default_rng(0).integers(0, 10, size=shape))
+    return str(path)
+
+
+def test_data_the_network_fits_loads(tmp_path):
+    path = _counts_file(tmp_path, (10, 12, 8, 1))
+    dataset = network.load_data(_config((1, 2, 2), name="counts", path=path, num_test=2))
+    assert dataset.shape.example_shape == (12, 8, 1)
+
+
+@pytest.mark.parametrize(
+    ("shape", "ch_mult", "message"),
+    [
+        (
+            (10, 12, 8, 1),
+            (1, 2, 2, 2),
+            r"counts_10x12x8x1\.npy.*height 12 is not divisible by .* 8",
+        ),
+        ((10, 8, 6, 1), (1, 2, 2), r"counts_10x8x6x1\.npy.*width 6 is not divisible by .* 4"),
+    ],
+)
+def test_sizes_the_network_cannot_halve_name_the_file(tmp_path, shape, ch_mult, message):
+    path = _counts_file(tmp_path, shape)
+    with pytest.raises(ValueError, match=message):
+        network.load_data(_config(ch_mult, name="counts", path=path, num_test=2))
+
+
+def test_digits_too_small_for_the_network_name_the_source():
+    with pytest.raises(ValueError, match=r"load_digits \(digits\).*height 8 .* 16"):
+        network.load_data(_config((1, 2, 2, 2, 2)))
