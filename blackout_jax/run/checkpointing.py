@@ -6,11 +6,23 @@ A checkpoint at step ``s`` is the folder ``WORKDIR/checkpoints/<s>/`` with three
   non-finite counters), written by ``ocp.args.StandardSave``;
 * ``data_iterator``: the training iterator's position (JSON);
 * ``metadata``: facts about the run needed to use the checkpoint on its own (JSON: the data's
-  ``max_count`` and ``image_shape``, checked before a restore is used, the non-finite
-  counters, ...).
+  ``max_count``, ``image_shape`` and ``num_train``, the experiment ``config``, the
+  ``state_layout``, the ``digests`` of the state's arrays, the non-finite counters, ...).
 
-The experiment config is the run folder's ``config.json`` (:mod:`blackout_jax.run.folder`);
-checkpoints of earlier releases that also hold a ``config`` item restore as before.
+``state_layout`` is ``"flat"``: parameters, optimiser moments and EMA are vectors, one per
+dtype (:mod:`blackout_jax.run.flat_params`). Checkpoints without it (``"tree"``) hold them as
+the network's pytrees; they restore through :func:`blackout_jax.run.train_step.from_tree_layout`
+and later saves write the flat layout. Checkpoints of earlier releases that also hold a
+``config`` item restore as before.
+
+``digests`` (:func:`digests`) are computed on the device at save time and checked after every
+restore: a checkpoint whose arrays decode to other values than were saved is *damaged*, like one
+that does not decode. A restore fails in one of two ways, told apart because they call for
+opposite actions: a damaged checkpoint (:class:`DamagedCheckpointError`, or any read or decode
+error) is reported, set aside by training and the next older one is tried; an intact checkpoint
+that does not fit the command (:class:`CheckpointMismatchError`: another network, other data,
+another array shape) stops the command with a message naming each difference and renames
+nothing.
 
 Saves run in the background; every process calls :meth:`CheckpointStore.save` and orbax
 coordinates the hosts (arrays are written by the processes that hold them, JSON items by the
@@ -29,6 +41,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
@@ -38,11 +51,75 @@ from blackout_jax.run import safety
 
 ITEM_NAMES = ("state", "data_iterator", "metadata")
 DAMAGED_SUFFIX = ".damaged"
+FLAT_LAYOUT, TREE_LAYOUT = "flat", "tree"
 _T = TypeVar("_T")
 
 
 class NoUsableCheckpointError(FileNotFoundError):
     """Every checkpoint of a run folder failed to restore."""
+
+
+class DamagedCheckpointError(ValueError):
+    """A checkpoint's arrays decoded to other values than were saved (a digest differs)."""
+
+
+class CheckpointMismatchError(ValueError):
+    """An intact checkpoint that does not fit the command (network, data or array shapes)."""
+
+
+def state_layout(metadata: dict[str, Any]) -> str:
+    """:data:`FLAT_LAYOUT` or, for checkpoints written before it, :data:`TREE_LAYOUT`."""
+    return metadata.get("state_layout", TREE_LAYOUT)
+
+
+def _path_name(path: tuple[Any, ...]) -> str:
+    """``params.float32``: a pytree path as orbax names the array it stores."""
+    parts = []
+    for key in path:
+        for attribute in ("key", "name", "idx"):
+            if hasattr(key, attribute):
+                parts.append(str(getattr(key, attribute)))
+                break
+    return ".".join(parts)
+
+
+@jax.jit
+def _checksums(tree: Any) -> Any:
+    """Two uint32 sums per leaf over its bytes read as unsigned words ``w_i``:
+    ``sum w_i`` and ``sum (2 i + 1) w_i`` (mod 2**32); any change of one word changes both."""
+
+    def sums(leaf: jax.Array) -> jax.Array:
+        leaf = jnp.ravel(leaf)
+        if leaf.dtype == jnp.bool_:
+            leaf = leaf.astype(jnp.uint8)
+        unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[leaf.dtype.itemsize]
+        words = jax.lax.bitcast_convert_type(leaf, unsigned).astype(jnp.uint32)
+        odd = 2 * jnp.arange(words.size, dtype=jnp.uint32) + 1
+        return jnp.stack([jnp.sum(words, dtype=jnp.uint32), jnp.sum(words * odd, dtype=jnp.uint32)])
+
+    return jax.tree.map(sums, tree)
+
+
+def digests(tree: Any) -> dict[str, str]:
+    """``{array name: 16 hex digits}``: checksums of every array of ``tree``, computed on the
+    device (integer sums: the same on any number of devices); waits for the device."""
+    sums = jax.tree_util.tree_leaves_with_path(jax.device_get(_checksums(tree)))
+    return {_path_name(path): "".join(f"{int(v):08x}" for v in value) for path, value in sums}
+
+
+def verify_digests(tree: Any, metadata: dict[str, Any], step: int, prefix: str = "") -> None:
+    """Raise :class:`DamagedCheckpointError` when an array of ``tree`` (restored from checkpoint
+    ``step``; named ``prefix`` + its path) differs from the digest saved with it. Checkpoints
+    saved without digests pass."""
+    saved = metadata.get("digests")
+    if not isinstance(saved, dict):
+        return
+    for name, digest in digests(tree).items():
+        name = f"{prefix}.{name}" if prefix else name
+        if name in saved and saved[name] != digest:
+            raise DamagedCheckpointError(
+                f"array {name} of checkpoint {step} does not match the digest saved with it"
+            )
 
 
 def failure_reason(error: BaseException) -> str:
@@ -81,7 +158,7 @@ def check_metadata(metadata: dict[str, Any], shape: DataShape, workdir: str) -> 
     ):
         saved = metadata.get(name)
         if saved is not None and saved != current:
-            raise ValueError(
+            raise CheckpointMismatchError(
                 f"the checkpoint in {workdir} was trained with {name}={saved}, but the data now "
                 f"has {name}={current}; use a new --workdir for different data"
             )
@@ -113,7 +190,7 @@ def _registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
     for args_type in (ocp.args.StandardSave, ocp.args.StandardRestore):
         registry.add("state", args_type, ocp.handlers.StandardCheckpointHandler)
-    for item in ITEM_NAMES[1:]:
+    for item in (*ITEM_NAMES[1:], "config"):  # "config": written by earlier releases, unread
         for args_type in (ocp.args.JsonSave, ocp.args.JsonRestore):
             registry.add(item, args_type, ocp.handlers.JsonCheckpointHandler)
     return registry
@@ -259,20 +336,26 @@ class CheckpointStore:
     ) -> _T | None:
         """``restore(step)`` for the newest checkpoint that restores; ``None`` if there is none.
 
-        A checkpoint whose restore raises (a truncated or corrupt array file, an emptied JSON
-        item, a missing manifest or item folder, an empty step folder) is reported by ``warn``
+        A checkpoint whose restore raises (a truncated or corrupt array file, arrays that do not
+        match their digests, an emptied JSON item, a missing manifest or item folder, an empty
+        step folder) is reported by ``warn``
         in one line naming the step and why; with ``set_aside`` its folder is renamed to
         ``<step>.damaged`` (never deleted; by the primary process, the others wait for it) so
         that later runs skip it too. Then the next older one is tried.
 
         Raises:
           NoUsableCheckpointError: there are checkpoints and none restores.
+          CheckpointMismatchError: the newest checkpoint is intact but does not fit the command
+            (raised by ``restore``; nothing is renamed).
+          PermissionError: a checkpoint file may not be read (nothing is renamed).
         """
         steps = self.all_steps()
         safety.drop_callbacks_of_abandoned_reads()
         for step in reversed(steps):
             try:
                 return restore(step)
+            except (CheckpointMismatchError, PermissionError):
+                raise
             except Exception as error:  # noqa: BLE001 - orbax, tensorstore, zstd, json, OS errors
                 reason = failure_reason(error)
             folder = os.path.join(self.directory, str(step))
@@ -290,6 +373,31 @@ class CheckpointStore:
                 "warnings above"
             )
         return None
+
+    def check_shapes(self, step: int, target: Any, prefix: str = "") -> None:
+        """Raise :class:`CheckpointMismatchError` naming every array of ``target`` (abstract
+        arrays; the subtree ``prefix`` of the ``state`` item) that checkpoint ``step`` lacks or
+        stores with another shape or dtype: an intact checkpoint of another network."""
+        stored = {
+            leaf.name: leaf
+            for leaf in jax.tree.leaves(self._manager.item_metadata(step)["state"])
+            if hasattr(leaf, "name")
+        }
+        differences = []
+        for path, wanted in jax.tree_util.tree_leaves_with_path(target):
+            name = ".".join(filter(None, (prefix, _path_name(path))))
+            found = stored.get(name)
+            if found is None:
+                differences.append(f"{name}: missing")
+            elif tuple(found.shape) != tuple(wanted.shape) or found.dtype != wanted.dtype:
+                old = f"{found.dtype}{list(found.shape)}"
+                differences.append(f"{name}: {old} -> {wanted.dtype}{list(wanted.shape)}")
+        if differences:
+            shown = "; ".join(differences[:5]) + (" ..." if len(differences) > 5 else "")
+            raise CheckpointMismatchError(
+                f"checkpoint {step} in {self.directory} holds arrays of another network "
+                f"({len(differences)} differ: {shown}); use a new --workdir for another network"
+            )
 
     def _set_aside(self, folder: str) -> None:
         if jax.process_index() == 0:

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from blackout_jax.run.checkpointing import CheckpointMismatchError
 from blackout_jax.run.config import ExperimentConfig
 
 CONFIG_FILE = "config.json"
@@ -211,7 +212,7 @@ def with_stored_config(
     return with_stored_fields(stored, values)
 
 
-class IncompatibleRunError(ValueError):
+class IncompatibleRunError(CheckpointMismatchError):
     """The run folder was trained with settings that cannot change on resume."""
 
 
@@ -228,13 +229,18 @@ def check_resumable(config: ExperimentConfig, workdir: str) -> None:
         stored = read_stored_config(workdir)
     except ValueError:
         return  # an unreadable copy: the checkpoints' own metadata still guards the restore
-    if stored is None:
-        return
+    if stored is not None:
+        check_same_settings(stored, config, workdir)
+
+
+def check_same_settings(stored: Mapping[str, Any], config: ExperimentConfig, where: str) -> None:
+    """Raise :class:`IncompatibleRunError` naming every field outside :data:`RESUMABLE_FIELDS`
+    in which ``config`` differs from ``stored`` (the config ``where`` was trained with)."""
     changed = changed_fields(stored, config.to_dict(), allowed=RESUMABLE_FIELDS)
     if changed:
         listed = "; ".join(f"{name}: {old!r} -> {new!r}" for name, old, new in changed)
         raise IncompatibleRunError(
-            f"{workdir} was trained with other settings ({listed}): use a new "
+            f"{where} was trained with other settings ({listed}): use a new "
             "--workdir, or change only what may change on resume ("
             f"{', '.join(RESUMABLE_FIELDS)})"
         )

@@ -20,6 +20,12 @@ from blackout_jax.data import CountDataset, DataShape
 from blackout_jax.run.config import ExperimentConfig
 
 
+LARGEST_MAX_COUNT = 4096
+"""The largest max count the run layer accepts: the samplers' exact binomial draws cost time
+growing with the square of the max count, so a count of 2**30 would make every evaluation
+run for hours."""
+
+
 def load_data(config: ExperimentConfig) -> CountDataset:
     """The checked dataset of ``config.data`` (:func:`blackout_jax.data.load_dataset`), with
     the class labels of ``model.num_classes``, checked against the network of ``config.model``
@@ -27,10 +33,18 @@ def load_data(config: ExperimentConfig) -> CountDataset:
     resolutions it has).
 
     Raises:
-      ValueError: bad data, or data the network does not fit, naming where the data came from.
+      ValueError: bad data, data the network does not fit or a max count above
+        :data:`LARGEST_MAX_COUNT`, naming where the data came from.
       FileNotFoundError: missing data.
     """
     dataset = data.load_dataset(config.data, seed=config.seed, num_classes=config.model.num_classes)
+    if dataset.shape.max_count > LARGEST_MAX_COUNT:
+        raise ValueError(
+            f"{dataset.origin} ({dataset.name}): the max count is {dataset.shape.max_count} "
+            f"(data.max_count={config.data.max_count}, 0 = inferred); the samplers handle max "
+            f"counts up to {LARGEST_MAX_COUNT} at a reasonable cost: scale the counts down "
+            "(e.g. divide and round) or clip the rare large ones before training"
+        )
     try:
         models.check_image_shape(config.model, dataset.shape.example_shape)
     except ValueError as error:

@@ -25,24 +25,45 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 
+class Interrupted(Exception):
+    """A shutdown signal arrived during work that stops at once (an evaluation)."""
+
+
 class ShutdownFlag:
     """SIGTERM/SIGINT handling while training (a context manager).
 
     Until :meth:`arm` (called once the first step of this process has run, i.e. compiled) there
     is nothing to save since the last checkpoint, so SIGTERM keeps its default action and ends
     the process at once, even inside a long compilation; afterwards SIGTERM and SIGINT set
-    :attr:`requested` and training saves and exits at the next step boundary.
+    :attr:`requested` and training saves and exits at the next step boundary. Inside
+    :meth:`interrupting` (an evaluation) they raise :class:`Interrupted` at once instead.
     """
 
     def __init__(self) -> None:
         self.requested = False
         self.signal_name = ""
         self._previous: dict[int, Any] = {}
+        self._raise = False
 
     def _handle(self, signum: int, frame: Any) -> None:
         del frame
         self.requested = True
         self.signal_name = signal.Signals(signum).name
+        if self._raise:
+            self._raise = False  # once: the handler of Interrupted may take its time
+            raise Interrupted(self.signal_name)
+
+    @contextlib.contextmanager
+    def interrupting(self) -> Iterator[None]:
+        """While inside, a signal raises :class:`Interrupted` where the main thread is (between
+        two device calls of an evaluation); one that arrived before raises on entry."""
+        if self.requested:
+            raise Interrupted(self.signal_name)
+        self._raise = True
+        try:
+            yield
+        finally:
+            self._raise = False
 
     def _install(self, signum: int, handler: Any) -> None:
         previous = signal.signal(signum, handler)

@@ -28,6 +28,7 @@ import dataclasses
 import functools
 import os
 import sys
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -86,9 +87,9 @@ class Trainer:
         mesh = parallel.create_mesh()
         self.replicated = parallel.replicated_sharding(mesh)
         self.batch_sharding = parallel.batch_sharding(mesh)
-        optimizer = train_step.skipping_nonfinite(train_step.make_optimizer(training))
+        self.optimizer = train_step.skipping_nonfinite(train_step.make_optimizer(training))
         self.graphdef, self.state, self.rest = train_step.init_train_state(
-            config, dataset.shape, optimizer, self.replicated
+            config, dataset.shape, self.optimizer, self.replicated
         )
         self.iterator = dataset.train_iterator(
             global_batch_size=training.batch_size,
@@ -104,10 +105,12 @@ class Trainer:
             "num_train": int(dataset.num_train),
             "num_devices": jax.device_count(),
             "num_processes": jax.process_count(),
+            "state_layout": checkpointing.FLAT_LAYOUT,
+            "config": config.to_dict(),
         }
         self.start_step = 0
         self.compiled_step = train_step.jit_train_step(
-            config, self.graphdef, optimizer, self.replicated, self.batch_sharding
+            config, self.graphdef, self.optimizer, self.replicated, self.batch_sharding
         )
         self.evaluator = evaluation.Evaluator(config, dataset, self.graphdef, self.rest)
         self.pending_metrics: list[dict[str, jax.Array]] = []
@@ -121,26 +124,57 @@ class Trainer:
     ) -> Trainer:
         """A fresh run, or the newest checkpoint in ``workdir`` that restores, with its
         data-stream position (damaged ones are set aside; see
-        :meth:`~blackout_jax.run.checkpointing.CheckpointStore.restore_newest_usable`)."""
+        :meth:`~blackout_jax.run.checkpointing.CheckpointStore.restore_newest_usable`).
+
+        Raises:
+          CheckpointMismatchError: the newest checkpoint is intact but was trained with other
+            settings or data (named field by field); nothing is renamed.
+        """
         folder.check_resumable(config, workdir)
         trainer = cls(config, workdir, dataset)
-        target = checkpointing.abstract_like(trainer.state.as_dict(), trainer.replicated)
-
-        def restore(step: int) -> checkpointing.RestoredCheckpoint:
-            restored = trainer.store.restore(step, target)
-            trainer.iterator.set_state(restored.data_iterator)
-            return restored
-
         restored = trainer.store.restore_newest_usable(
-            restore, set_aside=True, warn=functools.partial(print, file=sys.stderr, flush=True)
+            trainer._restore,
+            set_aside=True,
+            warn=functools.partial(print, file=sys.stderr, flush=True),
         )
         if restored is not None:
-            checkpointing.check_metadata(restored.metadata, dataset.shape, workdir)
-            trainer.state = train_step.TrainState(**restored.state)
+            trainer.state = train_step.TrainState(**restored.state, layout=trainer.state.layout)
             trainer.start_step = restored.step
         trainer.longest_at_start = trainer.counters()["longest_nonfinite"]
         trainer._open_reports()
         return trainer
+
+    def _restore(self, step: int) -> checkpointing.RestoredCheckpoint:
+        """Checkpoint ``step`` in this run's flat layout, its data-stream position set.
+
+        First the facts that tell an intact checkpoint of another run (settings, data, array
+        shapes: :class:`~blackout_jax.run.checkpointing.CheckpointMismatchError`), then the
+        arrays, checked against their digests (a checkpoint of the tree layout is migrated)."""
+        metadata = self.store.read_json(step, "metadata")
+        where = f"checkpoint {step} in {self.store.directory}"
+        if isinstance(metadata.get("config"), dict):
+            folder.check_same_settings(metadata["config"], self.config, where)
+        checkpointing.check_metadata(metadata, self.dataset.shape, self.workdir)
+        saved_train = metadata.get("num_train", self.dataset.num_train)
+        if saved_train != self.dataset.num_train:
+            raise checkpointing.CheckpointMismatchError(
+                f"{where} was trained on other data (num_train: {saved_train} -> "
+                f"{self.dataset.num_train}); use the data it was trained on, or a new --workdir"
+            )
+        template = checkpointing.abstract_like(self.state.as_dict(), self.replicated)
+        flat = checkpointing.state_layout(metadata) == checkpointing.FLAT_LAYOUT
+        layout = self.state.layout
+        target = (
+            template if flat else train_step.tree_layout_target(template, layout, self.optimizer)
+        )
+        self.store.check_shapes(step, target)
+        restored = self.store.restore(step, target)
+        checkpointing.verify_digests(restored.state, metadata, step)
+        if not flat:
+            state = train_step.from_tree_layout(restored.state, template, layout)
+            restored = dataclasses.replace(restored, state=state)
+        self.iterator.set_state(restored.data_iterator)
+        return restored
 
     def _open_reports(self) -> None:
         if self.primary:
@@ -214,21 +248,35 @@ class Trainer:
         self.store.wait()
         return self.store.latest_step()
 
-    def evaluate(self, step: int) -> dict[str, float]:
-        """Held-out loss, bound and a sample grid with the EMA parameters; one eval row."""
+    def evaluate(
+        self,
+        step: int,
+        interruptible: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    ) -> dict[str, float]:
+        """Held-out loss, bound and a sample grid with the EMA parameters; one eval row.
+
+        The computation runs inside ``interruptible()`` (e.g.
+        :meth:`~blackout_jax.run.safety.ShutdownFlag.interrupting`), the writes after it."""
         self.progress.message(
             f"evaluating at step {step}: held-out loss and likelihood bound on "
             f"{len(self.evaluator.examples)} examples, {self.config.eval.num_grid_samples} samples "
             f"of {self.config.sampling.num_steps} steps ..."
         )
-        results = self.evaluator.metrics(self.state.ema_params)
-        if self.config.eval.num_grid_samples > 0:
-            grid = self.evaluator.samples(self.state.ema_params, step)
-            if self.primary:
-                path = folder.grid_image(self.workdir, step)
-                reporting.save_sample_grid(
-                    grid, self.evaluator.max_count, path, columns=self.evaluator.grid_columns
-                )
+        ema_params = self.state.network_params(self.state.ema_params)
+        with interruptible():
+            results = self.evaluator.metrics(ema_params)
+            draw_grid = self.config.eval.num_grid_samples > 0
+            grid = self.evaluator.samples(ema_params, step) if draw_grid else None
+        if grid is not None and self.primary:
+            path = folder.grid_image(self.workdir, step)
+            reporting.save_sample_grid(
+                grid, self.evaluator.max_count, path, columns=self.evaluator.grid_columns
+            )
+        if not np.isfinite(results["bits_per_dim"]):
+            self.progress.message(
+                f"warning: the held-out bound at step {step} is not finite "
+                f"({results['bits_per_dim']}): the EMA parameters hold non-finite values"
+            )
         if step == self.config.training.num_steps:
             self._compare_with_baseline(results)
         if self.writer is not None:
@@ -262,11 +310,17 @@ class Trainer:
         counts = self.counters()
         if counts["consecutive_nonfinite"]:
             return False
+        state = self.state.as_dict()
         return self.store.save(
             step,
-            self.state.as_dict(),
+            state,
             data_iterator=self.iterator.get_state(),
-            metadata={**self.metadata, **counts, "step": step},
+            metadata={
+                **self.metadata,
+                **counts,
+                "step": step,
+                "digests": checkpointing.digests(state),
+            },
             force=force,
         )
 
@@ -374,7 +428,8 @@ def _train_loop(trainer: Trainer, shutdown: safety.ShutdownFlag) -> TrainResult:
     one_process = jax.process_count() == 1
     if step >= training.num_steps:
         trainer.progress.message(
-            f"training already reached step {step} (training.num_steps={training.num_steps})"
+            f"training already reached step {step} (training.num_steps={training.num_steps}); "
+            "--mode=evaluate reports its held-out bound and sample metrics"
         )
     if step < training.num_steps:
         trainer.progress.message(
@@ -394,10 +449,17 @@ def _train_loop(trainer: Trainer, shutdown: safety.ShutdownFlag) -> TrainResult:
         at_checkpoint = step % training.checkpoint_every == 0 or last
         if at_log:
             trainer.check_nonfinite(step, trainer.log(step))
-        if step % training.eval_every == 0 or last:
-            last_eval = trainer.evaluate(step)
-        if at_checkpoint:
+        if at_checkpoint:  # before the evaluation, which a signal may cut short
             trainer.save(step, force=last)
+        if step % training.eval_every == 0 or last:
+            try:
+                last_eval = trainer.evaluate(step, shutdown.interrupting)
+            except safety.Interrupted:
+                jax.effects_barrier()  # the device call in flight, and its host callbacks
+                trainer.progress.message(f"the evaluation at step {step} was interrupted")
+                trainer.shut_down(step, shutdown.signal_name)
+                stopped = True
+                break
         # One process checks its own flag every step; a multi-process job agrees on it
         # (a collective) only where the hosts synchronise anyway.
         if (one_process or at_log or at_checkpoint) and parallel.any_process(shutdown.requested):

@@ -2,7 +2,11 @@
 
 One training step (:func:`make_train_step`) is a pure function compiled once with ``jax.jit``
 over a device mesh: the global batch is split over the devices, parameters, optimiser state and
-EMA are replicated. At step ``s`` with base key ``k`` and global batch size ``B``:
+EMA are replicated. Parameters, optimiser moments and EMA are held as one vector per dtype
+(:class:`~blackout_jax.run.flat_params.FlatLayout`), so Adam, clipping, the EMA and the
+non-finite guard cost a handful of kernels whatever the number of parameter arrays; the step
+unravels the parameters for the network and ravels its gradient once. At step ``s`` with base
+key ``k`` and global batch size ``B``:
 
 * ``step_key = fold_in(k, s)``; example ``i`` of the batch (global index ``g = s B + i``) draws
   its time, weight and ``n_t`` from ``fold_in(step_key, g)`` (:func:`blackout_jax.example_keys`);
@@ -36,6 +40,7 @@ from blackout_jax import losses
 from blackout_jax.data import DataShape
 from blackout_jax.run import network
 from blackout_jax.run.config import ExperimentConfig, TrainingConfig
+from blackout_jax.run.flat_params import FlatLayout
 from blackout_jax.run.streams import DROPOUT_STREAM, LABEL_DROPOUT_STREAM, Stream, stream_key
 
 # optax.apply_if_finite applies updates anyway after this many skipped in a row; training stops
@@ -49,20 +54,23 @@ class TrainState:
 
     Attributes:
       step: int32 scalar, training steps taken (skipped updates included).
-      params: network parameters (``nnx.State`` of ``nnx.Param``), float32.
-      opt_state: state of ``optax.apply_if_finite(make_optimizer(...))``; it counts the skipped
-        updates (``notfinite_count`` in a row, ``total_notfinite``).
-      ema_params: exponential moving average of ``params``.
+      params: network parameters as ``{dtype name: vector}`` (``layout.ravel`` of the
+        ``nnx.State`` of ``nnx.Param``; :meth:`network_params` gives the tree back).
+      opt_state: state of ``optax.apply_if_finite(make_optimizer(...))`` on those vectors; it
+        counts the skipped updates (``notfinite_count`` in a row, ``total_notfinite``).
+      ema_params: exponential moving average of ``params``, the same vectors.
       rng: uint32 key data of the base key of training draws.
       longest_nonfinite: int32, the longest run of skipped updates so far.
+      layout: where each parameter array lives in the vectors (static, not an array).
     """
 
     step: jax.Array
-    params: Any
+    params: dict[str, jax.Array]
     opt_state: optax.ApplyIfFiniteState
-    ema_params: Any
+    ema_params: dict[str, jax.Array]
     rng: jax.Array
     longest_nonfinite: jax.Array
+    layout: FlatLayout = flax.struct.field(pytree_node=False)
 
     @property
     def consecutive_nonfinite(self) -> jax.Array:
@@ -74,9 +82,36 @@ class TrainState:
         """Skipped updates since the start of training."""
         return self.opt_state.total_notfinite
 
+    @classmethod
+    def create(
+        cls, params: Any, optimizer: optax.GradientTransformation, rng: jax.Array
+    ) -> TrainState:
+        """The state at step 0 for the network parameters ``params`` (a pytree), with the
+        base key data ``rng``."""
+        layout = FlatLayout.of(params)
+        vectors = layout.ravel(params)
+        return cls(
+            step=jnp.zeros((), jnp.int32),
+            params=vectors,
+            opt_state=optimizer.init(vectors),
+            ema_params=jax.tree.map(jnp.copy, vectors),
+            rng=rng,
+            longest_nonfinite=jnp.zeros((), jnp.int32),
+            layout=layout,
+        )
+
+    def network_params(self, vectors: dict[str, jax.Array] | None = None) -> Any:
+        """``vectors`` (default: :attr:`params`; e.g. :attr:`ema_params`) as the network's
+        ``nnx.State``."""
+        return self.layout.unravel(self.params if vectors is None else vectors)
+
     def as_dict(self) -> dict[str, Any]:
-        """The fields as a dict (the checkpoint layout)."""
-        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        """The array fields as a dict (the checkpoint's ``state`` item)."""
+        return {
+            field.name: getattr(self, field.name)
+            for field in dataclasses.fields(self)
+            if field.name != "layout"
+        }
 
 
 def learning_rate_schedule(learning_rate: float, warmup_steps: int) -> optax.Schedule:
@@ -167,7 +202,8 @@ def make_train_step(
             )
             return jnp.mean(per_example)
 
-        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        loss, grads = jax.value_and_grad(loss_fn)(state.network_params())
+        grads = state.layout.ravel(grads)  # one concatenation per dtype
         new_state = _apply_update(state, grads, optimizer, ema_decay)
         finite = new_state.opt_state.last_finite
         metrics = {
@@ -222,6 +258,44 @@ def _apply_update(
     )
 
 
+def tree_layout_target(
+    template: dict[str, Any], layout: FlatLayout, optimizer: optax.GradientTransformation
+) -> dict[str, Any]:
+    """The abstract ``state`` item of a checkpoint written before the flat layout: ``template``
+    (the abstract ``TrainState.as_dict()``) with parameters, optimiser state and EMA as the
+    network's pytrees, on the template's sharding."""
+    sharding = template["step"].sharding
+    params = layout.abstract_tree(sharding)
+    opt_state = jax.tree.map(
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+        jax.eval_shape(optimizer.init, params),
+    )
+    return {**template, "params": params, "opt_state": opt_state, "ema_params": params}
+
+
+def from_tree_layout(
+    stored: dict[str, Any], template: dict[str, Any], layout: FlatLayout
+) -> dict[str, Any]:
+    """A checkpoint's ``state`` item of the tree layout (:func:`tree_layout_target`) in the flat
+    layout of ``template`` (the abstract ``TrainState.as_dict()``): every pytree of parameters,
+    optimiser moments included, ravelled; counters and keys as they are. Jitted onto the
+    template's shardings."""
+
+    def is_vectors(node: Any) -> bool:
+        return isinstance(node, dict) and node.keys() == layout.sizes.keys()
+
+    def migrate(stored: dict[str, Any]) -> dict[str, Any]:
+        return jax.tree.map(
+            lambda new, old: layout.ravel(old) if is_vectors(new) else old,
+            template,
+            stored,
+            is_leaf=is_vectors,
+        )
+
+    shardings = jax.tree.map(lambda leaf: leaf.sharding, template)
+    return jax.jit(migrate, out_shardings=shardings)(stored)
+
+
 def jit_train_step(
     config: ExperimentConfig,
     graphdef: nnx.GraphDef,
@@ -272,15 +346,7 @@ def init_train_state(
 
     def build() -> tuple[TrainState, Any]:
         _, params, rest = nnx.split(factory(), nnx.Param, ...)
-        state = TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            opt_state=optimizer.init(params),
-            ema_params=jax.tree.map(jnp.copy, params),
-            rng=rng,
-            longest_nonfinite=jnp.zeros((), jnp.int32),
-        )
-        return state, rest
+        return TrainState.create(params, optimizer, rng), rest
 
     state, rest = jax.jit(build, out_shardings=sharding)()
     return graphdef, state, rest

@@ -23,7 +23,15 @@ import numpy as np
 
 from blackout_jax import grids, models, settings
 from blackout_jax.data import CountDataset, DataShape
-from blackout_jax.run import checkpointing, chunked, folder, grid_files, network, parallel
+from blackout_jax.run import (
+    checkpointing,
+    chunked,
+    flat_params,
+    folder,
+    grid_files,
+    network,
+    parallel,
+)
 from blackout_jax.run import config as config_lib
 from blackout_jax.run.config import ExperimentConfig
 from blackout_jax.run.streams import Stream, stream_key
@@ -59,17 +67,16 @@ def load_trained_model(
     """
     replicated = parallel.replicated_sharding(parallel.create_mesh())
     graphdef, abstract_params, rest = network.network_parts(config, shape, replicated)
-    step, restored, metadata = _restore_ema_params(
-        workdir, config.sampling.checkpoint_step, {"ema_params": abstract_params}
+    step, ema_params = _restore_ema_params(
+        workdir, config.sampling.checkpoint_step, abstract_params, shape
     )
-    checkpointing.check_metadata(metadata, shape, os.fspath(workdir))
     dropout_key = (
         stream_key(config.seed, Stream.SAMPLING_DROPOUT) if config.sampling.dropout else None
     )
     return TrainedModel(
         step=step,
         predict_for=functools.partial(
-            models.make_predict_fn, graphdef, restored["ema_params"], rest, dropout_key=dropout_key
+            models.make_predict_fn, graphdef, ema_params, rest, dropout_key=dropout_key
         ),
         max_count=shape.max_count,
         image_shape=shape.example_shape,
@@ -77,10 +84,14 @@ def load_trained_model(
 
 
 def _restore_ema_params(
-    workdir: str | os.PathLike[str], wanted: int, target: dict[str, Any]
-) -> tuple[int, Any, dict[str, Any]]:
-    """``(step, restored target, metadata)`` of checkpoint ``wanted`` (-1 = the newest that
-    restores; damaged ones are reported and skipped, never moved)."""
+    workdir: str | os.PathLike[str], wanted: int, abstract_params: Any, shape: DataShape
+) -> tuple[int, Any]:
+    """``(step, EMA parameters as the network's tree)`` of checkpoint ``wanted`` (-1 = the
+    newest that restores; damaged ones are reported and skipped, never moved). Only the
+    ``ema_params`` of the ``state`` item are read, in either layout, and checked against their
+    digests."""
+    layout = flat_params.FlatLayout.of(abstract_params)
+    sharding = jax.tree.leaves(abstract_params)[0].sharding
     store = checkpointing.CheckpointStore(
         folder.checkpoints_dir(workdir),
         checkpoint_every=1,
@@ -88,9 +99,16 @@ def _restore_ema_params(
         async_save=False,
     )
 
-    def restore(step: int) -> tuple[int, Any, dict[str, Any]]:
-        step, restored = store.restore_part(step, target)
-        return step, restored, store.read_json(step, "metadata")
+    def restore(step: int) -> tuple[int, Any]:
+        metadata = store.read_json(step, "metadata")
+        checkpointing.check_metadata(metadata, shape, os.fspath(workdir))
+        flat = checkpointing.state_layout(metadata) == checkpointing.FLAT_LAYOUT
+        target = layout.abstract(sharding) if flat else abstract_params
+        store.check_shapes(step, target, prefix="ema_params")
+        step, restored = store.restore_part(step, {"ema_params": target})
+        checkpointing.verify_digests(restored["ema_params"], metadata, step, prefix="ema_params")
+        ema_params = restored["ema_params"]
+        return step, jax.jit(layout.unravel)(ema_params) if flat else ema_params
 
     try:
         if wanted >= 0:

@@ -45,7 +45,11 @@ def write_checkpoint(config_name: str, workdir: str) -> None:
     optimizer = train_step.skipping_nonfinite(train_step.make_optimizer(config.training))
     _, state, _ = train_step.init_train_state(config, shape, optimizer, replicated)
     store = train.open_checkpoints(workdir, config.training)
-    metadata = {"max_count": shape.max_count, "image_shape": list(shape.example_shape)}
+    metadata = {
+        "max_count": shape.max_count,
+        "image_shape": list(shape.example_shape),
+        "state_layout": checkpointing.FLAT_LAYOUT,
+    }
     store.save(1, state.as_dict(), data_iterator={}, metadata=metadata, force=True)
     store.close()
 

@@ -288,3 +288,125 @@ def test_sigterm_before_the_first_step_exits_at_once(tmp_path):
     process.communicate(timeout=60)
     assert process.returncode == -signal.SIGTERM
     assert not list((tmp_path / "run" / "checkpoints").glob("[0-9]*"))
+
+
+def _checkpoint_names(workdir) -> list[str]:
+    return sorted(path.name for path in (workdir / "checkpoints").iterdir())
+
+
+def test_another_network_without_config_json_is_a_mismatch_named_in_the_checkpoint(run_copy):
+    """The config stored in the checkpoint is the authority when config.json is missing; an
+    intact checkpoint is never set aside because the command differs."""
+    (run_copy / "config.json").unlink()
+    before = _digest(run_copy / "checkpoints")
+    result = _main(run_copy, "--config.model.nf=16")
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = _error_lines(result.stderr)
+    assert len(errors) == 1 and "model.nf: 8 -> 16" in errors[0], result.stderr
+    assert "checkpoint 6" in errors[0]
+    assert _digest(run_copy / "checkpoints") == before
+    again = _main(run_copy)  # the original command: nothing was lost
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "already reached step 6" in again.stdout
+    assert _checkpoint_names(run_copy) == ["3", "6"]
+    assert json.loads((run_copy / "config.json").read_text())["model"]["nf"] == 8
+
+
+def _counts_file(path, num_examples):
+    counts = np.random.default_rng(0).integers(0, 17, (num_examples, 8, 8, 1))
+    np.save(path, counts.astype(np.int32))
+    return path
+
+
+def test_own_data_with_more_examples_is_a_mismatch_and_the_original_data_resumes(tmp_path):
+    workdir = tmp_path / "run"
+    own_data = (
+        "--config.data.name=counts",
+        "--config.data.max_count=16",
+        "--config.data.num_test=16",
+        "--config.training.num_steps=3",
+        "--config.training.eval_every=3",
+    )
+    first = _main(workdir, *own_data, f"--config.data.path={_counts_file(tmp_path / 'a.npy', 300)}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    before = _digest(workdir / "checkpoints")
+    larger = _counts_file(tmp_path / "b.npy", 330)
+    result = _main(
+        workdir, *own_data, f"--config.data.path={larger}", "--config.training.num_steps=6"
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = _error_lines(result.stderr)
+    assert len(errors) == 1 and "num_train: 284 -> 314" in errors[0], result.stderr
+    assert _digest(workdir / "checkpoints") == before
+    resumed = _main(
+        workdir,
+        *own_data,
+        f"--config.data.path={tmp_path / 'a.npy'}",
+        "--config.training.num_steps=6",
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from the checkpoint of step 3" in resumed.stdout
+    assert _checkpoint_names(workdir) == ["3", "6"]
+
+
+def test_arrays_corrupted_on_disk_are_detected_and_training_falls_back(run_copy, trained_run):
+    """A flipped bit in the newest checkpoint's largest array file decodes without error (the
+    compressed frames stay valid); the digests saved with it catch it."""
+    data_files = sorted(
+        (run_copy / "checkpoints" / "6" / "state").rglob("d/*"), key=lambda p: p.stat().st_size
+    )
+    content = bytearray(data_files[-1].read_bytes())
+    content[len(content) // 2] ^= 0x10
+    data_files[-1].write_bytes(bytes(content))
+    result = _main(run_copy, "--config.training.num_steps=6")
+    assert result.returncode == 0, result.stderr[-2000:]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "checkpoint 6" in warnings[0], result.stderr
+    assert "does not match the digest" in warnings[0] or "does not restore" in warnings[0]
+    assert _checkpoint_names(run_copy) == ["3", "6", "6.damaged"]
+    rows = reporting.read_metrics(run_copy / reporting.METRICS_FILE)
+    final = [row["bits_per_dim"] for row in rows if row["split"] == "eval" and row["step"] == 6]
+    assert np.isfinite(final[-1])
+    original = reporting.read_metrics(trained_run / reporting.METRICS_FILE)
+    assert final[-1] == [r for r in original if r["split"] == "eval"][-1]["bits_per_dim"]
+
+
+def test_sigterm_during_the_final_evaluation_keeps_the_last_step(tmp_path):
+    """The last step is saved before the final evaluation, and a signal stops the evaluation
+    between two of its device calls (here: 50 chunks of 8 samples)."""
+    workdir = tmp_path / "run"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "blackout_jax.main",
+            "--config=configs/tiny.py",
+            f"--workdir={workdir}",
+            "--config.training.eval_every=100",
+            "--config.eval.num_grid_samples=400",
+            "--config.sampling.batch_size=8",
+            "--config.sampling.num_steps=50",
+        ],
+        cwd=REPO_ROOT,
+        env=cpu_environment(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if "evaluating at step 6" in line:
+            break
+    assert (workdir / "checkpoints").exists()
+    time.sleep(2.0)
+    signalled = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    rest, _ = process.communicate(timeout=120)
+    waited = time.monotonic() - signalled
+    output = "".join(lines) + rest
+    assert process.returncode == 75, output[-2000:]  # training.preempted_exit_code
+    assert "the evaluation at step 6 was interrupted" in output
+    assert waited < 30, waited  # between device calls, not at the end of the evaluation
+    assert _checkpoint_names(workdir) == ["3", "6"]
+    assert "eval" not in {row["split"] for row in reporting.read_metrics(workdir / "metrics.jsonl")}

@@ -161,3 +161,86 @@ def test_only_never_retrieved_errors_of_orbax_reads_are_dropped_from_the_asyncio
     assert not keep(_record("Task exception was never retrieved", orbax_file))
     assert keep(_record("Task exception was never retrieved", "/somewhere/else.py"))
     assert keep(_record("Exception in callback", orbax_file))  # other asyncio errors stay
+
+
+def _replicated():
+    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+
+
+def test_digests_change_with_any_word_and_not_with_the_devices():
+    state = _state(2.0)
+    digests = checkpointing.digests(state)
+    assert set(digests) == {"step", "params.dense.kernel", "rng"}
+    assert digests == checkpointing.digests(jax.tree.map(np.asarray, state))
+    for index in range(6):  # one word changed, anywhere: one bit, the lowest
+        changed = np.array(state["params"]["dense"]["kernel"]).ravel()
+        changed.view(np.uint32)[index] ^= 1
+        other = {**state, "params": {"dense": {"kernel": changed.reshape(3, 2)}}}
+        assert checkpointing.digests(other)["params.dense.kernel"] != digests["params.dense.kernel"]
+    swapped = np.array(state["params"]["dense"]["kernel"]).ravel()
+    swapped[0], swapped[1] = 1.0, 3.0  # the same words in another order: the plain sum agrees
+    base = np.array(swapped)
+    base[0], base[1] = 3.0, 1.0
+    assert checkpointing.digests({"a": swapped}) != checkpointing.digests({"a": base})
+
+
+def test_arrays_that_decode_to_other_values_are_damage_and_set_aside(tmp_path):
+    store = _store(tmp_path / "checkpoints", keep_checkpoints=5)
+    for step in (2, 4):
+        saved = _state(step)
+        written = _state(step + 0.5) if step == 4 else saved  # what the disk now holds
+        store.save(
+            step,
+            written,
+            data_iterator={},
+            metadata={"digests": checkpointing.digests(saved)},
+            force=True,
+        )
+    store.wait()
+    target = checkpointing.abstract_like(_state(0), _replicated())
+    warnings = []
+
+    def restore(step):
+        restored = store.restore(step, target)
+        checkpointing.verify_digests(restored.state, restored.metadata, step)
+        return restored
+
+    restored = store.restore_newest_usable(restore, set_aside=True, warn=warnings.append)
+    store.close()
+    assert restored.step == 2
+    assert len(warnings) == 1 and "checkpoint 4" in warnings[0]
+    assert "array params.dense.kernel of checkpoint 4 does not match the digest" in warnings[0]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2", "4.damaged"]
+
+
+def test_an_intact_checkpoint_of_another_network_is_a_mismatch_and_renames_nothing(tmp_path):
+    store = _store(tmp_path / "checkpoints")
+    _save(store, 2, force=True)
+    store.wait()
+    wider = {**_state(0), "params": {"dense": {"kernel": jnp.zeros((3, 4), jnp.float32)}}}
+    target = checkpointing.abstract_like(wider, _replicated())
+
+    def restore(step):
+        store.check_shapes(step, target)
+        return store.restore(step, target)
+
+    with pytest.raises(checkpointing.CheckpointMismatchError) as raised:
+        store.restore_newest_usable(restore, set_aside=True, warn=pytest.fail)
+    store.close()
+    assert "params.dense.kernel: float32[3, 2] -> float32[3, 4]" in str(raised.value)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2"]
+
+
+def test_a_file_that_may_not_be_read_is_an_error_not_damage(tmp_path):
+    store = _store(tmp_path / "checkpoints")
+    _save(store, 2, force=True)
+    store.wait()
+    path = str(tmp_path / "checkpoints" / "2" / "state" / "manifest.ocdbt")
+
+    def restore(step):
+        raise PermissionError(13, "Permission denied", path)
+
+    with pytest.raises(PermissionError, match="manifest.ocdbt"):
+        store.restore_newest_usable(restore, set_aside=True, warn=pytest.fail)
+    store.close()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2"]

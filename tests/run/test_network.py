@@ -48,3 +48,16 @@ def test_sizes_the_network_cannot_halve_name_the_file(tmp_path, shape, ch_mult, 
 def test_digits_too_small_for_the_network_name_the_source():
     with pytest.raises(ValueError, match=r"load_digits \(digits\).*height 8 .* 16"):
         network.load_data(_config((1, 2, 2, 2, 2)))
+
+
+def test_a_max_count_the_samplers_cannot_handle_is_refused_naming_the_file(tmp_path):
+    counts = np.random.default_rng(0).integers(0, 10, size=(10, 8, 8, 1))
+    counts[3, 2, 1, 0] = 2**30
+    path = tmp_path / "huge.npy"
+    np.save(path, counts)
+    config = _config((1, 2), name="counts", path=str(path), num_test=2, max_count=0)
+    with pytest.raises(ValueError, match=r"huge\.npy.*max count is 1073741824.* up to 4096"):
+        network.load_data(config)
+    counts[3, 2, 1, 0] = network.LARGEST_MAX_COUNT
+    np.save(path, counts)
+    assert network.load_data(config).shape.max_count == network.LARGEST_MAX_COUNT
