@@ -38,11 +38,13 @@ processes by itself, elsewhere pass ``--coordinator_address=host:port --num_proc
 
 Order of work: parse the flags, check the run folder's path, join the other processes (if any),
 take the stored settings of the run folder (all modes but ``train``), parse and check the
-config once (:func:`blackout_jax.run.config.parse`), load the data, build the network's
+config once (:func:`blackout_jax.run.config.parse`), load the data, say its split and max
+count in one line (:func:`blackout_jax.run.network.split_summary`), build the network's
 shapes, and only then create the run folder and train. A problem found before training (a bad
 flag, an unknown config field, a missing config file, a run folder below a file, unreadable
-data, an impossible value) prints one line ``error: ...`` naming it on stderr and exits with
-status 2 without writing anything.
+data, more than half of the examples held out without ``data.allow_large_test_share``, an
+impossible value) prints one line ``error: ...`` naming it on stderr and exits with status 2
+without writing anything.
 """
 
 from __future__ import annotations
@@ -155,9 +157,11 @@ def _train(workdir: str) -> None:
         config = config_lib.parse(_CONFIG.value.to_dict(), **_devices())
         print("loading data ...", flush=True)
         dataset = network.load_data(config)
+        split = network.split_summary(config, dataset)
         network.abstract_model(config, dataset.shape)
     except (ValueError, FileNotFoundError) as error:
         cli.fail(str(error))
+    print(split, flush=True)
     try:
         result = train.train_and_evaluate(config, workdir, dataset=dataset)
     except safety.NonFiniteTrainingError as error:

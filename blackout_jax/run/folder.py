@@ -149,6 +149,7 @@ RESUMABLE_FIELDS = (
     "data.data_dir",
     "data.path",
     "data.prefetch",
+    "data.allow_large_test_share",
     "eval.*",
     "sampling.*",
 )

@@ -159,6 +159,27 @@ def test_a_lock_left_by_a_dead_trainer_does_not_block(run_copy):
     result = _main(run_copy, "--config.training.num_steps=8")
     assert result.returncode == 0, result.stderr[-3000:]
     assert _train_rows(run_copy) == [2, 4, 6, 8]
+    assert (  # the split and the max count, said at the start of training
+        "data: 1500 training and 297 held-out examples (data.num_test, 17% held out); max count "
+        "16 (fixed by digits)"
+    ) in result.stdout.splitlines()
+
+
+def test_more_than_half_held_out_is_refused_naming_the_field_and_counts(tmp_path):
+    path = tmp_path / "counts.npz"
+    np.savez(path, counts=np.ones((20, 8, 8, 1), np.int32))
+    result = run_main(
+        "--config=configs/counts.py",
+        f"--workdir={tmp_path / 'run'}",
+        f"--config.data.path={path}",
+        "--config.data.num_test=12",
+    )
+    assert result.returncode == 2
+    errors = _error_lines(result.stderr)
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert "data.num_test = 12 holds out 60% of the 20 examples" in errors[0], errors
+    assert "leaving 8 for training" in errors[0] and "data.allow_large_test_share" in errors[0]
+    assert not (tmp_path / "run").exists()
 
 
 def test_disk_full_is_one_message_naming_the_file_and_the_last_checkpoint(tmp_path, monkeypatch):
