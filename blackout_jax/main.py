@@ -13,11 +13,17 @@ flags. ``--help`` prints the modes, the configs found in ``configs/`` and the fl
 ``--helpfull`` adds absl's own flags.
 
 Modes: ``train`` (default) trains or resumes; ``sample`` writes
-``WORKDIR/samples/samples_<step>.npz`` and a PNG grid; ``evaluate`` writes
-``WORKDIR/eval/metrics_<step>.json``; ``impute`` completes the unobserved counts of an ``.npz``
-with arrays ``counts`` and ``mask`` (True = observed) into ``WORKDIR/imputed/``; ``unthin``
-draws ``sampling.num_posterior_samples`` samples of the counts behind each thinned observation
-of an ``.npz`` (``counts``, optional ``survival`` and ``truth``) into ``WORKDIR/unthinned/``.
+``WORKDIR/samples/samples_<step>_<draws>.npz`` and a PNG grid (``<draws>``, e.g.
+``binomial_bridge_100steps_logit_seed0_3f9a0c12``, names the sampler, its steps, grid and seed
+and ends in a hash of the other settings: see :mod:`blackout_jax.run.folder`); ``evaluate``
+writes ``WORKDIR/eval/metrics_<step>.json``; ``impute`` completes the unobserved counts of an
+``.npz`` with arrays ``counts`` and ``mask`` (True = observed) into
+``WORKDIR/imputed/imputed_<step>_<draws>.npz``; ``unthin`` draws
+``sampling.num_posterior_samples`` samples of the counts behind each thinned observation of an
+``.npz`` (``counts``, optional ``survival`` and ``truth``) into
+``WORKDIR/unthinned/unthinned_<step>_<draws>.npz``. Their outputs are written whole or not at
+all; a run folder that cannot be written (read-only, a full disk) is one ``error:`` line
+naming the path.
 The last four use the EMA parameters of checkpoint ``sampling.checkpoint_step`` (-1 = the
 latest) and the network, data and diffusion settings stored in the run folder (see
 :func:`blackout_jax.run.folder.with_stored_config`). ``show_config`` prints every config field with
@@ -32,15 +38,18 @@ processes by itself, elsewhere pass ``--coordinator_address=host:port --num_proc
 
 Order of work: parse the flags, check the run folder's path, join the other processes (if any),
 take the stored settings of the run folder (all modes but ``train``), parse and check the
-config once (:func:`blackout_jax.run.config.parse`), load the data, build the network's
+config once (:func:`blackout_jax.run.config.parse`), load the data, say its split and max
+count in one line (:func:`blackout_jax.run.network.split_summary`), build the network's
 shapes, and only then create the run folder and train. A problem found before training (a bad
 flag, an unknown config field, a missing config file, a run folder below a file, unreadable
-data, an impossible value) prints one line ``error: ...`` naming it on stderr and exits with
-status 2 without writing anything.
+data, more than half of the examples held out without ``data.allow_large_test_share``, an
+impossible value) prints one line ``error: ...`` naming it on stderr and exits with status 2
+without writing anything.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 
@@ -64,7 +73,8 @@ _WORKDIR = flags.DEFINE_string(
 )
 MODES = {
     "train": "train, or resume from the latest checkpoint in --workdir (the default)",
-    "sample": "draw sampling.num_samples samples into WORKDIR/samples/samples_<step>.npz + .png",
+    "sample": "draw sampling.num_samples samples into "
+    "WORKDIR/samples/samples_<step>_<draws>.npz + .png",
     "evaluate": "likelihood bound and sample metrics into WORKDIR/eval/metrics_<step>.json",
     "impute": "complete the unobserved counts of --input into WORKDIR/imputed/",
     "unthin": "posterior samples of the counts behind thinned observations --input into "
@@ -147,9 +157,11 @@ def _train(workdir: str) -> None:
         config = config_lib.parse(_CONFIG.value.to_dict(), **_devices())
         print("loading data ...", flush=True)
         dataset = network.load_data(config)
+        split = network.split_summary(config, dataset)
         network.abstract_model(config, dataset.shape)
     except (ValueError, FileNotFoundError) as error:
         cli.fail(str(error))
+    print(split, flush=True)
     try:
         result = train.train_and_evaluate(config, workdir, dataset=dataset)
     except safety.NonFiniteTrainingError as error:
@@ -184,6 +196,19 @@ def _use_trained_run(mode: str, workdir: str) -> None:
             inference.impute_run(config, workdir, dataset, model, _INPUT.value)
     except (ValueError, FileNotFoundError) as error:
         cli.fail(str(error))
+    except OSError as error:  # a read-only run folder, a full disk
+        cli.fail(_write_problem(error))
+
+
+def _write_problem(error: OSError) -> str:
+    """One line naming the path that could not be written and why; the outputs are written
+    whole or not at all (:func:`blackout_jax.run.reporting.write_atomically`)."""
+    reason = error.strerror or str(error)
+    if error.errno == errno.ENOSPC:
+        reason += ": the disk is full; free space and run the command again"
+    elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        reason += ": the run folder must be writable for this command"
+    return f"cannot write {error.filename or 'the run folder'} ({reason}); no partial file is left"
 
 
 def run() -> None:

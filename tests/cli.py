@@ -34,3 +34,10 @@ def run_main(*arguments: str, num_devices: int | None = None) -> subprocess.Comp
         text=True,
         timeout=600,
     )
+
+
+def only_output(folder: pathlib.Path, stem: str) -> pathlib.Path:
+    """The one ``<stem>_<draws>.npz`` in ``folder`` (a command's result, named by its draws)."""
+    found = sorted(folder.glob(f"{stem}_*.npz"))
+    assert len(found) == 1, f"expected one {stem}_*.npz in {folder}, found {found}"
+    return found[0]

@@ -143,6 +143,7 @@ def read_unthinning_input(
     *,
     t_end: float,
     default_survival: float,
+    warn: Callable[[str], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Read and check the thinned observations of an ``.npz`` before any work is done.
 
@@ -150,7 +151,8 @@ def read_unthinning_input(
     ``survival`` ``(N,)``, one ``q`` per example in ``(0, 1]`` (else ``default_survival``, the
     config's ``sampling.survival``, for every example), each ``>= exp(-t_end)``; optional
     ``truth`` with the shape of ``counts``, whole numbers in ``0..max_count`` and ``>= counts``
-    (the thinning only removes units).
+    (the thinning only removes units). Without a ``survival`` array, ``warn`` (if given) gets
+    one line naming the file, the value used and its config field.
 
     Returns:
       ``(counts int32, survival float32 (N,), truth int32 or None)``.
@@ -188,6 +190,12 @@ def read_unthinning_input(
             t_end=t_end,
             locate=lambda index: source,
         )
+        if warn is not None:
+            warn(
+                f"{path} has no 'survival' array: every example is taken as thinned with "
+                f"survival q = {default_survival:g}, the config field sampling.survival (set "
+                "--config.sampling.survival=Q, or add a 'survival' array of one q per example)"
+            )
     else:
         if survival.shape != (len(counts),):
             raise ValueError(

@@ -8,8 +8,12 @@ Chunk ``i`` of ``chunk_size`` examples is computed from the key ``fold_in(key, i
 compilation serves all chunks, and cut after), so the result depends only on the key, the chunk
 size and the model, not on the number of devices or hosts, nor on whether the run was
 interrupted. With a ``chunk_dir`` every finished chunk is written there (``chunk_00000.npy``,
-...; by the primary host, atomically) and chunks already on disk are read back instead of being
-computed again.
+...; by the primary host, with :func:`blackout_jax.run.reporting.write_atomically`) and chunks
+already on disk are read back instead of being computed again. The folder must be keyed by
+everything the chunks depend on (the key, the model, the settings): a chunk found there is
+taken as the one the same call would draw. A chunk that cannot be read, or (with
+``value_range``) holds a value that is not an integer in that range, is named in one
+``warning:`` line and computed again.
 
 Class labels travel through the chunks as an input; the model comes as a :class:`PredictFor`,
 which gives each chunk its predict function from that chunk's labels (or ``None``).
@@ -28,7 +32,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from blackout_jax import sampling
-from blackout_jax.run import parallel
+from blackout_jax.run import parallel, reporting
 from blackout_jax.run.progress import ProgressReporter, sampler_progress
 
 Array = jax.Array
@@ -51,25 +55,37 @@ def _chunk_path(chunk_dir: Path, index: int) -> Path:
     return chunk_dir / f"chunk_{index:05d}.npy"
 
 
-def _write_atomically(path: Path, array: np.ndarray) -> None:
-    partial = path.with_suffix(".partial.npy")
-    np.save(partial, array, allow_pickle=False)
-    os.replace(partial, path)
+def _warn_redrawn(path: Path, problem: str) -> None:
+    print(f"warning: {path} {problem}; drawing that chunk again", file=sys.stderr, flush=True)
 
 
-def _read_chunk(path: Path) -> np.ndarray | None:
-    """A finished chunk, or ``None`` (with a warning naming it) when the file is damaged: the
-    chunk is then computed again, with the same key, so the result does not change."""
+def _read_chunk(path: Path, value_range: tuple[int, int] | None) -> np.ndarray | None:
+    """A finished chunk, or ``None`` (with a warning naming it) when the file is damaged or
+    holds a value that is not an integer in ``value_range``: the chunk is then computed again,
+    with the same key, so the result does not change."""
     try:
-        return np.load(path, allow_pickle=False)
+        chunk = np.load(path, allow_pickle=False)
     except (ValueError, EOFError, OSError) as error:
-        print(
-            f"warning: {path} cannot be read ({type(error).__name__}: {error}); drawing that "
-            "chunk again",
-            file=sys.stderr,
-            flush=True,
+        _warn_redrawn(path, f"cannot be read ({type(error).__name__}: {error})")
+        return None
+    if value_range is None:
+        return chunk
+    low, high = value_range
+    if chunk.dtype.kind not in "biuf":
+        _warn_redrawn(path, f"holds {chunk.dtype} values, not counts in {low}..{high}")
+        return None
+    with np.errstate(invalid="ignore"):
+        bad = ~((chunk >= low) & (chunk <= high) & (chunk == np.round(chunk)))
+    if bad.any():
+        index = np.unravel_index(int(np.argmax(bad)), chunk.shape)
+        value = chunk[index].item()
+        _warn_redrawn(
+            path,
+            f"holds {value!r} at {tuple(int(i) for i in index)} ({int(bad.sum())} values "
+            f"in all) that is not a count in {low}..{high}",
         )
         return None
+    return chunk
 
 
 def _padded_rows(array: np.ndarray, start: int, size: int) -> np.ndarray:
@@ -91,6 +107,7 @@ def run_in_chunks(
     sharding: jax.sharding.Sharding | None = None,
     progress: bool = False,
     description: str = "chunks",
+    value_range: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """``compute_chunk(fold_in(key, i), *chunk_inputs)`` for every chunk ``i``, concatenated.
 
@@ -106,6 +123,8 @@ def run_in_chunks(
       sharding: sharding of each chunk's inputs (e.g. ``NamedSharding(mesh, P("data"))``).
       progress: a progress bar over the chunks on stderr (primary host only).
       description: the bar's label.
+      value_range: ``(low, high)``: a chunk read back from ``chunk_dir`` must hold integers in
+        ``low..high`` (e.g. counts in ``0..max_count``); one that does not is drawn again.
 
     Returns:
       ``(num_examples, ...)`` NumPy array, the same on every host.
@@ -133,7 +152,7 @@ def run_in_chunks(
     chunks: list[np.ndarray] = []
     for index in indices:
         path = _chunk_path(directory, index) if directory is not None else None
-        chunk = _read_chunk(path) if path is not None and path.exists() else None
+        chunk = _read_chunk(path, value_range) if path is not None and path.exists() else None
         if chunk is not None:
             wanted = chunks[0].shape if chunks else (chunk_size, *chunk.shape[1:])
             if chunk.shape != wanted:
@@ -149,7 +168,9 @@ def run_in_chunks(
             result = compute_chunk(jax.random.fold_in(key, index), *chunk_inputs)
             chunk = np.asarray(multihost_utils.process_allgather(result, tiled=True))
             if path is not None and jax.process_index() == 0:
-                _write_atomically(path, chunk)
+                reporting.write_atomically(
+                    path, lambda file, chunk=chunk: np.save(file, chunk, allow_pickle=False)
+                )
         chunks.append(chunk)
     return np.concatenate(chunks)[:num_examples]
 
@@ -205,5 +226,6 @@ def generate_samples(
         sharding=None if labels is None else sharding,
         progress=progress,
         description="sample chunks",
+        value_range=(0, max_count),
     )
     return samples.astype(np.int32)

@@ -48,6 +48,11 @@ class DataConfig:
         16, "largest count N; 0 = infer from the data ('counts' only)", minimum=0
     )
     num_test: int = setting(297, "held-out examples split off ('digits' and 'counts')", minimum=0)
+    allow_large_test_share: bool = setting(
+        False,
+        "train even when data.num_test holds out more than half of the examples (refused "
+        "otherwise, naming the counts)",
+    )
     random_flip: bool = setting(False, "random left-right flips in training (cifar10, celeba64)")
     prefetch: int = setting(2, "training batches prepared ahead", minimum=0)
 

@@ -202,6 +202,7 @@ def _sample_quality(
         "start": sampler.start,
         "dropout": sampler.dropout,
         "num_samples": len(samples),
+        "draws": trained.sample_draws(config, model, times),
     }
     labels = config_lib.sampling_labels(config, sampler.num_samples)
     if labels is not None:

@@ -9,11 +9,21 @@ A run folder (``--workdir``) holds::
     tensorboard/           the same rows for TensorBoard
     loss_curve.png         the training and held-out losses
     checkpoints/<step>/    orbax checkpoints (blackout_jax.run.checkpointing)
-    samples/               grid_<step>.png of training, samples_<step>.npz + .png, chunks
+    samples/               grid_<step>.png of training; samples_<step>_<draws>.npz + .png
+                           of --mode=sample; chunks_<step>_<draws>/ while drawing
     eval/                  metrics_<step>.json of --mode=evaluate
-    imputed/               imputed_<step>.npz + .png of --mode=impute
-    unthinned/             unthinned_<step>.npz + .png of --mode=unthin
+    imputed/               imputed_<step>_<draws>.npz + .png of --mode=impute
+    unthinned/             unthinned_<step>_<draws>.npz + .png of --mode=unthin
     grids/                 optimised_<step>_<K>.json, fitted sampler grids
+
+``<step>`` is the checkpoint's step and ``<draws>`` (:func:`draws_name`) names what the draws
+came from: ``<method>_<K>steps_<grid>_seed<seed>_<digest>``, e.g.
+``samples_6_binomial_bridge_100steps_logit_seed0_3f9a0c12.npz``. The digest is a short hash of
+every other setting that changes the draws (the sampler's times, start, chunk size, number of
+draws, labels and guidance, the input file's arrays ...), so outputs of other settings sit
+side by side instead of replacing each other, a rerun of the same command writes the same
+file, and chunks left by an interrupted run are taken up only by the command that would draw
+them again.
 
 Every other module names these through this one.
 """
@@ -21,12 +31,15 @@ Every other module names these through this one.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from blackout_jax.run.checkpointing import CheckpointMismatchError
 from blackout_jax.run.config import ExperimentConfig
@@ -42,12 +55,14 @@ SAMPLES_DIR = "samples"
 GRIDS_DIR = "grids"
 
 COMMAND_OUTPUTS = {
-    "sample": (SAMPLES_DIR, "samples_{step}.npz"),
+    "sample": (SAMPLES_DIR, "samples_{step}_{draws}.npz"),
     "evaluate": ("eval", "metrics_{step}.json"),
-    "impute": ("imputed", "imputed_{step}.npz"),
-    "unthin": ("unthinned", "unthinned_{step}.npz"),
+    "impute": ("imputed", "imputed_{step}_{draws}.npz"),
+    "unthin": ("unthinned", "unthinned_{step}_{draws}.npz"),
 }
 """Folder and file name of each command's result (its PNG, if any, sits beside it)."""
+
+_SAMPLE_CHUNKS = "chunks_{step}_{draws}"
 
 _GRID_IMAGE = "grid_{step}.png"
 
@@ -62,10 +77,41 @@ def has_checkpoints(workdir: str | os.PathLike[str]) -> bool:
     return os.path.isdir(checkpoints_dir(workdir))
 
 
-def command_output(workdir: str | os.PathLike[str], mode: str, step: int) -> Path:
-    """The result file of ``--mode=<mode>`` for the checkpoint of ``step``."""
+def settings_digest(settings: Mapping[str, Any]) -> str:
+    """An 8-hex-digit hash of ``settings`` (names to numbers, strings, ``None`` or NumPy
+    arrays, whose dtype, shape and bytes count), the same in every process and session."""
+    hasher = hashlib.sha256()
+    for name in sorted(settings):
+        value = settings[name]
+        if isinstance(value, np.ndarray):
+            value = (str(value.dtype), value.shape, hashlib.sha256(value.tobytes()).hexdigest())
+        hasher.update(f"{name}={value!r};".encode())
+    return hasher.hexdigest()[:8]
+
+
+def draws_name(
+    *, method: str, num_steps: int, grid: str | None, seed: int, settings: Mapping[str, Any]
+) -> str:
+    """``<method>_<K>steps_<grid>_seed<seed>_<digest>`` (no ``_<grid>`` for ``grid=None``):
+    the part of an output's name that says what its draws came from; the digest
+    (:func:`settings_digest`) covers ``settings``, every other input that changes the draws."""
+    walked = f"_{grid}" if grid else ""
+    return f"{method}_{num_steps}steps{walked}_seed{seed}_{settings_digest(settings)}"
+
+
+def command_output(workdir: str | os.PathLike[str], mode: str, step: int, draws: str = "") -> Path:
+    """The result file of ``--mode=<mode>`` for the checkpoint of ``step``; ``draws``
+    (:func:`draws_name`) is required for the modes whose outputs are named by their draws."""
     folder, name = COMMAND_OUTPUTS[mode]
-    return Path(workdir, folder, name.format(step=step))
+    if "{draws}" in name and not draws:
+        raise ValueError(f"the output of --mode={mode} is named by its draws; none given")
+    return Path(workdir, folder, name.format(step=step, draws=draws))
+
+
+def sample_chunks_dir(workdir: str | os.PathLike[str], step: int, draws: str) -> Path:
+    """``samples/chunks_<step>_<draws>/``: the finished chunks of samples being drawn, kept
+    until the command's result is written (so an interrupted command resumes)."""
+    return Path(workdir, SAMPLES_DIR, _SAMPLE_CHUNKS.format(step=step, draws=draws))
 
 
 def grid_image(workdir: str | os.PathLike[str], step: int) -> Path:
@@ -104,6 +150,7 @@ RESUMABLE_FIELDS = (
     "data.data_dir",
     "data.path",
     "data.prefetch",
+    "data.allow_large_test_share",
     "eval.*",
     "sampling.*",
 )

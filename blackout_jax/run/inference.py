@@ -1,10 +1,13 @@
 """The commands that use a trained run (:func:`blackout_jax.run.trained.open_trained_run`):
 sampling, evaluation, imputation and un-thinning with its EMA parameters.
 
-* :func:`sample_run` writes ``WORKDIR/samples/samples_<step>.npz`` (array ``samples``,
-  ``(N, H, W, C)`` int32 counts) and ``samples_<step>.png``. Chunks are kept under
-  ``samples/chunks_<step>_<method>_<K>_<chunk size>/`` while drawing, so an interrupted run
-  continues where it stopped.
+* :func:`sample_run` writes ``WORKDIR/samples/samples_<step>_<draws>.npz`` (array ``samples``,
+  ``(N, H, W, C)`` int32 counts, and what drew them: ``method``, ``num_steps``, ``grid`` (the
+  times walked), ``grid_name``, ``start``, ``seed``, ``checkpoint_step``) and a PNG beside it.
+  ``<draws>`` names the draws (:func:`blackout_jax.run.trained.sample_draws`), so results of
+  other settings never replace each other. Chunks are kept under
+  ``samples/chunks_<step>_<draws>/`` while drawing, so an interrupted run continues where it
+  stopped.
 * :func:`evaluate_run` writes ``WORKDIR/eval/metrics_<step>.json``: the likelihood bound over the
   whole held-out split (nats and bits/dim, with a 95% confidence interval over examples) and
   sample-quality metrics of ``sampling.num_samples`` samples
@@ -14,19 +17,23 @@ sampling, evaluation, imputation and un-thinning with its EMA parameters.
   ``labels`` and ``guidance_scale``); their evaluation adds the bound conditional on the true
   label and, on digits, the fraction of samples the classifier assigns to their label.
 * :func:`impute_run` completes the unobserved entries of an ``.npz`` of ``counts`` and
-  ``mask`` (``True``/1 = observed) and writes ``WORKDIR/imputed/imputed_<step>.npz``.
+  ``mask`` (``True``/1 = observed) and writes ``WORKDIR/imputed/imputed_<step>_<draws>.npz``.
 * :func:`unthin_run` draws posterior samples of the counts behind thinned observations (an
   ``.npz`` of ``counts``, optional ``survival`` and ``truth``, read by
   :mod:`blackout_jax.data.inputs`) with :func:`blackout_jax.unthin`
-  and writes ``WORKDIR/unthinned/unthinned_<step>.npz`` and a PNG.
+  and writes ``WORKDIR/unthinned/unthinned_<step>_<draws>.npz`` and a PNG; without a
+  ``survival`` array in the input a ``warning:`` line names the ``sampling.survival`` used.
 
-Every process of a multi-host job calls these; process 0 writes the files.
+Every process of a multi-host job calls these; process 0 writes the files, each with
+:func:`blackout_jax.run.reporting.write_atomically`, after checking that the output folder
+takes files before any work (a read-only run folder is named at once, not after the draws).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import jax
@@ -49,29 +56,38 @@ def sample_run(
     dataset: CountDataset,
     model: TrainedModel,
 ) -> Path:
-    """Draw ``sampling.num_samples`` samples and write ``samples/samples_<step>.npz`` + PNG."""
+    """Draw ``sampling.num_samples`` samples → ``samples/samples_<step>_<draws>.npz`` + PNG."""
     times = trained.model_sampling_times(config, workdir, model, dataset)
-    samples = trained.draw_samples(config, workdir, model, times)
-    path = folder.command_output(workdir, "sample", model.step)
+    draws = trained.sample_draws(config, model, times)
+    path = folder.command_output(workdir, "sample", model.step, draws)
     if parallel.is_primary():
-        labels = config_lib.sampling_labels(config, config.sampling.num_samples)
+        _check_output_folder(path.parent)
+    samples = trained.draw_samples(config, workdir, model, times)
+    if parallel.is_primary():
+        sampler = config.sampling
+        labels = config_lib.sampling_labels(config, sampler.num_samples)
         conditional = (
             {}
             if labels is None
-            else {"labels": labels, "guidance_scale": np.asarray(config.sampling.guidance_scale)}
+            else {"labels": labels, "guidance_scale": np.asarray(sampler.guidance_scale)}
         )
-        np.savez(
+        reporting.write_npz(
             path,
             samples=samples,
-            method=np.asarray(config.sampling.method),
-            num_steps=np.asarray(config.sampling.num_steps),
+            method=np.asarray(sampler.method),
+            num_steps=np.asarray(sampler.num_steps),
+            grid=np.asarray(times, np.float32),
+            grid_name=np.asarray(sampler.grid),
+            start=np.asarray(sampler.start),
+            seed=np.asarray(config.seed),
+            checkpoint_step=np.asarray(model.step),
             **conditional,
         )
         grid, columns = samples[:100], None
         if labels is not None:  # one row per class
             grid, columns = reporting.rows_by_label(samples, labels)
         reporting.save_sample_grid(grid, model.max_count, path.with_suffix(".png"), columns=columns)
-        shutil.rmtree(trained.sample_chunk_dir(config, workdir, model.step), ignore_errors=True)
+        shutil.rmtree(folder.sample_chunks_dir(workdir, model.step, draws), ignore_errors=True)
     print(f"wrote {len(samples)} samples of step {model.step} to {path}")
     return path
 
@@ -84,12 +100,15 @@ def evaluate_run(
 ) -> Path:
     """Likelihood bound over the held-out split and sample metrics → ``eval/metrics_<step>.json``
     (:func:`blackout_jax.run.evaluation.evaluate_model`)."""
-    results = evaluation.evaluate_model(config, workdir, dataset, model)
     path = folder.command_output(workdir, "evaluate", model.step)
     if parallel.is_primary():
-        path.parent.mkdir(parents=True, exist_ok=True)
+        _check_output_folder(path.parent)
+    results = evaluation.evaluate_model(config, workdir, dataset, model)
+    if parallel.is_primary():
         reporting.write_json(path, results)
-        shutil.rmtree(trained.sample_chunk_dir(config, workdir, model.step), ignore_errors=True)
+        if "sampler" in results:
+            chunks = folder.sample_chunks_dir(workdir, model.step, results["sampler"]["draws"])
+            shutil.rmtree(chunks, ignore_errors=True)
     print(
         f"step {model.step}: {results['bits_per_dim']:.4f} ± {results['bits_per_dim_ci95']:.4f} "
         f"bits/dim on {results['num_test_examples']} held-out examples; wrote {path}"
@@ -111,7 +130,9 @@ def impute_run(
     model: TrainedModel,
     input_path: str | os.PathLike[str],
 ) -> Path:
-    """Complete the unobserved counts of ``input_path`` → ``imputed/imputed_<step>.npz`` + PNG.
+    """Complete the unobserved counts of ``input_path`` → ``imputed/imputed_<step>_<draws>.npz``
+    (the ``counts`` completed, the ``mask``, and ``method``, ``num_steps``, ``grid``, ``seed``,
+    ``checkpoint_step``) + PNG; ``<draws>`` covers the input's arrays and every setting used.
 
     Chunk ``i`` of ``sampling.batch_size`` examples is imputed with ``fold_in(key, i)``
     (:func:`blackout_jax.run.chunked.run_in_chunks`), split over every device.
@@ -119,6 +140,25 @@ def impute_run(
     counts, mask = inputs.read_imputation_input(input_path, model.image_shape, model.max_count)
     sampler = config.sampling
     times = trained.model_sampling_times(config, workdir, model, dataset)
+    draws = folder.draws_name(
+        method=sampler.method,
+        num_steps=sampler.num_steps,
+        grid=sampler.grid,
+        seed=config.seed,
+        settings={
+            "times": np.asarray(times, np.float32),
+            "start": sampler.start,
+            "resamples": sampler.impute_resamples,
+            "particles": sampler.impute_particles,
+            "chunk_size": sampler.batch_size,
+            "max_count": model.max_count,
+            "counts": counts,
+            "mask": mask,
+        },
+    )
+    path = folder.command_output(workdir, "impute", model.step, draws)
+    if parallel.is_primary():
+        _check_output_folder(path.parent)
 
     def complete(key: jax.Array, observed_counts: jax.Array, observed: jax.Array) -> jax.Array:
         return sampling.impute(
@@ -144,10 +184,18 @@ def impute_run(
         inputs=(counts, mask),
         sharding=parallel.batch_sharding_for(sampler.batch_size),
     )
-    path = folder.command_output(workdir, "impute", model.step)
     if parallel.is_primary():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, counts=completed, mask=mask)
+        reporting.write_npz(
+            path,
+            counts=completed,
+            mask=mask,
+            method=np.asarray(sampler.method),
+            num_steps=np.asarray(sampler.num_steps),
+            grid=np.asarray(times, np.float32),
+            grid_name=np.asarray(sampler.grid),
+            seed=np.asarray(config.seed),
+            checkpoint_step=np.asarray(model.step),
+        )
         pairs = reporting.imputation_pairs(counts[:50], mask[:50], completed[:50], model.max_count)
         reporting.save_sample_grid(pairs, model.max_count, path.with_suffix(".png"), columns=2)
     print(f"imputed {int((~mask).sum())} missing counts in {len(completed)} examples; wrote {path}")
@@ -161,14 +209,17 @@ def unthin_run(
     input_path: str | os.PathLike[str],
 ) -> Path:
     """Posterior samples of the counts behind thinned observations →
-    ``unthinned/unthinned_<step>.npz`` + PNG.
+    ``unthinned/unthinned_<step>_<draws>.npz`` + PNG.
 
     Every example is repeated ``S = sampling.num_posterior_samples`` times and the rows go
     through :func:`blackout_jax.unthin` (``sampling.unthin_method``, ``sampling.num_steps``
     steps from ``t* = -ln q`` to 0) in chunks of ``sampling.batch_size``
     (:func:`blackout_jax.run.chunked.run_in_chunks`, chunk ``i`` with ``fold_in(key, i)``).
     The npz holds ``samples`` ``(N, S, H, W, C)`` int32, their ``mean`` ``(N, H, W, C)``,
-    the ``survival`` used ``(N,)``, the observed ``counts`` and, when given, ``truth``. The
+    the ``survival`` used ``(N,)``, the observed ``counts``, when given ``truth``, and
+    ``method``, ``num_steps``, ``seed``, ``checkpoint_step``; ``<draws>`` covers the input's
+    arrays and every setting used. Without a ``survival`` array in the input every example is
+    taken as thinned with ``sampling.survival``, named in one ``warning:`` line. The
     PNG has one row per example (the first 50): truth (when given) | observed | ``y / q`` |
     the samples (at most 16) | their mean.
     """
@@ -179,9 +230,26 @@ def unthin_run(
         model.max_count,
         t_end=config.diffusion.t_end,
         default_survival=sampler.survival,
+        warn=_warn,
     )
     per_sample = sampler.num_posterior_samples
     sharding = parallel.batch_sharding_for(sampler.batch_size)
+    draws = folder.draws_name(
+        method=sampler.unthin_method,
+        num_steps=sampler.num_steps,
+        grid=None,
+        seed=config.seed,
+        settings={
+            "posterior_samples": per_sample,
+            "chunk_size": sampler.batch_size,
+            "max_count": model.max_count,
+            "counts": counts,
+            "survival": survival,
+        },
+    )
+    path = folder.command_output(workdir, "unthin", model.step, draws)
+    if parallel.is_primary():
+        _check_output_folder(path.parent)
 
     def draw(key: jax.Array, observed: jax.Array, q: jax.Array) -> jax.Array:
         return sampling.unthin(
@@ -205,9 +273,14 @@ def unthin_run(
         sharding=sharding,
     )
     samples = samples.reshape(len(counts), per_sample, *model.image_shape).astype(np.int32)
-    path = folder.command_output(workdir, "unthin", model.step)
     if parallel.is_primary():
-        _write_unthinned(path, samples, counts, survival, truth, model.max_count)
+        provenance = {
+            "method": np.asarray(sampler.unthin_method),
+            "num_steps": np.asarray(sampler.num_steps),
+            "seed": np.asarray(config.seed),
+            "checkpoint_step": np.asarray(model.step),
+        }
+        _write_unthinned(path, samples, counts, survival, truth, model.max_count, provenance)
     print(
         f"drew {per_sample} posterior samples for each of {len(counts)} thinned examples "
         f"(survival {float(survival.min()):.3g}..{float(survival.max()):.3g}); wrote {path}"
@@ -222,12 +295,14 @@ def _write_unthinned(
     survival: np.ndarray,
     truth: np.ndarray | None,
     max_count: int,
+    provenance: dict[str, np.ndarray],
 ) -> None:
     """The npz of :func:`unthin_run` (with the samples' mean) and its PNG beside it."""
     mean = samples.mean(axis=1, dtype=np.float64).astype(np.float32)
-    path.parent.mkdir(parents=True, exist_ok=True)
     extra = {} if truth is None else {"truth": truth}
-    np.savez(path, samples=samples, mean=mean, survival=survival, counts=counts, **extra)
+    reporting.write_npz(
+        path, samples=samples, mean=mean, survival=survival, counts=counts, **extra, **provenance
+    )
     shown = slice(0, 50)
     rows = reporting.unthinning_rows(
         counts[shown],
@@ -242,3 +317,27 @@ def _write_unthinned(
         path.with_suffix(".png"),
         columns=rows.shape[1],
     )
+
+
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _check_output_folder(directory: Path) -> None:
+    """Create (then remove) a file in ``directory``, or in the nearest folder above it that
+    exists, before any work: a read-only run folder is named now, not after the draws; nothing
+    is left behind, not even the folder.
+
+    Raises:
+      OSError: with ``filename`` ``directory``.
+    """
+    existing = directory
+    while not existing.is_dir() and existing != existing.parent:
+        existing = existing.parent
+    probe = existing / ".writable"
+    try:
+        reporting.write_atomically(probe, lambda file: None)
+        probe.unlink()
+    except OSError as error:
+        error.filename = os.fspath(directory)
+        raise

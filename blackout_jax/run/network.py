@@ -1,6 +1,7 @@
 """The data and the network of an experiment, built from the typed config.
 
-The run layer's one place that loads ``config.data`` (:func:`load_data`) and turns
+The run layer's one place that loads ``config.data`` (:func:`load_data`, with
+:func:`split_summary` for the start of training) and turns
 ``config.model`` + the data's shape into an NCSN++ (:func:`model_factory`), into its shapes only
 (:func:`abstract_model`, no memory, no compute), or into the parts a restore needs
 (:func:`network_parts`).
@@ -18,7 +19,6 @@ from flax import nnx
 from blackout_jax import data, models
 from blackout_jax.data import CountDataset, DataShape
 from blackout_jax.run.config import ExperimentConfig
-
 
 LARGEST_MAX_COUNT = 4096
 """The largest max count the run layer accepts: the samplers' exact binomial draws cost time
@@ -50,6 +50,40 @@ def load_data(config: ExperimentConfig) -> CountDataset:
     except ValueError as error:
         raise ValueError(f"{dataset.origin} ({dataset.name}): {error}") from None
     return dataset
+
+
+SPLIT_BY_NUM_TEST = ("digits", "counts")
+"""The datasets whose held-out split is ``data.num_test`` examples (the others have their own)."""
+
+
+def split_summary(config: ExperimentConfig, dataset: CountDataset) -> str:
+    """One line for the start of training: the training and held-out example counts and the
+    max count, with where each came from.
+
+    Raises:
+      ValueError: ``data.num_test`` holds out more than half of the examples and
+        ``data.allow_large_test_share`` is off; naming the field and the counts.
+    """
+    total = dataset.num_train + dataset.num_test
+    share = dataset.num_test / total
+    by_field = dataset.name in SPLIT_BY_NUM_TEST
+    if by_field and share > 0.5 and not config.data.allow_large_test_share:
+        raise ValueError(
+            f"data.num_test = {dataset.num_test} holds out {share:.0%} of the {total} examples "
+            f"of {dataset.origin}, leaving {dataset.num_train} for training: lower "
+            "data.num_test, or set data.allow_large_test_share=True to hold out more than half"
+        )
+    held_out = "data.num_test" if by_field else f"the {dataset.name} test split"
+    if dataset.max_count_inferred:
+        bound = "inferred from the data; declare it with data.max_count"
+    elif dataset.name == "counts":
+        bound = "data.max_count"
+    else:
+        bound = f"fixed by {dataset.name}"
+    return (
+        f"data: {dataset.num_train} training and {dataset.num_test} held-out examples "
+        f"({held_out}, {share:.0%} held out); max count {dataset.max_count} ({bound})"
+    )
 
 
 def model_factory(config: ExperimentConfig, shape: DataShape) -> Callable[[], nnx.Module]:

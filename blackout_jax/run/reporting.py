@@ -7,6 +7,10 @@
   TensorBoard events) written after the restored step, so the record continues from there.
 * :func:`save_sample_grid` and :func:`plot_loss_curve` draw with matplotlib's Agg canvas (no
   display, no global backend switch).
+* :func:`write_atomically` is the one way every output file of a run is written (JSON, npz,
+  PNG, sample chunks): into a temporary file in the same folder, then renamed over the target,
+  so a reader, a full disk or a read-only folder never leaves a half-written or empty file
+  where the result belongs.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ import contextlib
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO, Any
 
 import numpy as np
 
@@ -47,19 +52,50 @@ def plain_number(value: Any) -> Any:
     return value
 
 
-def write_json(path: str | os.PathLike[str], payload: Any) -> None:
-    """Write ``payload`` as indented JSON through a temporary file and an atomic rename."""
-    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
-    temporary = f"{os.fspath(path)}.tmp"
+def write_atomically(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> None:
+    """Write ``path`` as ``write(file)`` does, all or nothing.
+
+    ``write`` gets an open binary file: a new temporary ``.<name>.<pid>.<random>.tmp`` in the
+    target's folder (created if missing; the file's mode as ``open`` would give it). Once it
+    returns, the file is flushed to disk and renamed over ``path`` (``os.replace``, atomic on
+    one file system); on any error the temporary file is removed and ``path`` is left as it was
+    (absent, or its previous content).
+
+    Raises:
+      OSError: the folder cannot be made or written, or the disk is full; ``filename`` is the
+        folder that could not be made, else ``path``.
+    """
+    target = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(target))
+    temporary = None
     try:
-        with open(temporary, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except OSError as error:
-        with contextlib.suppress(OSError):
-            os.remove(temporary)  # no partial file is left behind
-        error.filename = error.filename or os.fspath(path)
+        os.makedirs(folder, exist_ok=True)
+        name = f".{os.path.basename(target)}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        temporary = os.path.join(folder, name)
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(descriptor, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, target)
+    except BaseException as error:
+        if temporary is not None:
+            with contextlib.suppress(OSError):
+                os.remove(temporary)  # no partial file is left behind
+        if isinstance(error, OSError) and error.filename in (None, temporary):
+            error.filename = target
         raise
+
+
+def write_json(path: str | os.PathLike[str], payload: Any) -> None:
+    """Write ``payload`` as indented JSON with :func:`write_atomically`."""
+    text = json.dumps(payload, indent=2, sort_keys=True) + "\n"
+    write_atomically(path, lambda file: file.write(text.encode("utf-8")))
+
+
+def write_npz(path: str | os.PathLike[str], **arrays: Any) -> None:
+    """Write ``arrays`` as an uncompressed ``.npz`` with :func:`write_atomically`."""
+    write_atomically(path, lambda file: np.savez(file, **arrays))
 
 
 class MetricsWriter:
@@ -182,11 +218,8 @@ def save_sample_grid(
     grid = sample_grid_image(samples, max_count, columns=columns)
     scale = max(1, math.ceil(min_size / min(grid.shape[:2])))
     grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if grid.ndim == 2:
-        mpl_image.imsave(path, grid, cmap="gray", vmin=0, vmax=255, format="png")
-    else:
-        mpl_image.imsave(path, grid, format="png")
+    colours = {"cmap": "gray", "vmin": 0, "vmax": 255} if grid.ndim == 2 else {}
+    write_atomically(path, lambda file: mpl_image.imsave(file, grid, format="png", **colours))
 
 
 def rows_by_label(
@@ -267,5 +300,4 @@ def plot_loss_curve(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[s
         second.set_ylabel("held-out bits/dim (bound)", color="tab:red")
     axis.grid(True, alpha=0.3)
     figure.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    figure.savefig(path, format="png")
+    write_atomically(path, lambda file: figure.savefig(file, format="png"))

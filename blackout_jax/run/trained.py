@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import os
 import sys
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -188,16 +186,31 @@ def model_sampling_times(
     return times
 
 
-def sample_chunk_dir(config: ExperimentConfig, workdir: str | os.PathLike[str], step: int) -> Path:
-    """Where the chunks of a sample command are kept until its result is written (resume)."""
+def sample_draws(config: ExperimentConfig, model: TrainedModel, times: jax.Array) -> str:
+    """The name (:func:`blackout_jax.run.folder.draws_name`) of the samples that
+    :func:`draw_samples` draws: the method, ``K``, the grid and the seed in words, and in its
+    digest everything else they depend on (the times walked, the start, dropout, the chunk
+    size, ``num_samples``, the model's ``max_count`` and shape, the labels and the guidance)."""
     sampler = config.sampling
-    variant = f"{sampler.grid}_{sampler.start}" + ("_dropout" if sampler.dropout else "")
-    name = f"chunks_{step}_{sampler.method}_{variant}_{sampler.num_steps}_{sampler.batch_size}"
-    if config.model.num_classes:  # other labels or another scale: other chunks
-        labels = config_lib.sampling_labels(config, sampler.num_samples)
-        digest = hashlib.sha256(np.asarray(labels, np.int32).tobytes()).hexdigest()[:12]
-        name += f"_w{sampler.guidance_scale:g}_labels{digest}"
-    return Path(workdir, folder.SAMPLES_DIR, name)
+    labels = config_lib.sampling_labels(config, sampler.num_samples)
+    settings = {
+        "times": np.asarray(times, np.float32),
+        "start": sampler.start,
+        "dropout": sampler.dropout,
+        "chunk_size": sampler.batch_size,
+        "num_samples": sampler.num_samples,
+        "max_count": model.max_count,
+        "example_shape": tuple(model.image_shape),
+        "labels": None if labels is None else np.asarray(labels, np.int32),
+        "guidance_scale": sampler.guidance_scale if labels is not None else None,
+    }
+    return folder.draws_name(
+        method=sampler.method,
+        num_steps=sampler.num_steps,
+        grid=sampler.grid,
+        seed=config.seed,
+        settings=settings,
+    )
 
 
 def draw_samples(
@@ -206,10 +219,11 @@ def draw_samples(
     model: TrainedModel,
     times: jax.Array,
 ) -> np.ndarray:
-    """``sampling.num_samples`` samples of ``model`` on ``times`` (resumable chunks under
-    ``samples/``); a conditional model's of the classes
-    :func:`blackout_jax.run.config.sampling_labels` gives."""
+    """``sampling.num_samples`` samples of ``model`` on ``times`` (resumable chunks in
+    ``samples/chunks_<step>_<draws>/``, :func:`sample_draws`); a conditional model's of the
+    classes :func:`blackout_jax.run.config.sampling_labels` gives."""
     sampler = config.sampling
+    draws = sample_draws(config, model, times)
     return chunked.generate_samples(
         jax.random.fold_in(stream_key(config.seed, Stream.SAMPLE), model.step),
         functools.partial(model.predict_for, guidance_scale=sampler.guidance_scale),
@@ -220,7 +234,7 @@ def draw_samples(
         method=sampler.method,
         start=sampler.start,
         chunk_size=sampler.batch_size,
-        chunk_dir=sample_chunk_dir(config, workdir, model.step),
+        chunk_dir=folder.sample_chunks_dir(workdir, model.step, draws),
         sharding=parallel.batch_sharding_for(sampler.batch_size),
         progress=True,
         labels=config_lib.sampling_labels(config, sampler.num_samples),

@@ -14,7 +14,7 @@ from PIL import Image
 from blackout_jax.run import config as config_lib
 from blackout_jax.run import train
 from configs import tiny
-from tests.cli import run_main
+from tests.cli import only_output, run_main
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +54,6 @@ def test_training_grid_has_one_row_per_class(trained_run):
 def test_sample_with_guidance_scales_zero_and_one_stores_the_labels(trained_run, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(trained_run, workdir)
-    path = workdir / "samples" / "samples_6.npz"
     flags = ("--config.sampling.num_samples=20", "--config.sampling.num_steps=4")
     drawn = {}
     # A 6-step network barely tells the classes apart: a large scale shows that guidance acts.
@@ -71,6 +70,7 @@ def test_sample_with_guidance_scales_zero_and_one_stores_the_labels(trained_run,
             f"--config.sampling.labels={labels}",
         )
         assert result.returncode == 0, result.stderr
+        path = only_output(workdir / "samples", "samples_6")
         with np.load(path) as archive:
             drawn[scale] = archive["samples"]
             np.testing.assert_array_equal(archive["labels"], expected)

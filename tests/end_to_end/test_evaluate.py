@@ -13,7 +13,7 @@ from sklearn.datasets import load_digits
 from blackout_jax.run import config as config_lib
 from blackout_jax.run import grid_files, train
 from configs import tiny
-from tests.cli import run_main
+from tests.cli import only_output, run_main
 
 pytestmark = pytest.mark.slow
 
@@ -36,12 +36,15 @@ def test_sample_writes_npz_and_png_and_is_reproducible(trained_run, tmp_path):
     flags = ("--config.sampling.num_samples=10", "--config.sampling.num_steps=5")
     result = _mode(workdir, "sample", *flags)
     assert result.returncode == 0, result.stderr
-    path = workdir / "samples" / "samples_6.npz"
+    path = only_output(workdir / "samples", "samples_6")
     with np.load(path) as archive:
         samples = archive["samples"]
+        assert str(archive["method"]) == "binomial_bridge" and int(archive["num_steps"]) == 5
+        assert int(archive["seed"]) == 0 and archive["grid"].shape == (6,)
     assert samples.shape == (10, 8, 8, 1) and np.issubdtype(samples.dtype, np.integer)
     assert samples.min() >= 0 and samples.max() <= 16
-    assert (workdir / "samples" / "samples_6.png").stat().st_size > 0
+    assert path.name.startswith("samples_6_binomial_bridge_5steps_logit_seed0_")
+    assert path.with_suffix(".png").stat().st_size > 0
 
     # The chunks kept for resuming (tests/run/test_chunked.py) are removed once the npz is written;
     # a second command draws the same samples.
@@ -54,7 +57,7 @@ def test_sample_writes_npz_and_png_and_is_reproducible(trained_run, tmp_path):
 
     result = _mode(workdir, "sample", *flags, "--config.sampling.checkpoint_step=3")
     assert result.returncode == 0, result.stderr
-    assert (workdir / "samples" / "samples_3.npz").exists()
+    assert only_output(workdir / "samples", "samples_3").exists()
 
 
 def test_evaluate_writes_the_bound_and_digits_metrics(trained_run, tmp_path):
@@ -103,13 +106,14 @@ def test_impute_keeps_observed_counts(trained_run, tmp_path):
     flags = ("--config.sampling.impute_particles=3",)
     result = _mode(workdir, "impute", f"--input={tmp_path / 'observed.npz'}", *flags)
     assert result.returncode == 0, result.stderr
-    with np.load(workdir / "imputed" / "imputed_6.npz") as archive:
+    path = only_output(workdir / "imputed", "imputed_6")
+    with np.load(path) as archive:
         completed = archive["counts"]
     assert completed.shape == (5, 8, 8, 1)
     np.testing.assert_array_equal(completed[..., 0][mask], counts[mask])
     assert completed.min() >= 0 and completed.max() <= 16
     # The PNG shows each input (missing entries red) beside its completion: 2 columns, 5 rows.
-    image = np.asarray(Image.open(workdir / "imputed" / "imputed_6.png"))
+    image = np.asarray(Image.open(path.with_suffix(".png")))
     rows, columns = image.shape[0], image.shape[1]
     assert image.ndim == 3 and abs(rows / columns - (5 * 9 + 1) / (2 * 9 + 1)) < 0.05
 
@@ -139,7 +143,7 @@ def test_inference_uses_the_network_the_run_was_trained_with(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     notes = [line for line in result.stderr.splitlines() if line.startswith("note:")]
     assert len(notes) == 1 and notes[0].endswith("model.nf = 4 (command line: 8)")
-    with np.load(workdir / "samples" / "samples_2.npz") as archive:
+    with np.load(only_output(workdir / "samples", "samples_2")) as archive:
         assert archive["samples"].shape == (2, 8, 8, 1)
 
 
@@ -177,7 +181,8 @@ def test_unthin_writes_posterior_samples_and_refuses_bad_input(trained_run, tmp_
     )
     result = _mode(workdir, "unthin", f"--input={tmp_path / 'thinned.npz'}", *flags)
     assert result.returncode == 0, result.stderr
-    with np.load(workdir / "unthinned" / "unthinned_6.npz") as archive:
+    path = only_output(workdir / "unthinned", "unthinned_6")
+    with np.load(path) as archive:
         stored = {name: archive[name] for name in archive.files}
     samples = stored["samples"]
     assert samples.shape == (3, 3, 8, 8, 1) and samples.dtype == np.int32
@@ -187,7 +192,7 @@ def test_unthin_writes_posterior_samples_and_refuses_bad_input(trained_run, tmp_
     np.testing.assert_array_equal(stored["truth"][..., 0], truth)
     np.testing.assert_array_equal(stored["counts"][..., 0], observed)
     # One row per example: truth | observed | y/q | 3 samples | mean.
-    image = np.asarray(Image.open(workdir / "unthinned" / "unthinned_6.png"))
+    image = np.asarray(Image.open(path.with_suffix(".png")))
     assert abs(image.shape[0] / image.shape[1] - (3 * 9 + 1) / (7 * 9 + 1)) < 0.05
 
     bad = survival.copy()

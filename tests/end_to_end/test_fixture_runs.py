@@ -18,7 +18,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.cli import run_main
+from tests.cli import only_output, run_main
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +47,7 @@ def _samples_digest(path: pathlib.Path) -> str:
 def test_unconditional_run_samples_and_bound_are_unchanged(tmp_path):
     workdir = _copy("tiny_run", tmp_path)
     _run(workdir, "--mode=sample")
-    assert _samples_digest(workdir / "samples" / "samples_3.npz") == (
+    assert _samples_digest(only_output(workdir / "samples", "samples_3")) == (
         "962c608143dd0ace5bad1613b77010f70e834ef9ed50443772e53b3811a484b3"
     )
     _run(workdir, "--mode=evaluate")
@@ -60,9 +60,9 @@ def test_conditional_run_samples_and_bounds_are_unchanged(tmp_path):
     workdir = _copy("tiny_conditional_run", tmp_path)
     sampling = ("--config.sampling.num_samples=10", "--config.sampling.batch_size=4")
     _run(workdir, "--mode=sample", *CONDITIONAL, *sampling, "--config.sampling.guidance_scale=1.5")
-    stored = np.load(workdir / "samples" / "samples_3.npz")
+    stored = np.load(only_output(workdir / "samples", "samples_3"))
     np.testing.assert_array_equal(stored["labels"], np.arange(10))
-    assert _samples_digest(workdir / "samples" / "samples_3.npz") == (
+    assert _samples_digest(only_output(workdir / "samples", "samples_3")) == (
         "2dcd8305670d18cbe232ad15bb3abfede4855799edde9c46531f696d22004433"
     )
     _run(workdir, "--mode=evaluate", *CONDITIONAL)

@@ -9,9 +9,11 @@ from blackout_jax.data import inputs
 SHAPE = (4, 4, 1)
 
 
-def _read(path, **arrays):
+def _read(path, warn=None, **arrays):
     np.savez(path, **arrays)
-    return inputs.read_unthinning_input(path, SHAPE, 16, t_end=10.0, default_survival=0.5)
+    return inputs.read_unthinning_input(
+        path, SHAPE, 16, t_end=10.0, default_survival=0.5, warn=warn
+    )
 
 
 def test_reads_counts_survival_and_truth(tmp_path):
@@ -25,6 +27,17 @@ def test_reads_counts_survival_and_truth(tmp_path):
     counts, survival, read_truth = _read(tmp_path / "b.npz", counts=np.zeros((3, *SHAPE)))
     np.testing.assert_allclose(survival, [0.5] * 3)  # sampling.survival
     assert read_truth is None
+
+
+def test_the_survival_taken_from_the_config_is_named_once(tmp_path):
+    """Without a 'survival' array the value of sampling.survival is used, and said."""
+    warnings = []
+    path = tmp_path / "thinned.npz"
+    _read(path, warnings.append, counts=np.zeros((3, *SHAPE)))
+    assert len(warnings) == 1 and warnings[0].startswith(f"{path} has no 'survival' array")
+    assert "survival q = 0.5, the config field sampling.survival" in warnings[0]
+    _read(path, warnings.append, counts=np.zeros((3, *SHAPE)), survival=np.full(3, 0.5))
+    assert len(warnings) == 1  # an input that gives its survival is not warned about
 
 
 def test_bad_inputs_name_array_index_and_value(tmp_path):

@@ -9,6 +9,7 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.tree_util import Partial
 
 import blackout_jax as bj
@@ -59,6 +60,26 @@ def test_a_damaged_chunk_is_named_and_drawn_again(tmp_path, capsys):
     np.testing.assert_array_equal(resumed, fresh)  # the same key draws the same chunk
     warnings = [line for line in capsys.readouterr().err.splitlines() if "warning:" in line]
     assert len(warnings) == 1 and "chunk_00001.npy" in warnings[0]
+    np.testing.assert_array_equal(np.load(tmp_path / "chunk_00001.npy"), fresh[4:8])
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [(-7.5, "-7.5"), (np.nan, "nan"), (2.5, "2.5"), (5.0, "5.0"), (-1, "-1")],
+)
+def test_a_chunk_that_holds_no_counts_is_named_and_drawn_again(tmp_path, capsys, value, shown):
+    """A chunk is read back only if it holds whole numbers in 0..max_count (4 here)."""
+    fresh = _generate()
+    _generate(tmp_path)
+    bad = np.load(tmp_path / "chunk_00001.npy").astype(np.float64 if value != -1 else np.int64)
+    bad[2, 1, 0, 0] = value
+    np.save(tmp_path / "chunk_00001.npy", bad)
+    resumed = _generate(tmp_path)
+    np.testing.assert_array_equal(resumed, fresh)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning:"), warnings
+    assert "chunk_00001.npy" in warnings[0] and f"holds {shown} at (2, 1, 0, 0)" in warnings[0]
+    assert "0..4" in warnings[0]
     np.testing.assert_array_equal(np.load(tmp_path / "chunk_00001.npy"), fresh[4:8])
 
 

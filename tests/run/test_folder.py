@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from blackout_jax.run import config as config_lib
@@ -24,10 +25,38 @@ def test_grids_after_the_restart_step_are_removed(tmp_path):
     ]
 
 
-def test_command_outputs_are_named_by_mode_and_step(tmp_path):
-    assert folder.command_output(tmp_path, "sample", 3) == tmp_path / "samples" / "samples_3.npz"
+def test_command_outputs_are_named_by_mode_step_and_draws(tmp_path):
+    draws = folder.draws_name(
+        method="tau_leaping", num_steps=20, grid="optimised", seed=1, settings={"start": "prior"}
+    )
+    assert draws.startswith("tau_leaping_20steps_optimised_seed1_") and len(draws) == 44
+    assert folder.command_output(tmp_path, "sample", 3, draws) == (
+        tmp_path / "samples" / f"samples_3_{draws}.npz"
+    )
+    assert (
+        folder.sample_chunks_dir(tmp_path, 3, draws) == tmp_path / "samples" / f"chunks_3_{draws}"
+    )
     assert folder.command_output(tmp_path, "evaluate", 3) == tmp_path / "eval" / "metrics_3.json"
     assert folder.grid_image(tmp_path, 5) == tmp_path / "samples" / "grid_5.png"
+    with pytest.raises(ValueError, match="--mode=unthin"):
+        folder.command_output(tmp_path, "unthin", 3)
+    unthinned = folder.draws_name(method="m", num_steps=5, grid=None, seed=0, settings={})
+    assert unthinned.startswith("m_5steps_seed0_")
+
+
+def test_the_digest_of_draws_covers_every_setting_and_array():
+    base = {"times": np.linspace(0, 1, 5, dtype=np.float32), "start": "prior", "labels": None}
+    digest = folder.settings_digest(base)
+    assert digest == folder.settings_digest(dict(reversed(base.items())))  # order-free
+    assert len(digest) == 8 and int(digest, 16) >= 0
+    changed = [
+        {**base, "times": base["times"] * 0.5},
+        {**base, "times": base["times"].astype(np.float64)},
+        {**base, "start": "zeros"},
+        {**base, "labels": np.zeros(4, np.int32)},
+        {**base, "chunk_size": 4},
+    ]
+    assert len({digest, *(folder.settings_digest(c) for c in changed)}) == 1 + len(changed)
 
 
 def test_stored_config_overrides_all_but_the_inference_fields(tmp_path, capsys):

@@ -61,3 +61,29 @@ def test_a_max_count_the_samplers_cannot_handle_is_refused_naming_the_file(tmp_p
     counts[3, 2, 1, 0] = network.LARGEST_MAX_COUNT
     np.save(path, counts)
     assert network.load_data(config).shape.max_count == network.LARGEST_MAX_COUNT
+
+
+def test_the_split_is_one_line_and_more_than_half_held_out_is_refused(tmp_path):
+    path = _counts_file(tmp_path, (10, 4, 4, 1))
+    dataset = network.load_data(_config((1,), name="counts", path=path, num_test=3, max_count=0))
+    line = network.split_summary(_config((1,), name="counts", path=path, num_test=3), dataset)
+    assert line == (
+        "data: 7 training and 3 held-out examples (data.num_test, 30% held out); max count 9 "
+        "(inferred from the data; declare it with data.max_count)"
+    )
+    half = network.load_data(_config((1,), name="counts", path=path, num_test=5))
+    assert "5 held-out examples (data.num_test, 50% held out)" in network.split_summary(
+        _config((1,), name="counts", path=path, num_test=5), half
+    )
+    values = {"name": "counts", "path": path, "num_test": 6}
+    large = network.load_data(_config((1,), **values))
+    message = f"data.num_test = 6 holds out 60% of the 10 examples of {path}, leaving 4 for"
+    with pytest.raises(ValueError, match=message):
+        network.split_summary(_config((1,), **values), large)
+    allowed = _config((1,), **values, allow_large_test_share=True)
+    assert network.split_summary(allowed, large).startswith("data: 4 training and 6 held-out")
+    digits = _config((1,))
+    assert network.split_summary(digits, network.load_data(digits)) == (
+        "data: 1500 training and 297 held-out examples (data.num_test, 17% held out); max count "
+        "16 (fixed by digits)"
+    )

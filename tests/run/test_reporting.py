@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 
@@ -131,3 +132,45 @@ def test_rows_by_label_puts_each_class_on_its_own_row_in_order():
     firsts = images[:, 0, 0, 0].tolist()
     assert firsts == [6, 0, 0, 1, 3, 0, 0, 2, 4]  # class 0: sample 6; 1: 1, 3; 3: 0, 2, 4
     assert not images[1:3].any() and not images[5].any()  # padding is blank
+
+
+def test_write_atomically_writes_whole_files_and_leaves_nothing_on_failure(tmp_path):
+    path = tmp_path / "out" / "result.npz"
+    reporting.write_npz(path, samples=np.arange(3))
+    with np.load(path) as archive:
+        np.testing.assert_array_equal(archive["samples"], np.arange(3))
+    assert oct(path.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+    before = path.read_bytes()
+
+    def full_disk(file):
+        file.write(b"half of it")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as info:
+        reporting.write_atomically(path, full_disk)
+    assert info.value.errno == errno.ENOSPC and info.value.filename == str(path)
+    assert path.read_bytes() == before  # the previous result is kept whole
+    assert sorted(p.name for p in path.parent.iterdir()) == ["result.npz"]  # no temporary file
+
+
+def test_json_and_png_outputs_go_through_the_atomic_write(tmp_path, monkeypatch):
+    written = []
+    original = reporting.write_atomically
+
+    def recording(path, write):
+        written.append(os.path.basename(path))
+        original(path, write)
+
+    monkeypatch.setattr(reporting, "write_atomically", recording)
+    reporting.write_json(tmp_path / "a.json", {"x": 1})
+    reporting.save_sample_grid(np.zeros((2, 4, 4, 1)), 4, tmp_path / "b.png")
+    reporting.plot_loss_curve([{"step": 1, "split": "train", "loss": 1.0}], tmp_path / "c.png")
+    assert written == ["a.json", "b.png", "c.png"]
+    assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1}
+    assert Image.open(tmp_path / "b.png").size[0] >= 256
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from tests.cli import REPO_ROOT, cpu_environment
+from tests.cli import REPO_ROOT, cpu_environment, only_output
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ def test_cifar10_recipe_trains_samples_and_evaluates(tmp_path):
         timeout=600,
     )
     assert result.returncode == 0, result.stderr
-    with np.load(workdir / "samples" / "samples_6.npz") as archive:
+    with np.load(only_output(workdir / "samples", "samples_6")) as archive:
         assert archive["samples"].shape == (6, 8, 8, 1)  # the arguments override the recipe's
     metrics = json.loads((workdir / "eval" / "metrics_6.json").read_text())
     assert np.isfinite(metrics["bits_per_dim"])
