@@ -34,9 +34,9 @@ Order of work: parse the flags, check the run folder's path, join the other proc
 take the stored settings of the run folder (all modes but ``train``), parse and check the
 config once (:func:`blackout_jax.run.config.parse`), load the data, build the network's
 shapes, and only then create the run folder and train. A problem found before training (a bad
-flag, an unknown config field, a missing config file, a run folder below a file, unreadable
-data, an impossible value) prints one line ``error: ...`` naming it on stderr and exits with
-status 2 without writing anything.
+flag, an unknown config field, a missing config file, a run folder below a file or with a part
+of the wrong kind, unreadable data, an impossible value) prints one line ``error: ...`` naming
+it on stderr and exits with status 2 without writing anything.
 """
 
 from __future__ import annotations

@@ -216,12 +216,15 @@ def config_file_problem(argv: list[str]) -> str:
 
 
 def workdir_problem(workdir: str) -> str | None:
-    """Why ``workdir`` cannot be a run folder (it or a folder above it is a file), else None."""
+    """Why ``workdir`` cannot be a run folder, else None: it or a folder above it is a file, or
+    a part of it is the wrong kind of thing (:func:`blackout_jax.run.folder.layout_problem`)."""
     path = os.path.abspath(workdir)
     while not os.path.exists(path):
         path = os.path.dirname(path)
     if os.path.isdir(path):
-        return None
+        from blackout_jax.run import folder
+
+        return folder.layout_problem(workdir) if path == os.path.abspath(workdir) else None
     if path == os.path.abspath(workdir):
         return f"--workdir={workdir}: exists and is a file, not a folder"
     return f"--workdir={workdir}: {path} is a file, so no folder can be made below it"

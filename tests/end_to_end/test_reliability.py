@@ -288,3 +288,77 @@ def test_sigterm_before_the_first_step_exits_at_once(tmp_path):
     process.communicate(timeout=60)
     assert process.returncode == -signal.SIGTERM
     assert not list((tmp_path / "run" / "checkpoints").glob("[0-9]*"))
+
+
+@pytest.mark.parametrize(
+    ("part", "make", "mode"),
+    [
+        ("checkpoints", pathlib.Path.write_text, "train"),
+        ("samples", pathlib.Path.write_text, "sample"),
+        ("config.json", lambda path, _: path.mkdir(), "sample"),
+    ],
+    ids=["checkpoints is a file", "samples is a file", "config.json is a folder"],
+)
+def test_a_part_of_the_run_folder_of_the_wrong_kind_is_one_line_at_start_up(
+    tmp_path, part, make, mode
+):
+    workdir = tmp_path / "run"
+    (workdir / "checkpoints").mkdir(parents=True)
+    if part == "checkpoints":
+        (workdir / "checkpoints").rmdir()
+    make(workdir / part, "kept\n")
+    before = _digest(workdir)
+    result = _main(workdir, f"--mode={mode}")
+    assert result.returncode == 2
+    errors = _error_lines(result.stderr)
+    assert len(errors) == 1 and str(workdir / part) in errors[0], result.stderr[-2000:]
+    assert "loading data" not in result.stdout and "Traceback" not in result.stderr
+    assert _digest(workdir) == before
+    assert {p.name for p in workdir.iterdir()} == {"checkpoints", part}
+
+
+@pytest.mark.parametrize("mode", ["train", "sample"])
+def test_a_stored_config_that_is_not_an_object_is_one_line_naming_it(run_copy, mode):
+    path = run_copy / "config.json"
+    path.write_text("[1, 2, 3]")
+    before = _digest(run_copy)
+    result = _main(run_copy, f"--mode={mode}", "--config.training.num_steps=8")
+    assert result.returncode == 2
+    errors = _error_lines(result.stderr)
+    assert len(errors) == 1 and f"{path} holds JSON a list" in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    after = _digest(run_copy)
+    after.pop(".lock", None)
+    before.pop(".lock", None)
+    assert after == before
+
+
+def test_metrics_lines_that_are_not_rows_are_skipped_on_resume(run_copy):
+    with open(run_copy / "metrics.jsonl", "ab") as file:
+        file.write(b'[1, 2]\n{"step": null}\n' + bytes(range(256)) + b"\n")
+    result = _main(run_copy, "--config.training.num_steps=8")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert _train_rows(run_copy) == [2, 4, 6, 8]
+
+
+def test_a_damaged_optimised_grid_file_is_fitted_again_with_one_warning(run_copy):
+    path = run_copy / "grids" / "optimised_6_4.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"times": [0.0, 3.0, 1.0, 7.0, 10.0], "info": {}}))
+    before = _digest(run_copy / "checkpoints")
+    result = _main(
+        run_copy,
+        "--mode=sample",
+        "--config.sampling.grid=optimised",
+        "--config.sampling.num_samples=2",
+        "--config.sampling.batch_size=2",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and str(path) in warnings[0], result.stderr[-2000:]
+    assert "strictly increasing" in warnings[0] and "fitting an optimised" in result.stdout
+    times = json.loads(path.read_text())["times"]
+    assert len(times) == 5 and times[0] == 0 and np.all(np.diff(times) > 0)
+    assert (run_copy / "samples" / "samples_6.npz").exists()
+    assert _digest(run_copy / "checkpoints") == before
