@@ -17,7 +17,8 @@ Modes: ``train`` (default) trains or resumes; ``sample`` writes
 ``WORKDIR/eval/metrics_<step>.json``; ``impute`` completes the unobserved counts of an ``.npz``
 with arrays ``counts`` and ``mask`` (True = observed) into ``WORKDIR/imputed/``; ``unthin``
 draws ``sampling.num_posterior_samples`` samples of the counts behind each thinned observation
-of an ``.npz`` (``counts``, optional ``survival`` and ``truth``) into ``WORKDIR/unthinned/``.
+of an ``.npz`` (``counts``, optional ``survival`` and ``truth``; or an ``.npy`` of the counts)
+into ``WORKDIR/unthinned/``.
 The last four use the EMA parameters of checkpoint ``sampling.checkpoint_step`` (-1 = the
 latest) and the network, data and diffusion settings stored in the run folder (see
 :func:`blackout_jax.run.folder.with_stored_config`). ``show_config`` prints every config field with
@@ -77,7 +78,7 @@ _INPUT = flags.DEFINE_string(
     None,
     "For --mode=impute: an .npz with arrays 'counts' and 'mask' (True = observed). For "
     "--mode=unthin: an .npz with 'counts' (thinned observations), optionally 'survival' (one "
-    "q per example; else sampling.survival) and 'truth'.",
+    "q per example; else sampling.survival) and 'truth', or an .npy of the counts alone.",
 )
 _COORDINATOR_ADDRESS = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0, for multi-process jobs started by hand."
@@ -168,7 +169,7 @@ def _use_trained_run(mode: str, workdir: str) -> None:
     if mode == "impute" and not _INPUT.value:
         cli.fail("--mode=impute needs --input=<file.npz> with arrays 'counts' and 'mask'")
     if mode == "unthin" and not _INPUT.value:
-        cli.fail("--mode=unthin needs --input=<file.npz> with an array 'counts'")
+        cli.fail("--mode=unthin needs --input=<file.npz> with an array 'counts' (or an .npy)")
     if not folder.has_checkpoints(workdir):
         cli.fail(f"no checkpoints in {workdir}: train first (--mode=train)")
     try:

@@ -25,6 +25,7 @@ from blackout_jax.run import reporting, safety, train
 from blackout_jax.run.lock import RunFolderLock
 from configs import tiny
 from tests.cli import REPO_ROOT, cpu_environment, run_main
+from tests.hostile_arrays import hostile_npy_bytes, write_hostile_npz
 
 pytestmark = pytest.mark.slow
 
@@ -362,3 +363,41 @@ def test_a_damaged_optimised_grid_file_is_fitted_again_with_one_warning(run_copy
     assert len(times) == 5 and times[0] == 0 and np.all(np.diff(times) > 0)
     assert (run_copy / "samples" / "samples_6.npz").exists()
     assert _digest(run_copy / "checkpoints") == before
+
+
+def test_a_data_file_whose_header_claims_more_than_it_holds_is_one_line(tmp_path):
+    path = tmp_path / "counts.npy"
+    path.write_bytes(hostile_npy_bytes())
+    result = run_main(
+        "--config=configs/counts_small.py",
+        f"--workdir={tmp_path / 'run'}",
+        f"--config.data.path={path}",
+    )
+    assert result.returncode == 2
+    errors = _error_lines(result.stderr)
+    assert len(errors) == 1, result.stderr[-2000:]
+    assert f"{path}: the header claims shape (2147483648, 8, 8, 1)" in errors[0]
+    assert "only 64 bytes" in errors[0] and "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["counts.npy"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("unthin", "['counts']: the header claims shape (2147483648, 8, 8, 1) of float64"),
+        ("impute", " is a single .npy array; an .npz with arrays 'counts' and 'mask' is needed"),
+    ],
+)
+def test_input_files_are_checked_before_any_work(trained_run, tmp_path, mode, expected):
+    if mode == "unthin":
+        path = tmp_path / "input.npz"
+        write_hostile_npz(path, "counts")
+    else:
+        path = tmp_path / "input.npy"
+        np.save(path, np.ones((2, 8, 8)))
+    before = _digest(trained_run)
+    result = _main(trained_run, f"--mode={mode}", f"--input={path}")
+    assert result.returncode == 2
+    errors = _error_lines(result.stderr)
+    assert len(errors) == 1 and f"{path}{expected}" in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr and _digest(trained_run) == before
