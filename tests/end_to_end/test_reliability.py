@@ -401,3 +401,54 @@ def test_input_files_are_checked_before_any_work(trained_run, tmp_path, mode, ex
     errors = _error_lines(result.stderr)
     assert len(errors) == 1 and f"{path}{expected}" in errors[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr and _digest(trained_run) == before
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("raise RuntimeError('broken config')\n", "cannot be loaded: RuntimeError: broken config"),
+        ("def get_config():\n    return 42\n", "its get_config() returned int 42"),
+    ],
+    ids=["raises at import", "get_config returns 42"],
+)
+def test_a_config_file_that_gives_no_config_is_one_line_naming_it(tmp_path, content, expected):
+    path = tmp_path / "mine.py"
+    path.write_text(content)
+    result = run_main(f"--config={path}", f"--workdir={tmp_path / 'run'}")
+    assert result.returncode == 2
+    errors = _error_lines(result.stderr)
+    assert len(errors) == 1 and f"--config={path}: " in errors[0], result.stderr[-2000:]
+    assert expected in errors[0] and "Traceback" not in result.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.py"]
+
+
+def test_a_config_outside_the_repository_imports_the_shipped_ones_under_the_console_command(
+    tmp_path,
+):
+    """The console command runs with neither the repository nor the working folder holding
+    ``configs/``: here the package alone is importable (through a link), as an install makes it,
+    and the command starts in a folder outside the repository."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "blackout_jax").symlink_to(REPO_ROOT / "blackout_jax")
+    path = tmp_path / "mine.py"
+    path.write_text(
+        "from configs import tiny\n\n\ndef get_config():\n"
+        "    config = tiny.get_config()\n    config.model.nf = 4\n    return config\n"
+    )
+    program = (
+        f"import sys; sys.path.insert(0, {str(site)!r}); from blackout_jax.main import run; "
+        f"sys.argv = ['blackout-jax', '--config={path}', '--mode=show_config']; run()"
+    )
+    environment = cpu_environment()
+    environment.pop("PYTHONPATH", None)
+    result = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "model.nf = 4" in [line.split("  # ")[0] for line in result.stdout.splitlines()]
