@@ -258,6 +258,8 @@ def config_file_problem(argv: list[str]) -> str | None:
     path = argument.split(":", 1)[0]
     if not path:
         return None
+    if os.path.isdir(path):
+        return f"--config={argument}: is a folder, not a config file; --help lists the configs"
     if not os.path.isfile(path):
         return f"--config={argument}: no such file (from {os.getcwd()}); --help lists the configs"
     try:

@@ -63,6 +63,7 @@ def test_a_config_that_loads_has_no_problem():
     assert cli.config_file_problem(["main", "--config=configs/tiny.py"]) is None
     assert cli.config_file_problem(["main"]) is None
     assert "no such file" in cli.config_file_problem(["main", "--config=configs/nope.py"])
+    assert "is a folder" in cli.config_file_problem(["main", "--config=configs"])
 
 
 def test_a_config_anywhere_can_import_the_shipped_configs(tmp_path, monkeypatch):
