@@ -7,9 +7,9 @@
 
 Nothing is ever unpickled (``allow_pickle=False``), and no array is allocated before its header's
 shape is checked against the bytes the file holds (:func:`check_stored_size`). Values must be
-finite, whole, non-negative
-numbers; the largest count is ``max_count`` when declared (> 0) and otherwise inferred from the
-data (``.npy``/``.npz``) or 255 (PNGs). Every check runs before the loader returns.
+finite, whole, non-negative numbers; the largest count is ``max_count`` when declared (> 0) and
+otherwise inferred from the data (``.npy``/``.npz``) or 255 (PNGs). Every check runs before the
+loader returns.
 
 Class labels for conditional training (``model.num_classes > 0``) come from an array named
 ``labels`` in the same ``.npz``: integers in ``[0, num_classes)``, one per example.
