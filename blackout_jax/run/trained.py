@@ -146,11 +146,16 @@ def model_sampling_times(
 
     A stored file that holds no valid ``K``-step grid ending at ``diffusion.t_end`` is not used:
     one ``warning:`` line on stderr names it, and the grid is fitted again and written over it.
+
+    Raises:
+      ValueError: a folder stands where the file goes (checked before any fitting).
     """
     sampler = config.sampling
     if sampler.grid != config_lib.OPTIMISED_GRID:
         return config_lib.fixed_sampling_times(config)
     path = folder.optimised_grid_file(workdir, model.step, sampler.num_steps)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder where the fitted grid is kept; move it aside")
     if path.exists():
         try:
             times, _ = grid_files.load_grid(
