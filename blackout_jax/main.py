@@ -20,7 +20,7 @@ writes ``WORKDIR/eval/metrics_<step>.json``; ``impute`` completes the unobserved
 ``.npz`` with arrays ``counts`` and ``mask`` (True = observed) into
 ``WORKDIR/imputed/imputed_<step>_<draws>.npz``; ``unthin`` draws
 ``sampling.num_posterior_samples`` samples of the counts behind each thinned observation of an
-``.npz`` (``counts``, optional ``survival`` and ``truth``) into
+``.npz`` (``counts``, optional ``survival`` and ``truth``; or an ``.npy`` of the counts) into
 ``WORKDIR/unthinned/unthinned_<step>_<draws>.npz``. Their outputs are written whole or not at
 all; a run folder that cannot be written (read-only, a full disk) is one ``error:`` line
 naming the path.
@@ -41,10 +41,10 @@ take the stored settings of the run folder (all modes but ``train``), parse and 
 config once (:func:`blackout_jax.run.config.parse`), load the data, say its split and max
 count in one line (:func:`blackout_jax.run.network.split_summary`), build the network's
 shapes, and only then create the run folder and train. A problem found before training (a bad
-flag, an unknown config field, a missing config file, a run folder below a file, unreadable
-data, more than half of the examples held out without ``data.allow_large_test_share``, an
-impossible value) prints one line ``error: ...`` naming it on stderr and exits with status 2
-without writing anything.
+flag, an unknown config field, a missing config file, a run folder below a file or with a part
+of the wrong kind, unreadable data, more than half of the examples held out without
+``data.allow_large_test_share``, an impossible value) prints one line ``error: ...`` naming it
+on stderr and exits with status 2 without writing anything.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ _INPUT = flags.DEFINE_string(
     None,
     "For --mode=impute: an .npz with arrays 'counts' and 'mask' (True = observed). For "
     "--mode=unthin: an .npz with 'counts' (thinned observations), optionally 'survival' (one "
-    "q per example; else sampling.survival) and 'truth'.",
+    "q per example; else sampling.survival) and 'truth', or an .npy of the counts alone.",
 )
 _COORDINATOR_ADDRESS = flags.DEFINE_string(
     "coordinator_address", None, "host:port of process 0, for multi-process jobs started by hand."
@@ -180,7 +180,7 @@ def _use_trained_run(mode: str, workdir: str) -> None:
     if mode == "impute" and not _INPUT.value:
         cli.fail("--mode=impute needs --input=<file.npz> with arrays 'counts' and 'mask'")
     if mode == "unthin" and not _INPUT.value:
-        cli.fail("--mode=unthin needs --input=<file.npz> with an array 'counts'")
+        cli.fail("--mode=unthin needs --input=<file.npz> with an array 'counts' (or an .npy)")
     if not folder.has_checkpoints(workdir):
         cli.fail(f"no checkpoints in {workdir}: train first (--mode=train)")
     try:

@@ -5,9 +5,11 @@
 * a folder: every ``*.png`` in it, in sorted file-name order; each an 8-bit grayscale (mode
   ``L``, C = 1) or RGB (C = 3) image, all of one shape.
 
-Nothing is ever unpickled (``allow_pickle=False``). Values must be finite, whole, non-negative
-numbers; the largest count is ``max_count`` when declared (> 0) and otherwise inferred from the
-data (``.npy``/``.npz``) or 255 (PNGs). Every check runs before the loader returns.
+Nothing is ever unpickled (``allow_pickle=False``), and no array is allocated before its header's
+shape is checked against the bytes the file holds (:func:`check_stored_size`). Values must be
+finite, whole, non-negative numbers; the largest count is ``max_count`` when declared (> 0) and
+otherwise inferred from the data (``.npy``/``.npz``) or 255 (PNGs). Every check runs before the
+loader returns.
 
 Class labels for conditional training (``model.num_classes > 0``) come from an array named
 ``labels`` in the same ``.npz``: integers in ``[0, num_classes)``, one per example.
@@ -16,6 +18,7 @@ Class labels for conditional training (``model.num_classes > 0``) come from an a
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import zipfile
 from pathlib import Path
@@ -49,6 +52,60 @@ class LoadedCounts:
     labels: np.ndarray | None = None
 
 
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def _array_header(file) -> tuple[tuple[int, ...], np.dtype]:
+    """``(shape, dtype)`` from the ``.npy`` header at the start of ``file``, left after it."""
+    version = np.lib.format.read_magic(file)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(file)
+    else:  # 2.0, and 3.0 whose UTF-8 header reads the same while it is ASCII
+        shape, _, dtype = np.lib.format.read_array_header_2_0(file)
+    return shape, dtype
+
+
+def check_stored_size(path: str | os.PathLike[str], member: str | None = None) -> None:
+    """Refuses an array whose header claims more data than the file holds, before any of it is
+    read (numpy allocates the whole claimed shape first).
+
+    Args:
+      path: an ``.npy`` file, or (with ``member``) an ``.npz`` file.
+      member: the name of an array in the ``.npz`` (as :attr:`numpy.lib.npyio.NpzFile.files`
+        lists it); its size is the one the archive records for it.
+
+    A header that cannot be read is left for numpy's loader to report, and arrays of Python
+    objects (never unpickled) are not measured.
+
+    Raises:
+      ValueError: one line naming the file, the member, the claimed shape and dtype, the bytes
+        they need and the bytes present.
+    """
+    source = str(path) if member is None else f"{path}[{member!r}]"
+    try:
+        if member is None:
+            with open(path, "rb") as file:
+                shape, dtype = _array_header(file)
+                present = os.fstat(file.fileno()).st_size - file.tell()
+        else:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+                info = archive.getinfo(f"{member}.npy" if f"{member}.npy" in names else member)
+                with archive.open(info) as file:
+                    shape, dtype = _array_header(file)
+                    present = info.file_size - file.tell()
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return
+    if dtype.hasobject:
+        return
+    needed = math.prod(shape) * dtype.itemsize
+    if needed > present:
+        raise ValueError(
+            f"{source}: the header claims shape {tuple(shape)} of {dtype} ({needed} bytes), but "
+            f"only {present} bytes of data follow it; the file is cut short or damaged"
+        )
+
+
 def read_array_file(path: str | os.PathLike[str], array_key: str = "") -> tuple[np.ndarray, str]:
     """Reads the raw array of an ``.npy`` file or one array of an ``.npz`` file.
 
@@ -63,7 +120,7 @@ def read_array_file(path: str | os.PathLike[str], array_key: str = "") -> tuple[
     Raises:
       FileNotFoundError: ``path`` does not exist.
       ValueError: an unknown suffix, an empty (0-byte) file, a file numpy cannot read without
-        unpickling, a missing key.
+        unpickling, a missing key, a header claiming more data than the file holds.
     """
     path = Path(path)
     if not path.exists():
@@ -82,6 +139,7 @@ def read_array_file(path: str | os.PathLike[str], array_key: str = "") -> tuple[
                 f"data.array_key = {array_key!r} names an array in an .npz file, but "
                 f"{str(path)!r} is an .npy file; leave data.array_key empty"
             )
+        check_stored_size(path)
         try:
             values = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as error:  # object arrays need pickle, which is refused
@@ -109,6 +167,7 @@ def read_array_file(path: str | os.PathLike[str], array_key: str = "") -> tuple[
                 f"data.array_key = {key!r} is not an array in {path}; it holds {names}"
             )
         source = f"{path}[{key!r}]"
+        check_stored_size(path, key)
         try:
             return archive[key], source
         except ValueError as error:  # object arrays need pickle, which is refused

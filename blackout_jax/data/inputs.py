@@ -2,7 +2,8 @@
 
 * :func:`read_imputation_input`: ``counts`` and ``mask`` (``True`` = observed);
 * :func:`read_unthinning_input`: thinned ``counts``, optional ``survival`` (one ``q`` per
-  example, checked by :func:`check_survival_values`) and ``truth``.
+  example, checked by :func:`check_survival_values`) and ``truth``; a plain ``.npy`` file is
+  taken as the ``counts``.
 
 Every error names the file, the array, the global index and the value of the first problem.
 """
@@ -16,6 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from blackout_jax.data.arrays import NPY_MAGIC, check_stored_size
 from blackout_jax.data.count_checks import check_count_values, index_locator
 
 
@@ -23,28 +25,48 @@ def _read_arrays(
     path: str | os.PathLike[str], names: tuple[str, ...], optional: tuple[str, ...] = ()
 ) -> list[np.ndarray | None]:
     """The named arrays of an ``.npz`` (no pickled objects), then the ``optional`` ones (``None``
-    where the file has none); errors name the file and array."""
+    where the file has none); errors name the file and array. A plain ``.npy`` file is taken as
+    the one array ``names[0]`` where that is the only one needed; no array is read before its
+    header's shape is checked against the bytes present (:func:`check_stored_size`)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--input {path} does not exist")
+    with open(path, "rb") as file:
+        plain = file.read(len(NPY_MAGIC)) == NPY_MAGIC
+    if plain:
+        return [_read_plain_array(path, names), *([None] * len(optional))]
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            if not hasattr(archive, "files"):
-                raise ValueError(f"{path} is a single .npy array; expected an .npz with {names}")
-            missing = [name for name in names if name not in archive.files]
-            if missing:
-                raise ValueError(f"{path} has no array {missing[0]!r} (found {archive.files})")
-            arrays = []
-            for name in (*names, *optional):
-                if name not in archive.files:
-                    arrays.append(None)
-                    continue
-                try:
-                    arrays.append(archive[name])
-                except ValueError as error:  # object arrays need pickle, which is refused
-                    raise ValueError(f"{path}[{name!r}] cannot be read: {error}") from None
-            return arrays
-    except (EOFError, OSError, zipfile.BadZipFile) as error:
+        archive = np.load(path, allow_pickle=False)
+    except (EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
         raise ValueError(f"{path} is not a readable .npz file ({error})") from None
+    with archive:
+        missing = [name for name in names if name not in archive.files]
+        if missing:
+            raise ValueError(f"{path} has no array {missing[0]!r} (found {archive.files})")
+        arrays = []
+        for name in (*names, *optional):
+            if name not in archive.files:
+                arrays.append(None)
+                continue
+            check_stored_size(path, name)
+            try:
+                arrays.append(archive[name])
+            except ValueError as error:  # object arrays need pickle, which is refused
+                raise ValueError(f"{path}[{name!r}] cannot be read: {error}") from None
+            except (EOFError, OSError, zipfile.BadZipFile) as error:
+                raise ValueError(f"{path}[{name!r}] is not readable ({error})") from None
+        return arrays
+
+
+def _read_plain_array(path: str | os.PathLike[str], names: tuple[str, ...]) -> np.ndarray:
+    """The array of an ``.npy`` file as ``names[0]``, when it is the only array needed."""
+    if len(names) > 1:
+        listed = " and ".join(repr(name) for name in names)
+        raise ValueError(f"{path} is a single .npy array; an .npz with arrays {listed} is needed")
+    check_stored_size(path)
+    try:
+        return np.load(path, allow_pickle=False)
+    except (EOFError, OSError, ValueError) as error:  # object arrays need pickle: refused
+        raise ValueError(f"{path} is not a readable .npy file of numbers ({error})") from None
 
 
 def read_imputation_input(
@@ -145,7 +167,8 @@ def read_unthinning_input(
     default_survival: float,
     warn: Callable[[str], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """Read and check the thinned observations of an ``.npz`` before any work is done.
+    """Read and check the thinned observations of an ``.npz`` (or the ``counts`` alone, as a
+    plain ``.npy``) before any work is done.
 
     ``counts`` ``(N, H, W, C)`` or ``(N, H, W)``: whole numbers in ``0..max_count``; optional
     ``survival`` ``(N,)``, one ``q`` per example in ``(0, 1]`` (else ``default_survival``, the

@@ -8,13 +8,17 @@ ml_collections' failures into one ``error: ...`` line with exit status 2, lists 
 from __future__ import annotations
 
 import ast
+import importlib.machinery
 import importlib.util
 import os
 import re
 import sys
 import textwrap
+import traceback
+import types
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from absl import flags
 from ml_collections import config_dict
@@ -36,9 +40,14 @@ def plain_text(text: str) -> str:
     return re.sub(r":\w+:`([^`]*)`", r"\1", text).replace("``", "")
 
 
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+"""The folder that holds the ``blackout_jax`` package: in a source checkout (an editable
+install too) the repository, with the shipped ``configs/`` beside the package."""
+
+
 def configs_folder() -> Path | None:
     """The ``configs/`` folder: the current directory's, else the one beside the package."""
-    for folder in (Path("configs"), Path(__file__).resolve().parents[1] / "configs"):
+    for folder in (Path("configs"), SOURCE_ROOT / "configs"):
         if (folder / "default.py").is_file():
             return folder
     return None
@@ -119,17 +128,46 @@ def config_argument(argv: list[str]) -> str:
     return value
 
 
+def load_config_module(path: str) -> types.ModuleType:
+    """The config file at ``path`` run as a module, as ml_collections loads it (from its source,
+    whatever the file's suffix); the module is not kept in ``sys.modules``.
+
+    Raises:
+      Exception: whatever running the file raises.
+    """
+    loader = importlib.machinery.SourceFileLoader("_checked_config", path)
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module
+
+
+def load_config(argument: str) -> Any:
+    """``get_config()`` of the config file of ``--config=PATH[:ARGUMENT]``.
+
+    Raises:
+      Exception: whatever running the file or its ``get_config`` raises.
+    """
+    path, *rest = argument.split(":", 1)
+    return load_config_module(path).get_config(*rest)
+
+
+def python_error_line(error: BaseException) -> str:
+    """The last line of Python's report of ``error`` (``SyntaxError: ... (line 3)``)."""
+    if isinstance(error, SyntaxError):
+        where = f" (line {error.lineno})" if error.lineno else ""
+        text = f"{type(error).__name__}: {error.msg}{where}"
+    else:
+        text = traceback.format_exception_only(error)[-1]
+    return " ".join(text.split())
+
+
 def unknown_field_message(argv: list[str]) -> str | None:
     """Names the first ``--config.`` override whose field the config lacks, with the fields
     that its section has; None when every override names a field (or the config fails to load).
     """
     try:  # the config without the overrides, to check each override's path against it
-        path_and_argument = config_argument(argv).split(":", 1)
-        spec = importlib.util.spec_from_file_location("_checked_config", path_and_argument[0])
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        config = module.get_config(*path_and_argument[1:])
-    except Exception:  # noqa: BLE001 (the caller re-raises the original error)
+        config = load_config(config_argument(argv))
+    except Exception:  # noqa: BLE001 (a config that fails to load is reported by the caller)
         return None
     for argument in argv:
         if not argument.startswith("--config."):
@@ -151,13 +189,19 @@ def unknown_field_message(argv: list[str]) -> str | None:
 
 
 def make_config_package_importable(config_path: str) -> None:
-    """Puts the folder above the config's package (``configs/``) first on ``sys.path``.
+    """Lets a config file import the shipped configs and its own siblings, wherever it is and
+    however the command was started.
 
-    Config files import their siblings (``from configs import default``); ``python -m`` finds
-    them from the repository root by itself, the console command and other folders need this.
+    Config files import other configs (``from configs import digits``). ``python -m`` from the
+    repository root finds the shipped ``configs`` package by itself, the console command and
+    other working folders do not: the folder that holds it beside the ``blackout_jax`` package
+    (:data:`SOURCE_ROOT`) goes on ``sys.path``, and before it the folder above the config's own
+    package, when the config file sits in one (a ``configs/`` of the user's own).
     """
     if not config_path:
         return
+    if (SOURCE_ROOT / "configs" / "__init__.py").is_file() and str(SOURCE_ROOT) not in sys.path:
+        sys.path.insert(0, str(SOURCE_ROOT))
     folder = Path(config_path.split(":", 1)[0]).resolve().parent
     if not (folder / "__init__.py").is_file():
         return
@@ -188,40 +232,66 @@ def parse_flags(
     make_config_package_importable(config_argument(argv))
     try:
         remaining = flags.FLAGS(argv)
-    except flags.Error as error:
-        fail(one_line(error), EXIT_USAGE_ERROR)
-    except (AttributeError, KeyError, TypeError):  # ml_collections' errors for unknown fields
-        message = unknown_field_message(argv)
+    except Exception as error:  # noqa: BLE001 (the config file's own code may raise anything)
+        message = config_file_problem(argv) or unknown_field_message(argv)
+        if message is None and isinstance(error, flags.Error):
+            message = one_line(error)
         if message is None:
             raise
         fail(message, EXIT_USAGE_ERROR)
-    except OSError:  # an override parsed against a config file that could not be read
-        fail(config_file_problem(argv), EXIT_USAGE_ERROR)
-    if config_flag.value is None:
-        fail(
-            "--config is required, e.g. --config=configs/digits.py (--help lists them)",
-            EXIT_USAGE_ERROR,
-        )
     if not isinstance(config_flag.value, config_dict.ConfigDict):
-        fail(config_file_problem(argv), EXIT_USAGE_ERROR)
+        if not config_argument(argv):
+            fail(
+                "--config is required, e.g. --config=configs/digits.py (--help lists them)",
+                EXIT_USAGE_ERROR,
+            )
+        message = config_file_problem(argv)
+        fail(message or f"--config={config_argument(argv)}: the config file could not be loaded")
     return remaining
 
 
-def config_file_problem(argv: list[str]) -> str:
+def config_file_problem(argv: list[str]) -> str | None:
+    """Why the config file of ``--config`` cannot give a config, in one line naming it and the
+    Python error's last line; None when it loads and ``get_config()`` returns a ConfigDict (or
+    no ``--config`` is given)."""
     argument = config_argument(argv)
     path = argument.split(":", 1)[0]
-    if path and not os.path.isfile(path):
+    if not path:
+        return None
+    if os.path.isdir(path):
+        return f"--config={argument}: is a folder, not a config file; --help lists the configs"
+    if not os.path.isfile(path):
         return f"--config={argument}: no such file (from {os.getcwd()}); --help lists the configs"
-    return f"--config={argument}: the config file could not be loaded"
+    try:
+        module = load_config_module(path)
+    except Exception as error:  # noqa: BLE001 (the user's file may raise anything)
+        return f"--config={argument}: the file cannot be loaded: {python_error_line(error)}"
+    if not callable(getattr(module, "get_config", None)):
+        return f"--config={argument}: the file defines no function get_config()"
+    try:
+        config = module.get_config(*argument.split(":", 1)[1:])
+    except Exception as error:  # noqa: BLE001
+        return f"--config={argument}: its get_config() raised {python_error_line(error)}"
+    if not isinstance(config, config_dict.ConfigDict):
+        shown = repr(config)
+        shown = shown if len(shown) <= 40 else f"{shown[:37]}..."
+        return (
+            f"--config={argument}: its get_config() returned {type(config).__name__} {shown}, "
+            "not an ml_collections.ConfigDict"
+        )
+    return None
 
 
 def workdir_problem(workdir: str) -> str | None:
-    """Why ``workdir`` cannot be a run folder (it or a folder above it is a file), else None."""
+    """Why ``workdir`` cannot be a run folder, else None: it or a folder above it is a file, or
+    a part of it is the wrong kind of thing (:func:`blackout_jax.run.folder.layout_problem`)."""
     path = os.path.abspath(workdir)
     while not os.path.exists(path):
         path = os.path.dirname(path)
     if os.path.isdir(path):
-        return None
+        from blackout_jax.run import folder
+
+        return folder.layout_problem(workdir) if path == os.path.abspath(workdir) else None
     if path == os.path.abspath(workdir):
         return f"--workdir={workdir}: exists and is a file, not a folder"
     return f"--workdir={workdir}: {path} is a file, so no folder can be made below it"

@@ -63,8 +63,41 @@ COMMAND_OUTPUTS = {
 """Folder and file name of each command's result (its PNG, if any, sits beside it)."""
 
 _SAMPLE_CHUNKS = "chunks_{step}_{draws}"
+FILES = (CONFIG_FILE, METADATA_FILE, LOCK_FILE, METRICS_FILE, LOSS_CURVE_FILE)
+"""The run folder's files."""
+FOLDERS = (
+    CHECKPOINTS_DIR,
+    TENSORBOARD_DIR,
+    GRIDS_DIR,
+    *dict.fromkeys(folder for folder, _ in COMMAND_OUTPUTS.values()),
+)
+"""The run folder's folders."""
 
 _GRID_IMAGE = "grid_{step}.png"
+
+
+def layout_problem(workdir: str | os.PathLike[str]) -> str | None:
+    """Why ``workdir`` cannot be used as a run folder: one of :data:`FOLDERS` exists as a file
+    (or anything but a folder), or one of :data:`FILES` as a folder; else None.
+
+    Checked before any work, so that a command does not fail minutes later, in the middle of a
+    save, on a part of the folder that is the wrong kind of thing.
+    """
+    for name in FOLDERS:
+        path = os.path.join(os.fspath(workdir), name)
+        if os.path.lexists(path) and not os.path.isdir(path):
+            return (
+                f"{path} is a file, but the run folder keeps a folder of that name; move the "
+                "file aside or use another --workdir"
+            )
+    for name in FILES:
+        path = os.path.join(os.fspath(workdir), name)
+        if os.path.isdir(path):
+            return (
+                f"{path} is a folder, but the run folder keeps a file of that name; move the "
+                "folder aside or use another --workdir"
+            )
+    return None
 
 
 def checkpoints_dir(workdir: str | os.PathLike[str]) -> str:
@@ -220,16 +253,24 @@ def read_stored_config(workdir: str | os.PathLike[str]) -> dict[str, Any] | None
     """The run folder's ``config.json`` as nested dicts, or ``None`` when there is none.
 
     Raises:
-      ValueError: the file exists but cannot be read as JSON.
+      ValueError: the file exists but is not a JSON object (unreadable, not UTF-8, not JSON, or
+        JSON of another kind), in one line naming it.
     """
     path = os.path.join(os.fspath(workdir), CONFIG_FILE)
+    advice = "it is the run's stored config: restore it, or move it aside"
     try:
         with open(path, encoding="utf-8") as file:
-            return json.load(file)
+            stored = json.load(file)
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as error:
-        raise ValueError(f"{path} cannot be read ({error}); it is the run's config") from None
+        reason = " ".join(str(error).split())
+        raise ValueError(f"{path} cannot be read ({reason}); {advice}") from None
+    if not isinstance(stored, dict):
+        kinds = {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+        kind = kinds.get(type(stored), "a number")
+        raise ValueError(f"{path} holds JSON {kind}, not an object of config fields; {advice}")
+    return stored
 
 
 def with_stored_config(
@@ -269,13 +310,11 @@ def check_resumable(config: ExperimentConfig, workdir: str) -> None:
     Raises:
       IncompatibleRunError: one line naming every changed field that matters
         (``model.nf: 8 -> 16``) and what may change on resume.
+      ValueError: the stored ``config.json`` cannot be read (it is left as it is).
     """
     if not has_checkpoints(workdir):
         return
-    try:
-        stored = read_stored_config(workdir)
-    except ValueError:
-        return  # an unreadable copy: the checkpoints' own metadata still guards the restore
+    stored = read_stored_config(workdir)
     if stored is not None:
         check_same_settings(stored, config, workdir)
 

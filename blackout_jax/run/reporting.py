@@ -29,20 +29,30 @@ from blackout_jax.run.folder import METRICS_FILE, TENSORBOARD_DIR
 
 
 def read_metrics(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """The rows of a metrics.jsonl file (``[]`` if missing; a torn last line is skipped)."""
+    """The rows of a metrics.jsonl file (``[]`` if missing).
+
+    Only JSON objects with an integer ``step`` are rows: other lines (a torn last line of a
+    killed process, bytes that are not text, JSON of another shape) are skipped.
+    """
     rows = []
     if not os.path.exists(path):
         return rows
-    with open(path, encoding="utf-8") as file:
+    with open(path, "rb") as file:
         for line in file:
-            line = line.strip()
-            if not line:
+            if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut short by a killed process
+                row = json.loads(line)
+            except ValueError:  # not JSON, or not UTF-8 text
+                continue
+            if _is_row(row):
+                rows.append(row)
     return rows
+
+
+def _is_row(row: Any) -> bool:
+    step = row.get("step") if isinstance(row, dict) else None
+    return isinstance(step, int) and not isinstance(step, bool)
 
 
 def plain_number(value: Any) -> Any:
@@ -114,7 +124,7 @@ class MetricsWriter:
     ) -> None:
         self.path = os.path.join(os.fspath(workdir), METRICS_FILE)
         rows = read_metrics(self.path)
-        kept = [row for row in rows if int(row.get("step", 0)) <= resume_step]
+        kept = [row for row in rows if row["step"] <= resume_step]
         if len(kept) != len(rows) or (rows and not self._ends_with_newline()):
             with open(self.path, "w", encoding="utf-8") as file:
                 for row in kept:
@@ -279,7 +289,9 @@ def plot_loss_curve(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike[s
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    train = [(row["step"], row["loss"]) for row in rows if row.get("split") == "train"]
+    train = [
+        (row["step"], row["loss"]) for row in rows if row.get("split") == "train" and "loss" in row
+    ]
     evals = [
         (row["step"], row["bits_per_dim"])
         for row in rows

@@ -158,13 +158,29 @@ def model_sampling_times(
     """The times the sampler walks: :func:`blackout_jax.run.config.fixed_sampling_times`, or for
     ``sampling.grid = "optimised"`` the grid of :func:`blackout_jax.grids.optimised_grid` for this
     checkpoint and ``K``, read from ``WORKDIR/grids/optimised_<step>_<K>.json`` or, the first
-    time, fitted on the first :data:`GRID_EXAMPLES` training examples and written there."""
+    time, fitted on the first :data:`GRID_EXAMPLES` training examples and written there.
+
+    A stored file that holds no valid ``K``-step grid ending at ``diffusion.t_end`` is not used:
+    one ``warning:`` line on stderr names it, and the grid is fitted again and written over it.
+
+    Raises:
+      ValueError: a folder stands where the file goes (checked before any fitting).
+    """
     sampler = config.sampling
     if sampler.grid != config_lib.OPTIMISED_GRID:
         return config_lib.fixed_sampling_times(config)
     path = folder.optimised_grid_file(workdir, model.step, sampler.num_steps)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder where the fitted grid is kept; move it aside")
     if path.exists():
-        return jnp.asarray(grid_files.load_grid(path)[0])
+        try:
+            times, _ = grid_files.load_grid(
+                path, num_steps=sampler.num_steps, t_end=config.diffusion.t_end
+            )
+            return jnp.asarray(times)
+        except (OSError, ValueError) as error:
+            message = str(error).removeprefix(f"{path}: ")
+            print(f"warning: {path} is not used ({message}); fitting it again", file=sys.stderr)
     count = min(int(dataset.num_train), GRID_EXAMPLES)
     print(
         f"fitting an optimised {sampler.num_steps}-step grid to the model of step {model.step} "

@@ -10,6 +10,7 @@ from PIL import Image
 
 from blackout_jax.data import arrays, count_checks, load_dataset
 from blackout_jax.run.config import DataConfig
+from tests.hostile_arrays import HOSTILE_SHAPE, hostile_npy_bytes, write_hostile_npz
 
 
 def counts_config(path, **overrides) -> DataConfig:
@@ -166,6 +167,48 @@ def test_empty_png_folder_and_missing_path(tmp_path):
         load_dataset(counts_config(tmp_path / "c.csv"), seed=0)
     with pytest.raises(ValueError, match="data.path"):
         load_dataset(counts_config(""), seed=0)
+
+
+# --- headers claiming more data than the file holds ---------------------------------------------
+
+
+@pytest.mark.parametrize("version", [(1, 0), (2, 0)])
+def test_an_npy_header_claiming_more_than_the_file_holds_is_refused_before_reading(
+    tmp_path, version
+):
+    path = tmp_path / "big.npy"
+    path.write_bytes(hostile_npy_bytes(version))
+    expected = (
+        f"{path}: the header claims shape {HOSTILE_SHAPE} of float64 ({2**40} bytes), but only "
+        "64 bytes of data follow it"
+    )
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        arrays.check_stored_size(path)
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        load_dataset(counts_config(path), seed=0)
+
+
+def test_an_npz_member_claiming_more_than_the_archive_holds_is_refused(tmp_path):
+    path = tmp_path / "big.npz"
+    write_hostile_npz(path, labels=np.zeros(3, np.int32))
+    expected = f"{path}['counts']: the header claims shape {HOSTILE_SHAPE} of float64"
+    with pytest.raises(ValueError, match=re.escape(expected) + ".* only 64 bytes"):
+        load_dataset(counts_config(path), seed=0)
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        load_dataset(counts_config(path, array_key="counts"), seed=0)
+    arrays.check_stored_size(path, "labels")  # the valid member passes
+
+
+def test_stored_sizes_that_match_pass_and_unreadable_headers_are_left_to_numpy(tmp_path):
+    np.save(tmp_path / "c.npy", np.zeros((3, 4, 4), np.int16))
+    arrays.check_stored_size(tmp_path / "c.npy")
+    (tmp_path / "junk.npy").write_bytes(b"not an array")
+    arrays.check_stored_size(tmp_path / "junk.npy")
+    with pytest.raises(ValueError, match="junk.npy: not a readable .npy"):
+        load_dataset(counts_config(tmp_path / "junk.npy"), seed=0)
+    short = hostile_npy_bytes(data=b"")[:-1]  # a header cut short
+    (tmp_path / "short.npy").write_bytes(short)
+    arrays.check_stored_size(tmp_path / "short.npy")
 
 
 # --- every validation failure names the file, the index and the value ---------------------------

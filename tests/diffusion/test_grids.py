@@ -127,3 +127,41 @@ def test_grid_file_round_trip_and_errors(tmp_path) -> None:
     (tmp_path / "decreasing.json").write_text(json.dumps({"times": [0.0, 2.0, 1.0]}))
     with pytest.raises(ValueError, match="increasing"):
         grid_files.load_grid(tmp_path / "decreasing.json")
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "not a JSON grid file"),
+        (b"{times", "not a JSON grid file"),
+        (bytes(range(256)), "not a JSON grid file"),
+        (b'{"times": [0.0, 3.0, 1.0, 7.0, 10.0]}', "strictly increasing"),
+        (b'{"times": [0.0, 1.0, 1.0, 5.0, 10.0]}', "strictly increasing"),
+        (b'{"times": [0.0, NaN, 2.0, 5.0, 10.0]}', "must be finite"),
+        (b'{"times": [0.0, {}, 2.0, 5.0, 10.0]}', "times"),
+        (b'{"times": [1.0, 2.0, 3.0, 5.0, 10.0]}', "must start at 0"),
+        (b'{"times": [0.0, 0.5, 1.0, 2.0, 5.0]}', "ends at 5.0, not at t_end = 10.0"),
+        (b'{"times": [0.0, 1.0, 10.0]}', "a grid of 2 steps, not of sampling.num_steps = 4"),
+    ],
+    ids=[
+        "empty",
+        "not JSON",
+        "binary junk",
+        "random values",
+        "not increasing",
+        "NaN",
+        "not numbers",
+        "not from 0",
+        "another t_end",
+        "another length",
+    ],
+)
+def test_a_grid_file_of_another_grid_is_one_line_naming_it(tmp_path, content, expected) -> None:
+    path = tmp_path / "grid.json"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as info:
+        grid_files.load_grid(path, num_steps=4, t_end=10.0)
+    message = str(info.value)
+    assert message.startswith(f"{path}: ") and expected in message and "\n" not in message
+    grid_files.save_grid(path, observation_times(4, 10.0))
+    assert len(grid_files.load_grid(path, num_steps=4, t_end=10.0)[0]) == 5

@@ -77,3 +77,58 @@ def test_an_unreadable_stored_config_is_named(tmp_path):
     assert folder.read_stored_config(tmp_path / "missing") is None
     with pytest.raises(ValueError, match="config.json cannot be read"):
         folder.read_stored_config(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"[1, 2, 3]", "holds JSON a list, not an object"),
+        (b"42", "holds JSON a number, not an object"),
+        (b"null", "holds JSON null, not an object"),
+        (bytes(range(256)), "cannot be read ('utf-8' codec"),
+        (b'{"model": ', "cannot be read (Expecting value"),
+    ],
+    ids=["list", "number", "null", "binary junk", "invalid JSON"],
+)
+def test_a_stored_config_that_is_not_an_object_is_one_line_naming_it(tmp_path, content, expected):
+    path = tmp_path / folder.CONFIG_FILE
+    path.write_bytes(content)
+    (tmp_path / folder.CHECKPOINTS_DIR).mkdir()
+    config = config_lib.parse(config_lib.default_dict())
+    for read in (
+        lambda: folder.read_stored_config(tmp_path),
+        lambda: folder.with_stored_config(config_lib.default_dict(), tmp_path),
+        lambda: folder.check_resumable(config, str(tmp_path)),
+    ):
+        with pytest.raises(ValueError) as info:
+            read()
+        message = str(info.value)
+        assert str(path) in message and expected in message and "\n" not in message
+    assert path.read_bytes() == content
+
+
+def test_layout_problem_names_a_part_of_the_wrong_kind(tmp_path):
+    assert folder.layout_problem(tmp_path) is None
+    for name in folder.FOLDERS:
+        (tmp_path / name).mkdir()
+    for name in folder.FILES:
+        (tmp_path / name).write_text("x")
+    assert folder.layout_problem(tmp_path) is None
+    for name in folder.FILES:
+        (tmp_path / name).unlink()
+    for name in ("checkpoints", "samples", "eval", "grids", "imputed", "unthinned", "tensorboard"):
+        (tmp_path / name).rmdir()
+        (tmp_path / name).write_text("x")
+        problem = folder.layout_problem(tmp_path)
+        assert problem == (
+            f"{tmp_path / name} is a file, but the run folder keeps a folder of that name; "
+            "move the file aside or use another --workdir"
+        )
+        (tmp_path / name).unlink()
+        (tmp_path / name).mkdir()
+    for name in folder.FILES:
+        (tmp_path / name).mkdir()
+        assert f"{tmp_path / name} is a folder, but the run folder keeps a file" in (
+            folder.layout_problem(tmp_path)
+        )
+        (tmp_path / name).rmdir()

@@ -49,6 +49,24 @@ def test_metrics_writer_on_resume_drops_rows_after_the_restored_step(tmp_path):
     assert path.read_text(encoding="utf-8").endswith("\n")
 
 
+@pytest.mark.parametrize(
+    "line",
+    [b"[1, 2]", b'{"step": null}', b'{"step": "3"}', b'{"step": true}', b"7", bytes(range(256))],
+    ids=["list", "null step", "text step", "boolean step", "number", "binary junk"],
+)
+def test_lines_that_are_not_rows_are_skipped_and_resuming_goes_on(tmp_path, line):
+    path = tmp_path / reporting.METRICS_FILE
+    path.write_bytes(b'{"step": 2, "split": "train", "loss": 1.0}\n' + line + b"\n")
+    assert reporting.read_metrics(path) == [{"step": 2, "split": "train", "loss": 1.0}]
+    writer = reporting.MetricsWriter(tmp_path, resume_step=2, tensorboard=False)
+    writer.write(4, {"loss": 0.5})
+    writer.close()
+    assert [row["step"] for row in reporting.read_metrics(path)] == [2, 4]
+    reporting.plot_loss_curve(
+        [*reporting.read_metrics(path), {"step": 6, "split": "train"}], tmp_path / "curve.png"
+    )
+
+
 def test_read_metrics_of_a_missing_file_is_empty(tmp_path):
     assert reporting.read_metrics(tmp_path / "nothing.jsonl") == []
 
