@@ -118,7 +118,16 @@ def check_positive_scalar(name: str, value: Any) -> None:
 
 
 def check_survival(name: str, value: Any) -> None:
-    """Survival probabilities: finite, ``0 < q <= 1`` (a scalar or any shape)."""
+    """Survival probabilities: finite, ``0 < q <= 1`` (a scalar or any shape). A JAX array is
+    checked on its device; it is copied to the host only to name a bad value."""
+    if (
+        isinstance(value, jax.Array)
+        and not isinstance(value, jax.core.Tracer)
+        and value.is_fully_addressable
+        and jnp.issubdtype(value.dtype, jnp.floating)
+        and bool(_valid_survival(value))
+    ):
+        return
     values = concrete_value(value)
     if values is None:
         return
@@ -127,6 +136,12 @@ def check_survival(name: str, value: Any) -> None:
     values = values.astype(np.float64)
     _first_bad(name, values, ~np.isfinite(values), "must be finite")
     _first_bad(name, values, ~((values > 0) & (values <= 1)), "must be in (0, 1]")
+
+
+@jax.jit
+def _valid_survival(q: jax.Array) -> jax.Array:
+    """``all(0 < q <= 1)`` (false for NaN), a boolean scalar."""
+    return jnp.all((q > 0) & (q <= 1))
 
 
 def check_earlier(s: Any, t: Any) -> None:

@@ -267,8 +267,9 @@ def unthin(
       predict_fn: ``(counts (B, ...), t (B,)) -> yhat``, as for :func:`sample`.
       observed: ``(B, ...)`` the observed counts ``y``, whole numbers in ``0..max_count``.
       survival: ``q`` in ``(0, 1]``: a scalar, or ``(B,)`` one per example. Examples with
-        ``q = 1`` are returned as given; when every ``q`` is 1 (and known) ``predict_fn`` is
-        not called.
+        ``q = 1`` are returned as given; when every ``q`` is 1 and ``survival`` is a Python or
+        NumPy value, ``predict_fn`` is not called (a JAX array is not copied to the host to
+        find out).
       max_count: largest count ``N`` (``>= 1``).
       num_steps: sampler steps ``K >= 1`` between ``t*`` and 0.
       method: one of :data:`METHODS`, as for :func:`sample`. The default
@@ -305,11 +306,9 @@ def unthin(
             f"shape {np.shape(survival)}"
         )
     argument_checks.check_counts("observed", observed, max_count)
-    survival_values = argument_checks.concrete_value(survival)
-    if survival_values is not None:
-        argument_checks.check_survival("survival", survival_values)
-        if np.all(survival_values == 1):
-            return jnp.asarray(observed).astype(jnp.int32)
+    argument_checks.check_survival("survival", survival)
+    if not isinstance(survival, jax.Array) and np.all(np.asarray(survival) == 1):
+        return jnp.asarray(observed).astype(jnp.int32)  # nothing thinned: no network call
     q = jnp.asarray(survival, jnp.float32)
     thinned = q < 1.0
     times = schedule.unthinning_times(jnp.where(thinned, q, 0.5), int(num_steps))

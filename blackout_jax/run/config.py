@@ -62,7 +62,12 @@ class DiffusionConfig:
     """The death process and the training loss (DESIGN §2)."""
 
     t_end: float = setting(10.0, "end time of the death process", strictly_above=0.0)
-    num_steps: int = setting(1000, "T, observation times of the reference grid", minimum=1)
+    num_steps: int = setting(
+        1000,
+        "T, intervals of the training time grid (observation_times(T, t_end)); not the "
+        "optimiser's steps (training.num_steps) nor the sampler's (sampling.num_steps)",
+        minimum=1,
+    )
     weighting: str = setting("elbo", "loss weighting w(t)", choices=WEIGHTINGS)
 
 
@@ -70,7 +75,7 @@ class DiffusionConfig:
 class TrainingConfig:
     """The optimiser, the EMA and the loop's periods."""
 
-    num_steps: int = setting(1000, "training steps", minimum=1)
+    num_steps: int = setting(1000, "optimiser updates to train for", minimum=1)
     batch_size: int = setting(128, "global batch size", minimum=1)
     learning_rate: float = setting(1e-3, "Adam learning rate", strictly_above=0.0)
     warmup_steps: int = setting(
@@ -137,7 +142,12 @@ class SamplingConfig:
     """The sampler of the inference modes (every mode but train) and of the training-time grids."""
 
     num_samples: int = setting(64, "samples drawn by --mode=sample/evaluate", minimum=1)
-    num_steps: int = setting(100, "sampler steps K", minimum=1)
+    num_steps: int = setting(
+        100,
+        "sampler steps K, intervals of the sampler's time grid (network calls per step: 1, "
+        "or 2 for the trapezoidal methods)",
+        minimum=1,
+    )
     method: str = setting("binomial_bridge", "sampler", choices=METHODS)
     grid: str = setting(
         "logit",

@@ -59,9 +59,7 @@ def sample_run(
     """Draw ``sampling.num_samples`` samples → ``samples/samples_<step>_<draws>.npz`` + PNG."""
     times = trained.model_sampling_times(config, workdir, model, dataset)
     draws = trained.sample_draws(config, model, times)
-    path = folder.command_output(workdir, "sample", model.step, draws)
-    if parallel.is_primary():
-        _check_output_folder(path.parent)
+    path = _output_path(workdir, "sample", model.step, draws)
     samples = trained.draw_samples(config, workdir, model, times)
     if parallel.is_primary():
         sampler = config.sampling
@@ -100,9 +98,7 @@ def evaluate_run(
 ) -> Path:
     """Likelihood bound over the held-out split and sample metrics → ``eval/metrics_<step>.json``
     (:func:`blackout_jax.run.evaluation.evaluate_model`)."""
-    path = folder.command_output(workdir, "evaluate", model.step)
-    if parallel.is_primary():
-        _check_output_folder(path.parent)
+    path = _output_path(workdir, "evaluate", model.step)
     results = evaluation.evaluate_model(config, workdir, dataset, model)
     if parallel.is_primary():
         reporting.write_json(path, results)
@@ -156,9 +152,7 @@ def impute_run(
             "mask": mask,
         },
     )
-    path = folder.command_output(workdir, "impute", model.step, draws)
-    if parallel.is_primary():
-        _check_output_folder(path.parent)
+    path = _output_path(workdir, "impute", model.step, draws)
 
     def complete(key: jax.Array, observed_counts: jax.Array, observed: jax.Array) -> jax.Array:
         return sampling.impute(
@@ -247,9 +241,7 @@ def unthin_run(
             "survival": survival,
         },
     )
-    path = folder.command_output(workdir, "unthin", model.step, draws)
-    if parallel.is_primary():
-        _check_output_folder(path.parent)
+    path = _output_path(workdir, "unthin", model.step, draws)
 
     def draw(key: jax.Array, observed: jax.Array, q: jax.Array) -> jax.Array:
         return sampling.unthin(
@@ -323,14 +315,22 @@ def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
-def _check_output_folder(directory: Path) -> None:
-    """Create (then remove) a file in ``directory``, or in the nearest folder above it that
-    exists, before any work: a read-only run folder is named now, not after the draws; nothing
-    is left behind, not even the folder.
+def _output_path(workdir: str | os.PathLike[str], mode: str, step: int, draws: str = "") -> Path:
+    """:func:`~blackout_jax.run.folder.command_output`, its folder checked for writing (on the
+    primary host) before any work: a read-only run folder is named now, not after the draws.
+    A file is created and removed in the folder, or in the nearest one above it that exists;
+    nothing is left behind, not even the folder.
 
     Raises:
-      OSError: with ``filename`` ``directory``.
+      OSError: with ``filename`` the output's folder.
     """
+    path = folder.command_output(workdir, mode, step, draws)
+    if parallel.is_primary():
+        _check_writable(path.parent)
+    return path
+
+
+def _check_writable(directory: Path) -> None:
     existing = directory
     while not existing.is_dir() and existing != existing.parent:
         existing = existing.parent

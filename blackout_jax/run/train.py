@@ -106,7 +106,6 @@ class Trainer:
             "num_devices": jax.device_count(),
             "num_processes": jax.process_count(),
             "state_layout": checkpointing.FLAT_LAYOUT,
-            "config": config.to_dict(),
         }
         self.start_step = 0
         self.compiled_step = train_step.jit_train_step(
@@ -319,6 +318,7 @@ class Trainer:
                 **self.metadata,
                 **counts,
                 "step": step,
+                "config": self.config.to_dict(),  # the authority when config.json is lost
                 "digests": checkpointing.digests(state),
             },
             force=force,

@@ -271,7 +271,7 @@ def test_missing_fields_take_their_defaults_and_the_typed_config_is_frozen():
 
 def test_describe_lists_every_field_with_its_value():
     text = config_lib.describe(config_lib.parse(_config("tiny")))
-    assert "training.num_steps = 6  # training steps" in text
+    assert "training.num_steps = 6  # optimiser updates to train for" in text
     assert "model.nf = 8" in text
     assert (
         len(text.splitlines())

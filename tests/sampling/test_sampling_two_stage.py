@@ -19,7 +19,7 @@ from scipy import stats
 from sklearn.datasets import load_digits
 
 from blackout_jax import METHODS, dataset_oracle, likelihood, observation_times, sample
-from tests.diffusion import exact_kernels
+from tests.sampling import exact_kernels
 
 MAX_COUNT = 16
 RHO = 0.37  # keeps (N - n) q_t off the half-integers that round() could split

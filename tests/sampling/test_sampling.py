@@ -17,7 +17,7 @@ from blackout_jax import (
     sampling,
     subgrid,
 )
-from tests.diffusion import exact_kernels
+from tests.sampling import exact_kernels
 
 MAX_COUNT = 16
 T_END = 15.0
