@@ -106,7 +106,14 @@ def main(argv: list[str]) -> None:
         cli.fail(f"unexpected arguments: {' '.join(argv[1:])}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # keep the console for progress lines
+    from blackout_jax.run import safety
 
+    with safety.StopAtOnce(lambda name: f"{name} received: stopped at once, with nothing unsaved"):
+        _run_mode()
+
+
+def _run_mode() -> None:
+    """The mode of ``--mode`` (``show_config``, ``train`` or a use of a trained run)."""
     from blackout_jax.run import config as config_lib
 
     mode = _MODE.value

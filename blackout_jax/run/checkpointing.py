@@ -341,7 +341,9 @@ class CheckpointStore:
         step folder) is reported by ``warn``
         in one line naming the step and why; with ``set_aside`` its folder is renamed to
         ``<step>.damaged`` (never deleted; by the primary process, the others wait for it) so
-        that later runs skip it too. Then the next older one is tried.
+        that later runs skip it too. Then the next older one is tried. A checkpoint whose
+        folder vanished during the read (a trainer beside this reader pruned it) is no damage:
+        the list of checkpoints is read again and the newest one not yet tried is next.
 
         Raises:
           NoUsableCheckpointError: there are checkpoints and none restores.
@@ -349,16 +351,26 @@ class CheckpointStore:
             (raised by ``restore``; nothing is renamed).
           PermissionError: a checkpoint file may not be read (nothing is renamed).
         """
-        steps = self.all_steps()
         safety.drop_callbacks_of_abandoned_reads()
-        for step in reversed(steps):
+        tried: set[int] = set()
+        steps = self.all_steps()
+        while True:
+            untried = [step for step in steps if step not in tried]
+            if not untried:
+                break
+            step = untried[-1]
+            tried.add(step)
+            folder = os.path.join(self.directory, str(step))
             try:
                 return restore(step)
             except (CheckpointMismatchError, PermissionError):
                 raise
             except Exception as error:  # noqa: BLE001 - orbax, tensorstore, zstd, json, OS errors
+                if not os.path.isdir(folder):  # removed meanwhile by a trainer's keep policy
+                    self._manager.reload()
+                    steps = self.all_steps()  # it may have written a newer one: try that first
+                    continue
                 reason = failure_reason(error)
-            folder = os.path.join(self.directory, str(step))
             if set_aside:
                 self._set_aside(folder)
                 warn(
@@ -367,10 +379,10 @@ class CheckpointStore:
                 )
             else:
                 warn(f"warning: checkpoint {step} in {self.directory} does not restore ({reason})")
-        if steps:
+        if tried:
             raise NoUsableCheckpointError(
-                f"none of the checkpoints in {self.directory} (steps {steps}) restores; see the "
-                "warnings above"
+                f"none of the checkpoints in {self.directory} (steps {sorted(tried)}) restores; "
+                "see the warnings above"
             )
         return None
 

@@ -1,6 +1,8 @@
 """What a run does when something fails: a shutdown signal, a full disk, a failed read,
 updates that stop being finite.
 
+* :class:`StopAtOnce`: SIGTERM/SIGINT end a command at once, with one line, while there is
+  nothing to save (start-up, data loading, the first compilation, the inference modes).
 * :class:`ShutdownFlag`: SIGTERM/SIGINT while training save a checkpoint and end the run at
   the next step boundary (once the first step has compiled).
 * A full disk (:func:`no_space_error`) ends training with :class:`DiskFullError`, one line
@@ -17,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import signal
 import sys
 import threading
@@ -29,14 +32,87 @@ class Interrupted(Exception):
     """A shutdown signal arrived during work that stops at once (an evaluation)."""
 
 
+class StopAtOnce:
+    """SIGINT/SIGTERM end the process at once, with one line, while nothing needs saving (a
+    context manager; ``main`` holds it for the whole command).
+
+    A Python signal handler runs only between two bytecodes of the main thread, so a signal
+    during a long compilation or data load would wait for it. Here the signal's number is
+    written to a pipe by the interpreter's C-level handler (``signal.set_wakeup_fd``), and a
+    watcher thread prints ``message(signal name)`` on stderr and ends the process with status
+    ``128 + signal number`` (130 for SIGINT, 143 for SIGTERM) within moments, whatever the
+    main thread is doing. While training has work to save (:meth:`ShutdownFlag.arm`) the
+    watcher stands down and :class:`ShutdownFlag` handles the signals.
+    """
+
+    def __init__(self, message: Callable[[str], str]) -> None:
+        self._message = message
+        self._active = False
+        self._previous: dict[int, Any] = {}
+        self._wakeup_fd = -1
+
+    def __enter__(self) -> StopAtOnce:
+        global _stop_at_once
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+        self._wakeup_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, _no_python_action)
+        threading.Thread(target=self._watch, args=(read_end,), daemon=True).start()
+        self._active = True
+        _stop_at_once = self
+        return self
+
+    def _watch(self, read_end: int) -> None:
+        while True:
+            received = os.read(read_end, 1)
+            if not received:
+                return
+            if self._active:
+                name = signal.Signals(received[0]).name
+                sys.stderr.write(self._message(name) + "\n")
+                sys.stderr.flush()
+                os._exit(128 + received[0])
+
+    def stand_down(self) -> None:
+        """Leave the signals to another handler (a run with work to save)."""
+        self._active = False
+
+    def stand_up(self) -> None:
+        """Stop at once again."""
+        self._active = True
+
+    def __exit__(self, *exc_info: object) -> None:
+        global _stop_at_once
+        if not self._previous:
+            return
+        self._active = False
+        _stop_at_once = None
+        signal.set_wakeup_fd(self._wakeup_fd)
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous.clear()
+
+
+def _no_python_action(signum: int, frame: Any) -> None:
+    """The Python-level handler while :class:`StopAtOnce` is active: the watcher thread acts."""
+    del signum, frame
+
+
+_stop_at_once: StopAtOnce | None = None
+
+
 class ShutdownFlag:
     """SIGTERM/SIGINT handling while training (a context manager).
 
     Until :meth:`arm` (called once the first step of this process has run, i.e. compiled) there
-    is nothing to save since the last checkpoint, so SIGTERM keeps its default action and ends
-    the process at once, even inside a long compilation; afterwards SIGTERM and SIGINT set
-    :attr:`requested` and training saves and exits at the next step boundary. Inside
-    :meth:`interrupting` (an evaluation) they raise :class:`Interrupted` at once instead.
+    is nothing to save since the last checkpoint: under :class:`StopAtOnce` (the command line)
+    a signal ends the process at once with one line, even inside a long compilation; without
+    it SIGTERM keeps its default action and SIGINT sets :attr:`requested`. Afterwards SIGTERM
+    and SIGINT set :attr:`requested` and training saves and exits at the next step boundary.
+    Inside :meth:`interrupting` (an evaluation) they raise :class:`Interrupted` at once instead.
     """
 
     def __init__(self) -> None:
@@ -44,6 +120,7 @@ class ShutdownFlag:
         self.signal_name = ""
         self._previous: dict[int, Any] = {}
         self._raise = False
+        self._main_thread = threading.current_thread() is threading.main_thread()
 
     def _handle(self, signum: int, frame: Any) -> None:
         del frame
@@ -70,20 +147,26 @@ class ShutdownFlag:
         self._previous.setdefault(signum, previous)
 
     def __enter__(self) -> ShutdownFlag:
-        if threading.current_thread() is threading.main_thread():  # else handlers can't be set
+        if self._main_thread and _stop_at_once is None:  # else handlers can't be set
             self._install(signal.SIGTERM, signal.SIG_DFL)
             self._install(signal.SIGINT, self._handle)
         return self
 
     def arm(self) -> None:
-        """From now on SIGTERM saves before exiting."""
-        if self._previous:
-            self._install(signal.SIGTERM, self._handle)
+        """From now on SIGTERM and SIGINT save before exiting."""
+        if not self._main_thread:
+            return
+        self._install(signal.SIGTERM, self._handle)
+        self._install(signal.SIGINT, self._handle)
+        if _stop_at_once is not None:
+            _stop_at_once.stand_down()
 
     def __exit__(self, *exc_info: object) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+        if _stop_at_once is not None:
+            _stop_at_once.stand_up()
 
 
 class DiskFullError(OSError):

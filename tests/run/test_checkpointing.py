@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from types import SimpleNamespace
 
@@ -244,3 +245,30 @@ def test_a_file_that_may_not_be_read_is_an_error_not_damage(tmp_path):
         store.restore_newest_usable(restore, set_aside=True, warn=pytest.fail)
     store.close()
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2"]
+
+
+def test_a_checkpoint_pruned_during_the_read_is_no_damage_and_the_newest_is_read(tmp_path):
+    """A trainer beside the reader removes checkpoint 4 while it is read and writes 6: the reader
+    warns of nothing and reads 6."""
+    store = _store(tmp_path / "checkpoints", keep_checkpoints=5)
+    for step in (2, 4):
+        _save(store, step, force=True)
+    store.wait()
+    trainer = _store(tmp_path / "checkpoints", keep_checkpoints=5)
+    target = checkpointing.abstract_like(_state(0), _replicated())
+    read = []
+
+    def restore(step):
+        read.append(step)
+        if step == 4 and len(read) == 1:
+            _save(trainer, 6, force=True)
+            trainer.wait()
+            shutil.rmtree(tmp_path / "checkpoints" / "4")
+            raise FileNotFoundError("a file of checkpoint 4 vanished")
+        return store.restore(step, target)
+
+    restored = store.restore_newest_usable(restore, set_aside=True, warn=pytest.fail)
+    store.close()
+    trainer.close()
+    assert read == [4, 6] and restored.step == 6
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2", "6"]
