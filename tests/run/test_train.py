@@ -419,3 +419,35 @@ def test_a_tree_layout_state_migrates_to_the_flat_state_of_the_same_values():
     )
     assert int(adam.count) == 1
     assert int(migrated["opt_state"].notfinite_count) == 0
+
+
+def test_a_non_finite_held_out_bound_is_a_warning(tmp_path, monkeypatch, capsys):
+    from blackout_jax import models
+    from blackout_jax.run import evaluation
+
+    monkeypatch.setattr(models, "create_model", _small_net_factory)
+    nan = float("nan")
+    monkeypatch.setattr(
+        evaluation.Evaluator,
+        "metrics",
+        lambda self, ema_params: {
+            "loss": nan,
+            "nll_nats": nan,
+            "bits_per_dim": nan,
+            "num_examples": 4,
+        },
+    )
+    config = tiny.get_config()
+    config.training.num_steps = 3
+    config.eval.num_grid_samples = 0
+    train.train_and_evaluate(config_lib.parse(config), tmp_path)
+    output = capsys.readouterr()
+    warnings = [
+        line
+        for line in (output.out + output.err).splitlines()
+        if line.startswith("warning: the held-out bound at step")
+    ]
+    assert warnings == [
+        "warning: the held-out bound at step 3 is not finite (nan): the EMA parameters hold "
+        "non-finite values"
+    ]
