@@ -49,7 +49,6 @@ on stderr and exits with status 2 without writing anything.
 
 from __future__ import annotations
 
-import errno
 import functools
 import sys
 
@@ -204,18 +203,7 @@ def _use_trained_run(mode: str, workdir: str) -> None:
     except (ValueError, FileNotFoundError) as error:
         cli.fail(str(error))
     except OSError as error:  # a read-only run folder, a full disk
-        cli.fail(_write_problem(error))
-
-
-def _write_problem(error: OSError) -> str:
-    """One line naming the path that could not be written and why; the outputs are written
-    whole or not at all (:func:`blackout_jax.run.reporting.write_atomically`)."""
-    reason = error.strerror or str(error)
-    if error.errno == errno.ENOSPC:
-        reason += ": the disk is full; free space and run the command again"
-    elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-        reason += ": the run folder must be writable for this command"
-    return f"cannot write {error.filename or 'the run folder'} ({reason}); no partial file is left"
+        cli.fail(cli.write_problem(error))
 
 
 def run() -> None:

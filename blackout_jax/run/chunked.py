@@ -32,7 +32,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from blackout_jax import sampling
-from blackout_jax.run import parallel, reporting
+from blackout_jax.run import parallel, reporting, safety
 from blackout_jax.run.progress import ProgressReporter, sampler_progress
 
 Array = jax.Array
@@ -172,6 +172,7 @@ def run_in_chunks(
                     path, lambda file, chunk=chunk: np.save(file, chunk, allow_pickle=False)
                 )
         chunks.append(chunk)
+        safety.stop_if_interrupted()  # an evaluation a signal cuts short
     return np.concatenate(chunks)[:num_examples]
 
 

@@ -8,6 +8,7 @@ ml_collections' failures into one ``error: ...`` line with exit status 2, lists 
 from __future__ import annotations
 
 import ast
+import errno
 import importlib.machinery
 import importlib.util
 import os
@@ -295,3 +296,14 @@ def workdir_problem(workdir: str) -> str | None:
     if path == os.path.abspath(workdir):
         return f"--workdir={workdir}: exists and is a file, not a folder"
     return f"--workdir={workdir}: {path} is a file, so no folder can be made below it"
+
+
+def write_problem(error: OSError) -> str:
+    """One line naming the path that could not be written and why; the outputs are written
+    whole or not at all (:func:`blackout_jax.run.reporting.write_atomically`)."""
+    reason = error.strerror or str(error)
+    if error.errno == errno.ENOSPC:
+        reason += ": the disk is full; free space and run the command again"
+    elif error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        reason += ": the run folder must be writable for this command"
+    return f"cannot write {error.filename or 'the run folder'} ({reason}); no partial file is left"

@@ -112,35 +112,34 @@ class ShutdownFlag:
     a signal ends the process at once with one line, even inside a long compilation; without
     it SIGTERM keeps its default action and SIGINT sets :attr:`requested`. Afterwards SIGTERM
     and SIGINT set :attr:`requested` and training saves and exits at the next step boundary.
-    Inside :meth:`interrupting` (an evaluation) they raise :class:`Interrupted` at once instead.
+    Inside :meth:`interrupting` (an evaluation) the work stops at the next
+    :func:`stop_if_interrupted` (between two chunks of the bound or the samples) instead.
     """
 
     def __init__(self) -> None:
         self.requested = False
         self.signal_name = ""
         self._previous: dict[int, Any] = {}
-        self._raise = False
         self._main_thread = threading.current_thread() is threading.main_thread()
 
     def _handle(self, signum: int, frame: Any) -> None:
         del frame
         self.requested = True
         self.signal_name = signal.Signals(signum).name
-        if self._raise:
-            self._raise = False  # once: the handler of Interrupted may take its time
-            raise Interrupted(self.signal_name)
 
     @contextlib.contextmanager
     def interrupting(self) -> Iterator[None]:
-        """While inside, a signal raises :class:`Interrupted` where the main thread is (between
-        two device calls of an evaluation); one that arrived before raises on entry."""
+        """While inside, :func:`stop_if_interrupted` (called between two device calls of an
+        evaluation, with no computation in flight) raises :class:`Interrupted` once a signal
+        has arrived; one that arrived before raises on entry."""
+        global _interruptible
         if self.requested:
             raise Interrupted(self.signal_name)
-        self._raise = True
+        _interruptible = self
         try:
             yield
         finally:
-            self._raise = False
+            _interruptible = None
 
     def _install(self, signum: int, handler: Any) -> None:
         previous = signal.signal(signum, handler)
@@ -167,6 +166,16 @@ class ShutdownFlag:
         self._previous.clear()
         if _stop_at_once is not None:
             _stop_at_once.stand_up()
+
+
+_interruptible: ShutdownFlag | None = None
+
+
+def stop_if_interrupted() -> None:
+    """Raise :class:`Interrupted` when inside :meth:`ShutdownFlag.interrupting` a signal has
+    arrived; nothing otherwise. Call it where no device computation is in flight."""
+    if _interruptible is not None and _interruptible.requested:
+        raise Interrupted(_interruptible.signal_name)
 
 
 class DiskFullError(OSError):

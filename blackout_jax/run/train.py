@@ -455,7 +455,6 @@ def _train_loop(trainer: Trainer, shutdown: safety.ShutdownFlag) -> TrainResult:
             try:
                 last_eval = trainer.evaluate(step, shutdown.interrupting)
             except safety.Interrupted:
-                jax.effects_barrier()  # the device call in flight, and its host callbacks
                 trainer.progress.message(f"the evaluation at step {step} was interrupted")
                 trainer.shut_down(step, shutdown.signal_name)
                 stopped = True

@@ -101,8 +101,14 @@ def test_every_config_field_is_read_by_the_code():
     assert unread == []
 
 
-def test_digits_is_the_default():
-    assert _config("digits").to_dict() == _config("default").to_dict()
+def test_digits_is_the_default_with_the_best_sampler_at_100_network_calls():
+    digits, default = _config("digits").to_dict(), _config("default").to_dict()
+    assert (digits["sampling"].pop("method"), digits["sampling"].pop("num_steps")) == (
+        "trapezoidal_bridge",
+        50,
+    )
+    del default["sampling"]["method"], default["sampling"]["num_steps"]
+    assert digits == default
 
 
 def test_digits_conditional_is_digits_with_labels():
