@@ -15,14 +15,14 @@ the network's pytrees; they restore through :func:`blackout_jax.run.train_step.f
 and later saves write the flat layout. Checkpoints of earlier releases that also hold a
 ``config`` item restore as before.
 
-``digests`` (:func:`digests`) are computed on the device at save time and checked after every
-restore: a checkpoint whose arrays decode to other values than were saved is *damaged*, like one
-that does not decode. A restore fails in one of two ways, told apart because they call for
-opposite actions: a damaged checkpoint (:class:`DamagedCheckpointError`, or any read or decode
-error) is reported, set aside by training and the next older one is tried; an intact checkpoint
-that does not fit the command (:class:`CheckpointMismatchError`: another network, other data,
-another array shape) stops the command with a message naming each difference and renames
-nothing.
+``digests`` (:mod:`blackout_jax.run.digests`) are computed on the device at save time and
+checked after every restore: a checkpoint whose arrays decode to other values than were saved
+is *damaged*, like one that does not decode. A restore fails in one of two ways, told apart
+because they call for opposite actions: a damaged checkpoint (a digest that differs, or any
+read or decode error) is reported, set aside by training and the next older one is tried; an
+intact checkpoint that does not fit the command (:class:`CheckpointMismatchError`: another
+network, other data, another array shape) stops the command with a message naming each
+difference and renames nothing.
 
 Saves run in the background; every process calls :meth:`CheckpointStore.save` and orbax
 coordinates the hosts (arrays are written by the processes that hold them, JSON items by the
@@ -41,13 +41,12 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import jax
-import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 from blackout_jax.data import DataShape
-from blackout_jax.run import safety
+from blackout_jax.run import digests, safety
 
 ITEM_NAMES = ("state", "data_iterator", "metadata")
 DAMAGED_SUFFIX = ".damaged"
@@ -59,10 +58,6 @@ class NoUsableCheckpointError(FileNotFoundError):
     """Every checkpoint of a run folder failed to restore."""
 
 
-class DamagedCheckpointError(ValueError):
-    """A checkpoint's arrays decoded to other values than were saved (a digest differs)."""
-
-
 class CheckpointMismatchError(ValueError):
     """An intact checkpoint that does not fit the command (network, data or array shapes)."""
 
@@ -70,56 +65,6 @@ class CheckpointMismatchError(ValueError):
 def state_layout(metadata: dict[str, Any]) -> str:
     """:data:`FLAT_LAYOUT` or, for checkpoints written before it, :data:`TREE_LAYOUT`."""
     return metadata.get("state_layout", TREE_LAYOUT)
-
-
-def _path_name(path: tuple[Any, ...]) -> str:
-    """``params.float32``: a pytree path as orbax names the array it stores."""
-    parts = []
-    for key in path:
-        for attribute in ("key", "name", "idx"):
-            if hasattr(key, attribute):
-                parts.append(str(getattr(key, attribute)))
-                break
-    return ".".join(parts)
-
-
-@jax.jit
-def _checksums(tree: Any) -> Any:
-    """Two uint32 sums per leaf over its bytes read as unsigned words ``w_i``:
-    ``sum w_i`` and ``sum (2 i + 1) w_i`` (mod 2**32); any change of one word changes both."""
-
-    def sums(leaf: jax.Array) -> jax.Array:
-        leaf = jnp.ravel(leaf)
-        if leaf.dtype == jnp.bool_:
-            leaf = leaf.astype(jnp.uint8)
-        unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[leaf.dtype.itemsize]
-        words = jax.lax.bitcast_convert_type(leaf, unsigned).astype(jnp.uint32)
-        odd = 2 * jnp.arange(words.size, dtype=jnp.uint32) + 1
-        return jnp.stack([jnp.sum(words, dtype=jnp.uint32), jnp.sum(words * odd, dtype=jnp.uint32)])
-
-    return jax.tree.map(sums, tree)
-
-
-def digests(tree: Any) -> dict[str, str]:
-    """``{array name: 16 hex digits}``: checksums of every array of ``tree``, computed on the
-    device (integer sums: the same on any number of devices); waits for the device."""
-    sums = jax.tree_util.tree_leaves_with_path(jax.device_get(_checksums(tree)))
-    return {_path_name(path): "".join(f"{int(v):08x}" for v in value) for path, value in sums}
-
-
-def verify_digests(tree: Any, metadata: dict[str, Any], step: int, prefix: str = "") -> None:
-    """Raise :class:`DamagedCheckpointError` when an array of ``tree`` (restored from checkpoint
-    ``step``; named ``prefix`` + its path) differs from the digest saved with it. Checkpoints
-    saved without digests pass."""
-    saved = metadata.get("digests")
-    if not isinstance(saved, dict):
-        return
-    for name, digest in digests(tree).items():
-        name = f"{prefix}.{name}" if prefix else name
-        if name in saved and saved[name] != digest:
-            raise DamagedCheckpointError(
-                f"array {name} of checkpoint {step} does not match the digest saved with it"
-            )
 
 
 def failure_reason(error: BaseException) -> str:
@@ -397,7 +342,7 @@ class CheckpointStore:
         }
         differences = []
         for path, wanted in jax.tree_util.tree_leaves_with_path(target):
-            name = ".".join(filter(None, (prefix, _path_name(path))))
+            name = ".".join(filter(None, (prefix, digests.path_name(path))))
             found = stored.get(name)
             if found is None:
                 differences.append(f"{name}: missing")

@@ -36,6 +36,7 @@ import numpy as np
 from blackout_jax.data import CountDataset
 from blackout_jax.run import (
     checkpointing,
+    digests,
     evaluation,
     folder,
     network,
@@ -168,7 +169,7 @@ class Trainer:
         )
         self.store.check_shapes(step, target)
         restored = self.store.restore(step, target)
-        checkpointing.verify_digests(restored.state, metadata, step)
+        digests.verify_digests(restored.state, metadata, step)
         if not flat:
             state = train_step.from_tree_layout(restored.state, template, layout)
             restored = dataclasses.replace(restored, state=state)
@@ -319,7 +320,7 @@ class Trainer:
                 **counts,
                 "step": step,
                 "config": self.config.to_dict(),  # the authority when config.json is lost
-                "digests": checkpointing.digests(state),
+                "digests": digests.digests(state),
             },
             force=force,
         )

@@ -24,6 +24,7 @@ from blackout_jax.data import CountDataset, DataShape
 from blackout_jax.run import (
     checkpointing,
     chunked,
+    digests,
     flat_params,
     folder,
     grid_files,
@@ -104,7 +105,7 @@ def _restore_ema_params(
         target = layout.abstract(sharding) if flat else abstract_params
         store.check_shapes(step, target, prefix="ema_params")
         step, restored = store.restore_part(step, {"ema_params": target})
-        checkpointing.verify_digests(restored["ema_params"], metadata, step, prefix="ema_params")
+        digests.verify_digests(restored["ema_params"], metadata, step, prefix="ema_params")
         ema_params = restored["ema_params"]
         return step, jax.jit(layout.unravel)(ema_params) if flat else ema_params
 
