@@ -72,13 +72,8 @@ def sample_run(
         reporting.write_npz(
             path,
             samples=samples,
-            method=np.asarray(sampler.method),
-            num_steps=np.asarray(sampler.num_steps),
-            grid=np.asarray(times, np.float32),
-            grid_name=np.asarray(sampler.grid),
+            **_sampler_record(config, times, model.step),
             start=np.asarray(sampler.start),
-            seed=np.asarray(config.seed),
-            checkpoint_step=np.asarray(model.step),
             **conditional,
         )
         grid, columns = samples[:100], None
@@ -136,6 +131,11 @@ def impute_run(
     counts, mask = inputs.read_imputation_input(input_path, model.image_shape, model.max_count)
     sampler = config.sampling
     times = trained.model_sampling_times(config, workdir, model, dataset)
+    options = {
+        "start": sampler.start,
+        "resamples": sampler.impute_resamples,
+        "particles": sampler.impute_particles,
+    }
     draws = folder.draws_name(
         method=sampler.method,
         num_steps=sampler.num_steps,
@@ -143,9 +143,7 @@ def impute_run(
         seed=config.seed,
         settings={
             "times": np.asarray(times, np.float32),
-            "start": sampler.start,
-            "resamples": sampler.impute_resamples,
-            "particles": sampler.impute_particles,
+            **options,
             "chunk_size": sampler.batch_size,
             "max_count": model.max_count,
             "counts": counts,
@@ -163,9 +161,7 @@ def impute_run(
             times,
             max_count=model.max_count,
             method=sampler.method,
-            start=sampler.start,
-            resamples=sampler.impute_resamples,
-            particles=sampler.impute_particles,
+            **options,
             progress=sampler_progress(parallel.is_primary()),
             sharding=parallel.batch_sharding_for(sampler.batch_size),
         )
@@ -183,12 +179,7 @@ def impute_run(
             path,
             counts=completed,
             mask=mask,
-            method=np.asarray(sampler.method),
-            num_steps=np.asarray(sampler.num_steps),
-            grid=np.asarray(times, np.float32),
-            grid_name=np.asarray(sampler.grid),
-            seed=np.asarray(config.seed),
-            checkpoint_step=np.asarray(model.step),
+            **_sampler_record(config, times, model.step),
         )
         pairs = reporting.imputation_pairs(counts[:50], mask[:50], completed[:50], model.max_count)
         reporting.save_sample_grid(pairs, model.max_count, path.with_suffix(".png"), columns=2)
@@ -313,6 +304,20 @@ def _write_unthinned(
 
 def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _sampler_record(config: ExperimentConfig, times: jax.Array, step: int) -> dict[str, np.ndarray]:
+    """What drew the arrays of an output npz: ``method``, ``num_steps``, ``grid`` (the times),
+    ``grid_name``, ``seed`` and ``checkpoint_step``."""
+    sampler = config.sampling
+    return {
+        "method": np.asarray(sampler.method),
+        "num_steps": np.asarray(sampler.num_steps),
+        "grid": np.asarray(times, np.float32),
+        "grid_name": np.asarray(sampler.grid),
+        "seed": np.asarray(config.seed),
+        "checkpoint_step": np.asarray(step),
+    }
 
 
 def _output_path(workdir: str | os.PathLike[str], mode: str, step: int, draws: str = "") -> Path:
