@@ -219,20 +219,9 @@ def unthin_run(
     )
     per_sample = sampler.num_posterior_samples
     sharding = parallel.batch_sharding_for(sampler.batch_size)
-    draws = folder.draws_name(
-        method=sampler.unthin_method,
-        num_steps=sampler.num_steps,
-        grid=None,
-        seed=config.seed,
-        settings={
-            "posterior_samples": per_sample,
-            "chunk_size": sampler.batch_size,
-            "max_count": model.max_count,
-            "counts": counts,
-            "survival": survival,
-        },
+    path = _output_path(
+        workdir, "unthin", model.step, _unthinning_draws(config, model, counts, survival)
     )
-    path = _output_path(workdir, "unthin", model.step, draws)
 
     def draw(key: jax.Array, observed: jax.Array, q: jax.Array) -> jax.Array:
         return sampling.unthin(
@@ -304,6 +293,27 @@ def _write_unthinned(
 
 def _warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _unthinning_draws(
+    config: ExperimentConfig, model: TrainedModel, counts: np.ndarray, survival: np.ndarray
+) -> str:
+    """:func:`~blackout_jax.run.folder.draws_name` of an un-thinning: its sampler settings and
+    its input's arrays."""
+    sampler = config.sampling
+    return folder.draws_name(
+        method=sampler.unthin_method,
+        num_steps=sampler.num_steps,
+        grid=None,
+        seed=config.seed,
+        settings={
+            "posterior_samples": sampler.num_posterior_samples,
+            "chunk_size": sampler.batch_size,
+            "max_count": model.max_count,
+            "counts": counts,
+            "survival": survival,
+        },
+    )
 
 
 def _sampler_record(config: ExperimentConfig, times: jax.Array, step: int) -> dict[str, np.ndarray]:
