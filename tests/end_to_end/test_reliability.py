@@ -1,4 +1,5 @@
-"""Damaged or shared run folders, bad inputs and interruptions, met where a user meets them.
+"""Damaged, mismatched or shared run folders, a full disk and signals, met where a user meets
+them.
 
 Each case asserts the exit status, a single-line message naming the thing, and that nothing the
 user had is lost or overwritten (checkpoint bytes unchanged, metrics rows unique).
@@ -7,9 +8,7 @@ user had is lost or overwritten (checkpoint bytes unchanged, metrics rows unique
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
-import os
 import pathlib
 import shutil
 import signal
@@ -21,50 +20,14 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from blackout_jax.run import cli, folder, inference, reporting, safety, train, trained
 from blackout_jax.run import config as config_lib
+from blackout_jax.run import reporting, safety, train
 from blackout_jax.run.lock import RunFolderLock
 from configs import tiny
 from tests.cli import REPO_ROOT, cpu_environment, only_output, run_main
-from tests.hostile_arrays import hostile_npy_bytes, write_hostile_npz
+from tests.end_to_end.reliability import digest, error_lines, run_tiny, train_rows
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """A 6-step run of configs/tiny.py with checkpoints at steps 3 and 6."""
-    workdir = tmp_path_factory.mktemp("base") / "run"
-    train.train_and_evaluate(config_lib.parse(tiny.get_config()), workdir)
-    return workdir
-
-
-@pytest.fixture
-def run_copy(trained_run, tmp_path):
-    copy = tmp_path / "run"
-    shutil.copytree(trained_run, copy)
-    return copy
-
-
-def _main(workdir, *flags):
-    return run_main("--config=configs/tiny.py", f"--workdir={workdir}", *flags)
-
-
-def _error_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("error:")]
-
-
-def _digest(folder: pathlib.Path) -> dict[str, str]:
-    return {
-        str(path.relative_to(folder)): hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(folder.rglob("*"))
-        if path.is_file()
-    }
-
-
-def _train_rows(workdir) -> list[int]:
-    rows = reporting.read_metrics(workdir / reporting.METRICS_FILE)
-    return [row["step"] for row in rows if row["split"] == "train"]
 
 
 def _truncate_array_files(step_dir: pathlib.Path) -> None:
@@ -96,59 +59,59 @@ DAMAGES = {
 @pytest.mark.parametrize("damage", sorted(DAMAGES))
 def test_training_falls_back_to_the_newest_checkpoint_that_restores(run_copy, damage):
     DAMAGES[damage](run_copy / "checkpoints" / "6")
-    result = _main(run_copy, "--config.training.num_steps=8")
+    result = run_tiny(run_copy, "--config.training.num_steps=8")
     assert result.returncode == 0, result.stderr[-3000:]
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "checkpoint 6" in warnings[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
     assert (run_copy / "checkpoints" / "6.damaged").is_dir()  # set aside, never deleted
     assert "resumed from the checkpoint of step 3" in result.stdout
-    assert _train_rows(run_copy) == [2, 4, 6, 8]
+    assert train_rows(run_copy) == [2, 4, 6, 8]
 
 
 def test_inference_reads_only_what_it_needs_and_falls_back_without_moving(run_copy):
     DAMAGES["emptied data_iterator JSON"](run_copy / "checkpoints" / "6")  # not needed to sample
-    before = _digest(run_copy / "checkpoints")
-    result = _main(run_copy, "--mode=sample")
+    before = digest(run_copy / "checkpoints")
+    result = run_tiny(run_copy, "--mode=sample")
     assert result.returncode == 0, result.stderr[-3000:]
     assert only_output(run_copy / "samples", "samples_6").exists()
     DAMAGES["state folder missing"](run_copy / "checkpoints" / "6")
-    before = _digest(run_copy / "checkpoints")
-    result = _main(run_copy, "--mode=sample")
+    before = digest(run_copy / "checkpoints")
+    result = run_tiny(run_copy, "--mode=sample")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "checkpoint 6" in result.stderr and only_output(run_copy / "samples", "samples_3")
-    assert _digest(run_copy / "checkpoints") == before  # inference only reads
+    assert digest(run_copy / "checkpoints") == before  # inference only reads
 
 
 def test_no_checkpoint_restores_is_one_line_naming_the_folder(run_copy):
     for step in ("3", "6"):
         DAMAGES["state folder missing"](run_copy / "checkpoints" / step)
-    result = _main(run_copy, "--config.training.num_steps=8")
+    result = run_tiny(run_copy, "--config.training.num_steps=8")
     assert result.returncode == 2
-    errors = _error_lines(result.stderr)
+    errors = error_lines(result.stderr)
     assert len(errors) == 1 and str(run_copy / "checkpoints") in errors[0]
     assert "Traceback" not in result.stderr
 
 
 def test_resuming_with_another_network_names_the_changed_fields(run_copy):
-    before = _digest(run_copy)
-    result = _main(run_copy, "--config.model.nf=16", "--config.seed=1")
+    before = digest(run_copy)
+    result = run_tiny(run_copy, "--config.model.nf=16", "--config.seed=1")
     assert result.returncode == 2
-    errors = _error_lines(result.stderr)
+    errors = error_lines(result.stderr)
     assert len(errors) == 1, result.stderr[-2000:]
     assert "model.nf: 8 -> 16" in errors[0] and "seed: 0 -> 1" in errors[0]
     assert "new --workdir" in errors[0] and "Traceback" not in result.stderr
-    assert _digest(run_copy) == before
+    assert digest(run_copy) == before
 
 
 def test_a_second_trainer_stops_at_once_naming_the_holder(run_copy):
-    before = _digest(run_copy)
+    before = digest(run_copy)
     with RunFolderLock(run_copy):
-        result = _main(run_copy, "--config.training.num_steps=8")
+        result = run_tiny(run_copy, "--config.training.num_steps=8")
     assert result.returncode == 2
-    errors = _error_lines(result.stderr)
+    errors = error_lines(result.stderr)
     assert len(errors) == 1 and "is being trained by pid" in errors[0]
-    after = _digest(run_copy)
+    after = digest(run_copy)
     after.pop(".lock", None)
     before.pop(".lock", None)
     assert after == before
@@ -156,9 +119,9 @@ def test_a_second_trainer_stops_at_once_naming_the_holder(run_copy):
 
 def test_a_lock_left_by_a_dead_trainer_does_not_block(run_copy):
     (run_copy / ".lock").write_text("pid 999999 on elsewhere (since long ago)")
-    result = _main(run_copy, "--config.training.num_steps=8")
+    result = run_tiny(run_copy, "--config.training.num_steps=8")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert _train_rows(run_copy) == [2, 4, 6, 8]
+    assert train_rows(run_copy) == [2, 4, 6, 8]
     assert (  # the split and the max count, said at the start of training
         "data: 1500 training and 297 held-out examples (data.num_test, 17% held out); max count "
         "16 (fixed by digits)"
@@ -175,7 +138,7 @@ def test_more_than_half_held_out_is_refused_naming_the_field_and_counts(tmp_path
         "--config.data.num_test=12",
     )
     assert result.returncode == 2
-    errors = _error_lines(result.stderr)
+    errors = error_lines(result.stderr)
     assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
     assert "data.num_test = 12 holds out 60% of the 20 examples" in errors[0], errors
     assert "leaving 8 for training" in errors[0] and "data.allow_large_test_share" in errors[0]
@@ -243,7 +206,7 @@ def test_disk_full_inside_a_checkpoint_save_is_one_message_and_leaves_no_partial
     assert sorted(p.name for p in checkpoints.iterdir()) == ["3"]  # no half-written folder
     monkeypatch.undo()  # space freed: the same command resumes from step 3
     assert train.train_and_evaluate(config_lib.parse(config), tmp_path / "run").step == 6
-    assert _train_rows(tmp_path / "run") == [2, 4, 6]
+    assert train_rows(tmp_path / "run") == [2, 4, 6]
 
 
 def _write_npz(path, **arrays):
@@ -277,11 +240,11 @@ def _write_npz(path, **arrays):
 )
 def test_imputation_input_is_checked_whole_before_any_work(trained_run, tmp_path, arrays, expected):
     path = _write_npz(tmp_path / "input.npz", **arrays)
-    result = _main(
+    result = run_tiny(
         trained_run, "--mode=impute", f"--input={path}", "--config.sampling.batch_size=4"
     )
     assert result.returncode == 2
-    errors = _error_lines(result.stderr)
+    errors = error_lines(result.stderr)
     assert len(errors) == 1 and expected in errors[0] and str(path) in errors[0], result.stderr
     assert not (trained_run / "imputed").exists()
 
@@ -330,14 +293,14 @@ def test_another_network_without_config_json_is_a_mismatch_named_in_the_checkpoi
     """The config stored in the checkpoint is the authority when config.json is missing; an
     intact checkpoint is never set aside because the command differs."""
     (run_copy / "config.json").unlink()
-    before = _digest(run_copy / "checkpoints")
-    result = _main(run_copy, "--config.model.nf=16")
+    before = digest(run_copy / "checkpoints")
+    result = run_tiny(run_copy, "--config.model.nf=16")
     assert result.returncode == 2, result.stderr[-2000:]
-    errors = _error_lines(result.stderr)
+    errors = error_lines(result.stderr)
     assert len(errors) == 1 and "model.nf: 8 -> 16" in errors[0], result.stderr
     assert "checkpoint 6" in errors[0]
-    assert _digest(run_copy / "checkpoints") == before
-    again = _main(run_copy)  # the original command: nothing was lost
+    assert digest(run_copy / "checkpoints") == before
+    again = run_tiny(run_copy)  # the original command: nothing was lost
     assert again.returncode == 0, again.stderr[-2000:]
     assert "already reached step 6" in again.stdout
     assert _checkpoint_names(run_copy) == ["3", "6"]
@@ -359,18 +322,20 @@ def test_own_data_with_more_examples_is_a_mismatch_and_the_original_data_resumes
         "--config.training.num_steps=3",
         "--config.training.eval_every=3",
     )
-    first = _main(workdir, *own_data, f"--config.data.path={_counts_file(tmp_path / 'a.npy', 300)}")
+    first = run_tiny(
+        workdir, *own_data, f"--config.data.path={_counts_file(tmp_path / 'a.npy', 300)}"
+    )
     assert first.returncode == 0, first.stderr[-2000:]
-    before = _digest(workdir / "checkpoints")
+    before = digest(workdir / "checkpoints")
     larger = _counts_file(tmp_path / "b.npy", 330)
-    result = _main(
+    result = run_tiny(
         workdir, *own_data, f"--config.data.path={larger}", "--config.training.num_steps=6"
     )
     assert result.returncode == 2, result.stderr[-2000:]
-    errors = _error_lines(result.stderr)
+    errors = error_lines(result.stderr)
     assert len(errors) == 1 and "num_train: 284 -> 314" in errors[0], result.stderr
-    assert _digest(workdir / "checkpoints") == before
-    resumed = _main(
+    assert digest(workdir / "checkpoints") == before
+    resumed = run_tiny(
         workdir,
         *own_data,
         f"--config.data.path={tmp_path / 'a.npy'}",
@@ -390,7 +355,7 @@ def test_arrays_corrupted_on_disk_are_detected_and_training_falls_back(run_copy,
     content = bytearray(data_files[-1].read_bytes())
     content[len(content) // 2] ^= 0x10
     data_files[-1].write_bytes(bytes(content))
-    result = _main(run_copy, "--config.training.num_steps=6")
+    result = run_tiny(run_copy, "--config.training.num_steps=6")
     assert result.returncode == 0, result.stderr[-2000:]
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "checkpoint 6" in warnings[0], result.stderr
@@ -442,289 +407,3 @@ def test_sigterm_during_the_final_evaluation_keeps_the_last_step(tmp_path):
     assert waited < 30, waited  # between device calls, not at the end of the evaluation
     assert _checkpoint_names(workdir) == ["3", "6"]
     assert "eval" not in {row["split"] for row in reporting.read_metrics(workdir / "metrics.jsonl")}
-
-
-def _sample_chunks(workdir, **sampling) -> pathlib.Path:
-    """The chunk folder that ``--mode=sample`` with these ``sampling`` fields (and ``seed``)
-    keeps for the checkpoint of step 6: where an interrupted command leaves its chunks."""
-    values = tiny.get_config()
-    values.seed = sampling.pop("seed", 0)
-    values.sampling.update(sampling)
-    config = config_lib.parse(values)
-    model = trained.TrainedModel(step=6, predict_for=None, max_count=16, image_shape=(8, 8, 1))
-    draws = trained.sample_draws(config, model, config_lib.fixed_sampling_times(config))
-    return folder.sample_chunks_dir(workdir, 6, draws)
-
-
-def _warning_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("warning:")]
-
-
-def test_sample_chunks_are_keyed_by_the_seed_and_checked_before_reuse(run_copy):
-    """Chunks of seed 0 (one marked, one holding -7.5 and NaN) are not taken by seed 1; seed 0
-    takes the marked one, draws the bad one again, and both results stay side by side."""
-    chunks = _sample_chunks(run_copy, num_samples=8)
-    chunks.mkdir(parents=True)
-    np.save(chunks / "chunk_00000.npy", np.full((4, 8, 8, 1), 3, np.int32))
-    bad = np.zeros((4, 8, 8, 1))
-    bad[0, 0, 0, 0], bad[1, 0, 0, 0] = -7.5, np.nan
-    np.save(chunks / "chunk_00001.npy", bad)
-    flags = ("--mode=sample", "--config.sampling.num_samples=8")
-
-    result = _main(run_copy, *flags, "--config.seed=1")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert _warning_lines(result.stderr) == [] and "Traceback" not in result.stderr
-    seed_one = only_output(run_copy / "samples", "samples_6")
-    assert "_seed1_" in seed_one.name
-    with np.load(seed_one) as archive:
-        assert not (archive["samples"][:4] == 3).all()  # seed 0's chunk was not taken
-        assert int(archive["seed"]) == 1
-    kept = seed_one.read_bytes()
-
-    result = _main(run_copy, *flags)
-    assert result.returncode == 0, result.stderr[-3000:]
-    warnings = _warning_lines(result.stderr)
-    assert len(warnings) == 1, result.stderr[-3000:]
-    assert str(chunks / "chunk_00001.npy") in warnings[0] and "-7.5" in warnings[0]
-    assert "Traceback" not in result.stderr
-    seed_zero = next((run_copy / "samples").glob("samples_6_*_seed0_*.npz"))
-    with np.load(seed_zero) as archive:
-        samples = archive["samples"]
-    assert (samples[:4] == 3).all()  # its own chunk, resumed
-    assert samples.min() >= 0 and samples.max() <= 16
-    assert seed_one.read_bytes() == kept  # the other result is not overwritten
-    assert not chunks.exists()  # removed once the result is written
-
-
-def test_disk_full_while_writing_samples_leaves_no_partial_file_and_resumes(run_copy, monkeypatch):
-    values = tiny.get_config()
-    values.sampling.num_samples = 8
-    config, dataset, model = trained.open_trained_run(values, run_copy)
-
-    def full_disk(file, **arrays):
-        file.write(b"PK\x03\x04 the first bytes")
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(np, "savez", full_disk)
-    with pytest.raises(OSError) as info:
-        inference.sample_run(config, run_copy, dataset, model)
-    line = cli.write_problem(info.value)
-    assert len(line.splitlines()) == 1 and "the disk is full" in line, line
-    assert f"{run_copy}/samples/samples_6_binomial_bridge_4steps_logit_seed0_" in line, line
-    samples = run_copy / "samples"
-    assert list(samples.glob("samples_6*")) == [] and list(samples.rglob("*.tmp")) == []
-    assert len(list(_sample_chunks(run_copy, num_samples=8).glob("chunk_*.npy"))) == 2
-    monkeypatch.undo()  # space freed: the same command finishes from the chunks it drew
-    path = inference.sample_run(config, run_copy, dataset, model)
-    with np.load(path) as archive:
-        assert archive["samples"].shape == (8, 8, 8, 1)
-
-
-def _make_read_only(top: pathlib.Path, writable: bool = False) -> None:
-    for path in [top, *top.rglob("*")]:
-        mode = path.stat().st_mode
-        path.chmod(mode | 0o200 if writable else mode & ~0o222)
-
-
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
-def test_a_read_only_run_folder_is_one_line_naming_it(run_copy, tmp_path):
-    thinned = tmp_path / "thinned.npz"
-    np.savez(thinned, counts=np.ones((2, 8, 8), np.int32), survival=np.full(2, 0.5))
-    before = _digest(run_copy)
-    _make_read_only(run_copy)
-    try:
-        for mode, where in (("sample", "samples"), ("unthin", "unthinned")):
-            result = _main(
-                run_copy,
-                f"--mode={mode}",
-                f"--input={thinned}",
-                "--config.sampling.num_posterior_samples=2",
-            )
-            assert result.returncode == 2, result.stderr[-3000:]
-            errors = _error_lines(result.stderr)
-            assert len(errors) == 1 and str(run_copy / where) in errors[0], result.stderr
-            assert "Traceback" not in result.stderr
-    finally:
-        _make_read_only(run_copy, writable=True)
-    assert _digest(run_copy) == before
-
-
-def test_unthinning_without_survival_names_the_value_it_takes(run_copy, tmp_path):
-    thinned = tmp_path / "thinned.npz"
-    np.savez(thinned, counts=np.ones((2, 8, 8), np.int32))
-    result = _main(
-        run_copy,
-        "--mode=unthin",
-        f"--input={thinned}",
-        "--config.sampling.num_posterior_samples=2",
-        "--config.sampling.survival=0.25",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    warnings = _warning_lines(result.stderr)
-    assert len(warnings) == 1 and str(thinned) in warnings[0], result.stderr[-3000:]
-    assert "survival q = 0.25, the config field sampling.survival" in warnings[0]
-    with np.load(only_output(run_copy / "unthinned", "unthinned_6")) as archive:
-        np.testing.assert_allclose(archive["survival"], [0.25, 0.25])
-
-
-@pytest.mark.parametrize(
-    ("part", "make", "mode"),
-    [
-        ("checkpoints", pathlib.Path.write_text, "train"),
-        ("samples", pathlib.Path.write_text, "sample"),
-        ("config.json", lambda path, _: path.mkdir(), "sample"),
-    ],
-    ids=["checkpoints is a file", "samples is a file", "config.json is a folder"],
-)
-def test_a_part_of_the_run_folder_of_the_wrong_kind_is_one_line_at_start_up(
-    tmp_path, part, make, mode
-):
-    workdir = tmp_path / "run"
-    (workdir / "checkpoints").mkdir(parents=True)
-    if part == "checkpoints":
-        (workdir / "checkpoints").rmdir()
-    make(workdir / part, "kept\n")
-    before = _digest(workdir)
-    result = _main(workdir, f"--mode={mode}")
-    assert result.returncode == 2
-    errors = _error_lines(result.stderr)
-    assert len(errors) == 1 and str(workdir / part) in errors[0], result.stderr[-2000:]
-    assert "loading data" not in result.stdout and "Traceback" not in result.stderr
-    assert _digest(workdir) == before
-    assert {p.name for p in workdir.iterdir()} == {"checkpoints", part}
-
-
-@pytest.mark.parametrize("mode", ["train", "sample"])
-def test_a_stored_config_that_is_not_an_object_is_one_line_naming_it(run_copy, mode):
-    path = run_copy / "config.json"
-    path.write_text("[1, 2, 3]")
-    before = _digest(run_copy)
-    result = _main(run_copy, f"--mode={mode}", "--config.training.num_steps=8")
-    assert result.returncode == 2
-    errors = _error_lines(result.stderr)
-    assert len(errors) == 1 and f"{path} holds JSON a list" in errors[0], result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
-    after = _digest(run_copy)
-    after.pop(".lock", None)
-    before.pop(".lock", None)
-    assert after == before
-
-
-def test_metrics_lines_that_are_not_rows_are_skipped_on_resume(run_copy):
-    with open(run_copy / "metrics.jsonl", "ab") as file:
-        file.write(b'[1, 2]\n{"step": null}\n' + bytes(range(256)) + b"\n")
-    result = _main(run_copy, "--config.training.num_steps=8")
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Traceback" not in result.stderr
-    assert _train_rows(run_copy) == [2, 4, 6, 8]
-
-
-def test_a_damaged_optimised_grid_file_is_fitted_again_with_one_warning(run_copy):
-    path = run_copy / "grids" / "optimised_6_4.json"
-    path.parent.mkdir()
-    path.write_text(json.dumps({"times": [0.0, 3.0, 1.0, 7.0, 10.0], "info": {}}))
-    before = _digest(run_copy / "checkpoints")
-    result = _main(
-        run_copy,
-        "--mode=sample",
-        "--config.sampling.grid=optimised",
-        "--config.sampling.num_samples=2",
-        "--config.sampling.batch_size=2",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
-    assert len(warnings) == 1 and str(path) in warnings[0], result.stderr[-2000:]
-    assert "strictly increasing" in warnings[0] and "fitting an optimised" in result.stdout
-    times = json.loads(path.read_text())["times"]
-    assert len(times) == 5 and times[0] == 0 and np.all(np.diff(times) > 0)
-    assert only_output(run_copy / "samples", "samples_6").exists()
-    assert _digest(run_copy / "checkpoints") == before
-
-
-def test_a_data_file_whose_header_claims_more_than_it_holds_is_one_line(tmp_path):
-    path = tmp_path / "counts.npy"
-    path.write_bytes(hostile_npy_bytes())
-    result = run_main(
-        "--config=configs/counts_small.py",
-        f"--workdir={tmp_path / 'run'}",
-        f"--config.data.path={path}",
-    )
-    assert result.returncode == 2
-    errors = _error_lines(result.stderr)
-    assert len(errors) == 1, result.stderr[-2000:]
-    assert f"{path}: the header claims shape (2147483648, 8, 8, 1)" in errors[0]
-    assert "only 64 bytes" in errors[0] and "Traceback" not in result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["counts.npy"]
-
-
-@pytest.mark.parametrize(
-    ("mode", "expected"),
-    [
-        ("unthin", "['counts']: the header claims shape (2147483648, 8, 8, 1) of float64"),
-        ("impute", " is a single .npy array; an .npz with arrays 'counts' and 'mask' is needed"),
-    ],
-)
-def test_input_files_are_checked_before_any_work(trained_run, tmp_path, mode, expected):
-    if mode == "unthin":
-        path = tmp_path / "input.npz"
-        write_hostile_npz(path, "counts")
-    else:
-        path = tmp_path / "input.npy"
-        np.save(path, np.ones((2, 8, 8)))
-    before = _digest(trained_run)
-    result = _main(trained_run, f"--mode={mode}", f"--input={path}")
-    assert result.returncode == 2
-    errors = _error_lines(result.stderr)
-    assert len(errors) == 1 and f"{path}{expected}" in errors[0], result.stderr[-2000:]
-    assert "Traceback" not in result.stderr and _digest(trained_run) == before
-
-
-@pytest.mark.parametrize(
-    ("content", "expected"),
-    [
-        ("raise RuntimeError('broken config')\n", "cannot be loaded: RuntimeError: broken config"),
-        ("def get_config():\n    return 42\n", "its get_config() returned int 42"),
-    ],
-    ids=["raises at import", "get_config returns 42"],
-)
-def test_a_config_file_that_gives_no_config_is_one_line_naming_it(tmp_path, content, expected):
-    path = tmp_path / "mine.py"
-    path.write_text(content)
-    result = run_main(f"--config={path}", f"--workdir={tmp_path / 'run'}")
-    assert result.returncode == 2
-    errors = _error_lines(result.stderr)
-    assert len(errors) == 1 and f"--config={path}: " in errors[0], result.stderr[-2000:]
-    assert expected in errors[0] and "Traceback" not in result.stderr
-    assert [p.name for p in tmp_path.iterdir()] == ["mine.py"]
-
-
-def test_a_config_outside_the_repository_imports_the_shipped_ones_under_the_console_command(
-    tmp_path,
-):
-    """The console command runs with neither the repository nor the working folder holding
-    ``configs/``: here the package alone is importable (through a link), as an install makes it,
-    and the command starts in a folder outside the repository."""
-    site = tmp_path / "site"
-    site.mkdir()
-    (site / "blackout_jax").symlink_to(REPO_ROOT / "blackout_jax")
-    path = tmp_path / "mine.py"
-    path.write_text(
-        "from configs import tiny\n\n\ndef get_config():\n"
-        "    config = tiny.get_config()\n    config.model.nf = 4\n    return config\n"
-    )
-    program = (
-        f"import sys; sys.path.insert(0, {str(site)!r}); from blackout_jax.main import run; "
-        f"sys.argv = ['blackout-jax', '--config={path}', '--mode=show_config']; run()"
-    )
-    environment = cpu_environment()
-    environment.pop("PYTHONPATH", None)
-    result = subprocess.run(
-        [sys.executable, "-c", program],
-        cwd=tmp_path,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "model.nf = 4" in [line.split("  # ")[0] for line in result.stdout.splitlines()]
