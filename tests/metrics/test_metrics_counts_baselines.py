@@ -1,4 +1,5 @@
-"""Tests of blackout_jax.metrics.count_baselines against SciPy pmfs and simulated data."""
+"""Tests of the count baselines (count_likelihood, count_mixture, count_baselines) against SciPy
+pmfs and simulated data."""
 
 from __future__ import annotations
 
@@ -7,13 +8,12 @@ import pytest
 from scipy import special, stats
 
 from blackout_jax.metrics.count_baselines import (
-    NegativeBinomialMixture,
     PerGeneNegativeBinomial,
     PerGenePoisson,
     baseline_bits_per_entry,
-    count_matrix,
-    fit_nb_mixture,
 )
+from blackout_jax.metrics.count_likelihood import count_matrix
+from blackout_jax.metrics.count_mixture import NegativeBinomialMixture, fit_nb_mixture
 
 
 def _nb_mixture_counts(num_cells: int, num_genes: int, num_components: int, seed: int):
