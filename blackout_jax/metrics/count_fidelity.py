@@ -14,8 +14,11 @@ Fréchet distance in a PCA space of the real cells (:class:`CountPCA`): each cel
 median library size ``L`` of the real cells, ``x * L / sum_d x_d`` (an empty cell stays zero),
 then ``log1p``; the principal axes are those of the real cells. The distance is
 :func:`blackout_jax.metrics.frechet.frechet_distance` between the Gaussian statistics of the two
-projected sets; its real-vs-real floor is the same distance between two disjoint random sets of
-real cells, both of ``min(N_generated, N_real // 2)`` cells.
+projected sets. Its real-vs-real floor is the same distance between a random set of
+``m = min(N_generated, N_real // 2)`` real cells and the other ``N_real - m`` real cells: when
+``N_real >= 2 N_generated`` the two sample sizes, ``(N_generated, N_real - N_generated)``, are
+nearly those of the generated-vs-real distance, ``(N_generated, N_real)``, so both carry about
+the same sampling bias and their ratio is near 1 for a generator that matches the real cells.
 """
 
 from __future__ import annotations
@@ -120,18 +123,17 @@ def count_sample_fidelity(
     Args:
       generated: (N_g, D) counts, N_g >= 2.
       real: (N_r, D) counts, N_r >= 4; the reference of the normalisation and the PCA.
-      seed: seed of the two random disjoint sets of ``real`` cells behind the Fréchet floor.
+      seed: seed of the random split of ``real`` behind the Fréchet floor.
       num_components: principal axes of the PCA space (capped at N_r - 1 and D).
 
     Returns:
       ``log_mean_correlation``, ``log_variance_correlation``, ``zero_fraction_correlation``
       (Pearson over genes; NaN where a side is constant), ``library_size_w1`` (W1 of log1p
       library sizes), ``frechet_pca`` (all generated vs all real cells), ``frechet_pca_floor``
-      (two disjoint random sets of ``m = min(N_g, N_r // 2)`` real cells each),
+      (a random set of ``m = min(N_g, N_r // 2)`` real cells vs the other ``N_r - m``),
       ``frechet_pca_ratio`` (distance over floor), ``frechet_pca_floor_num_cells`` (m) and
-      ``frechet_pca_num_components`` (k). The floor matches the sampling noise of
-      ``frechet_pca`` best when ``N_r >= 2 N_g``; with fewer real cells it is estimated at a
-      smaller size and overstates that noise.
+      ``frechet_pca_num_components`` (k). With ``N_r < 2 N_g`` the floor is taken at smaller
+      sizes than the distance and overstates its sampling noise.
     """
     generated = count_matrix(generated, "generated")
     real = count_matrix(real, "real")
@@ -150,10 +152,10 @@ def count_sample_fidelity(
     real_features = pca.transform(real)
     num_floor_cells = min(generated.shape[0], real.shape[0] // 2)
     order = np.random.default_rng(seed).permutation(real.shape[0])
-    first_half = real_features[order[:num_floor_cells]]
-    second_half = real_features[order[num_floor_cells : 2 * num_floor_cells]]
+    first_part = real_features[order[:num_floor_cells]]
+    second_part = real_features[order[num_floor_cells:]]
     distance = _pca_frechet(pca.transform(generated), real_features)
-    floor = _pca_frechet(first_half, second_half)
+    floor = _pca_frechet(first_part, second_part)
     return {
         "log_mean_correlation": _pearson(
             np.log(fake["mean"] + LOG_OFFSET), np.log(true["mean"] + LOG_OFFSET)
