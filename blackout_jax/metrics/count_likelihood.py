@@ -95,13 +95,14 @@ class SparseCounts:
 
 
 def sparse_counts(counts: np.ndarray) -> SparseCounts:
+    """The :class:`SparseCounts` view of a (N, D) non-negative integer matrix."""
     num_cells, num_genes = counts.shape
     cells, genes = np.nonzero(counts)
     values = counts[cells, genes]
-    pair_keys = genes * (int(values.max(initial=0)) + 1) + values
-    unique_keys, pair_index = np.unique(pair_keys, return_inverse=True)
-    pair_genes = unique_keys // (int(values.max(initial=0)) + 1)
-    pair_values = (unique_keys % (int(values.max(initial=0)) + 1)).astype(np.float64)
+    key_base = int(values.max(initial=0)) + 1  # (gene, value) -> gene * key_base + value
+    unique_keys, pair_index = np.unique(genes * key_base + values, return_inverse=True)
+    pair_genes = unique_keys // key_base
+    pair_values = (unique_keys % key_base).astype(np.float64)
     num_pairs = unique_keys.shape[0]
     shape = (num_cells, num_genes)
     values = values.astype(np.float64)
