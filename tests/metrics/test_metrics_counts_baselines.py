@@ -13,7 +13,11 @@ from blackout_jax.metrics.count_baselines import (
     baseline_bits_per_entry,
 )
 from blackout_jax.metrics.count_likelihood import count_matrix
-from blackout_jax.metrics.count_mixture import NegativeBinomialMixture, fit_nb_mixture
+from blackout_jax.metrics.count_mixture import (
+    NegativeBinomialMixture,
+    fit_nb_mixture,
+    select_mixture_components,
+)
 
 
 def _nb_mixture_counts(num_cells: int, num_genes: int, num_components: int, seed: int):
@@ -149,3 +153,14 @@ def test_bad_counts_are_named_in_the_error():
         count_matrix(np.zeros(3))
     with pytest.raises(ValueError, match="same genes"):
         baseline_bits_per_entry(np.ones((4, 2), int), np.ones((4, 3), int))
+
+
+def test_mixture_fit_refits_the_selected_number_of_components_on_all_cells():
+    counts = _nb_mixture_counts(500, 30, 2, seed=9)
+    mixture = NegativeBinomialMixture.fit(counts, seed=0, candidates=(1, 2, 4))
+    best, validation_bits = select_mixture_components(counts, seed=0, candidates=(1, 2, 4))
+    refitted, _ = fit_nb_mixture(counts, best, seed=0)
+    assert mixture.num_components == best >= 2
+    assert validation_bits[best] == min(validation_bits.values())
+    np.testing.assert_array_equal(mixture.mean, refitted.mean)
+    np.testing.assert_allclose(np.exp(mixture.log_weights).sum(), 1.0)
