@@ -209,13 +209,13 @@ def fit_nb_mixture(
         sums = first * totals[:, None]
         candidate_size = moment_sizes(mean, variance)
         candidate_terms = pair_terms(data, candidate_size)
-        keep = _expected_complete_log_likelihood(
+        accept = _expected_complete_log_likelihood(
             data, totals, sums, pair_weights, mean, candidate_size, candidate_terms
         ) >= _expected_complete_log_likelihood(
             data, totals, sums, pair_weights, mean, size, current_terms
         )
-        size = np.where(keep, candidate_size, size)
-        current_terms = np.where(keep[:, data.pair_genes].T, candidate_terms, current_terms)
+        size = np.where(accept, candidate_size, size)
+        current_terms = np.where(accept[:, data.pair_genes].T, candidate_terms, current_terms)
     mixture = NegativeBinomialMixture(
         log_weights=_log_mixture_weights(totals, num_cells), mean=mean, size=size
     )
