@@ -120,7 +120,7 @@ def load_dataset(data_config: Any, *, seed: int, num_classes: int = 0) -> CountD
         raise ValueError(f"data.name must be one of {list(DATASET_NAMES)}, got {name!r}")
     declared_max = data_config.max_count
     if name != "counts":
-        _check_image_fields(data_config, name)
+        _check_image_fields(data_config, repr(name))
     common = {"seed": seed, "prefetch": data_config.prefetch, "num_classes": num_classes}
 
     if name == "digits":

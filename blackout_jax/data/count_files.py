@@ -106,23 +106,28 @@ def _check_index_array(
     what: str,
     rows: np.ndarray | None = None,
     offset: int = 0,
+    base: int = 0,
 ) -> np.ndarray:
-    """Whole numbers in ``[0, size)``, returned as int64; ``what`` says which index it is and
-    ``offset`` is the number of entries before ``values`` in the file (for messages)."""
+    """Whole numbers in ``[base, size + base)``, returned 0-based as int64.
+
+    ``what`` names the indices (plural, e.g. ``"feature indices (matrix/indices)"``),
+    ``rows`` the cell of each entry (for messages), ``offset`` the number of entries before
+    ``values`` in the file, and ``base`` is 1 for the 1-based indices of Matrix Market.
+    """
     values = np.asarray(values).reshape(-1)
 
     def locate(index: tuple[int, ...]) -> str:
         cell = "" if rows is None else f" ({names.cell(int(rows[index[0]]))})"
-        return f"{names.source}: entry {offset + index[0]}{cell}, {what}"
+        return f"{names.source}: entry {offset + index[0]}{cell}"
 
     if values.dtype.kind not in "iuf":
-        raise ValueError(f"{names.source}: {what}s must be integers, got dtype {values.dtype}")
+        raise ValueError(f"{names.source}: {what} must be integers, got dtype {values.dtype}")
     if values.dtype.kind == "f":
         bad = ~np.isfinite(values) | (values != np.floor(values))
-        count_checks.raise_first(values, bad, locate, f"{what}s must be whole numbers")
-    bad = (values < 0) | (values >= size)
-    count_checks.raise_first(values, bad, locate, f"{what}s must be in [0, {size})")
-    return values.astype(np.int64)
+        count_checks.raise_first(values, bad, locate, f"{what} must be whole numbers")
+    bad = (values < base) | (values >= size + base)
+    count_checks.raise_first(values, bad, locate, f"{what} must be in [{base}, {size + base})")
+    return values.astype(np.int64) - base
 
 
 def checked_entries(
@@ -158,12 +163,15 @@ def coo_counts(
     *,
     shape: tuple[int, int],
     names: CellFeatureNames,
-    row_what: str = "cell index",
-    column_what: str = "feature index",
+    row_what: str = "cell indices",
+    column_what: str = "feature indices",
+    base: int = 0,
 ) -> scipy.sparse.csr_matrix:
-    """A checked CSR matrix (cells x features) from coordinate entries (0-based)."""
-    rows = _check_index_array(rows, shape[0], names=names, what=row_what)
-    columns = _check_index_array(columns, shape[1], names=names, what=column_what, rows=rows)
+    """A checked CSR matrix (cells x features) from coordinate entries (``base``-based)."""
+    rows = _check_index_array(rows, shape[0], names=names, what=row_what, base=base)
+    columns = _check_index_array(
+        columns, shape[1], names=names, what=column_what, rows=rows, base=base
+    )
     values = checked_entries(rows, columns, values, names=names)
     _check_no_duplicates(rows, columns, names=names)
     return scipy.sparse.csr_matrix((values, (rows, columns)), shape=shape, dtype=np.int32)
@@ -276,7 +284,7 @@ def read_tenx_h5(path: str | os.PathLike[str]) -> CountMatrix:
                 indices[start:stop],
                 num_features,
                 names=names,
-                what="feature index (matrix/indices)",
+                what="feature indices (matrix/indices)",
                 rows=block_rows,
                 offset=start,
             )

@@ -147,13 +147,14 @@ def read_matrix_market(path: str | os.PathLike[str]) -> CountMatrix:
         )
     names = CellFeatureNames(source, barcodes, feature_names)
     counts = coo_counts(
-        entries[:, cell_axis] - 1,
-        entries[:, feature_axis] - 1,
+        entries[:, cell_axis],
+        entries[:, feature_axis],
         entries[:, 2],
         shape=(num_cells, num_features),
         names=names,
-        row_what="cell index (1-based in the file)",
-        column_what="feature index (1-based in the file)",
+        row_what=f"cell indices (the {'rows' if cell_axis == 0 else 'columns'}, 1-based)",
+        column_what=f"feature indices (the {'rows' if feature_axis == 0 else 'columns'}, 1-based)",
+        base=1,
     )
     return CountMatrix(counts, source, feature_names, feature_ids, barcodes)
 
