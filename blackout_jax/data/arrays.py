@@ -147,8 +147,9 @@ def read_array_file(path: str | os.PathLike[str], array_key: str = "") -> tuple[
         raise ValueError(f"data.path: {str(path)!r} is empty (0 bytes), not an {suffix} file")
     if suffix not in ARRAY_SUFFIXES:
         raise ValueError(
-            f"data.path: {str(path)!r} must be an .npy or .npz file or a folder of PNGs, "
-            f"got suffix {suffix!r}"
+            f"data.path: {str(path)!r} must be an .npy or .npz file, a folder of PNGs or a "
+            "count-matrix file (.h5, .mtx(.gz), .csv/.tsv(.gz), .h5ad), got suffix "
+            f"{suffix!r}"
         )
     if suffix == ".npy":
         if array_key:

@@ -37,6 +37,8 @@ def raise_first(
     if bad.any():
         index = _first_index(bad)
         value = values[index].item()
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # a whole number read as float (text files) reads as stored
         count = int(np.count_nonzero(bad))
         others = f" ({count - 1} more such values)" if count > 1 else ""
         raise ValueError(f"{locate(index)} = {value!r}: {problem}{others}{hint}")
