@@ -344,3 +344,18 @@ def test_is_count_matrix_path_tells_vectors_from_images(tmp_path):
     assert not count_files.is_count_matrix_path(tmp_path / "i.npz")
     assert count_files.is_count_matrix_path(tmp_path / "anything.h5ad")
     assert anndata_files.CELLS_EXTRA == 'pip install -e ".[cells]"'
+
+
+def test_config_fields_of_count_vectors_are_checked_by_the_config():
+    from blackout_jax.run import config as config_lib
+
+    values = config_lib.default_dict()
+    values["data"] |= {"name": "counts", "path": "a.h5,b.h5", "num_features": 2000}
+    typed = config_lib.parse(values)
+    assert (typed.data.num_features, typed.data.feature_selection) == (2000, "mean")
+    assert typed.data.label_key == ""
+    for field, value in (("feature_selection", "median"), ("num_features", -1)):
+        bad = config_lib.default_dict()
+        bad["data"][field] = value
+        with pytest.raises(ValueError, match=f"config field data.{field} must be"):
+            config_lib.parse(bad)
