@@ -200,7 +200,7 @@ def read_positions(source: ExampleSource, spec: StreamSpec, positions: np.ndarra
     """Counts at the given stream positions, flipped where the stream says so.
 
     Returns:
-      ``np.int32`` (len(positions), H, W, C); with ``spec.with_labels`` the pair
+      ``np.int32`` (len(positions), *example_shape); with ``spec.with_labels`` the pair
       ``(counts, labels)``, labels ``np.int32`` (len(positions),).
     """
     indices = stream_indices(positions, seed=spec.seed, num_examples=spec.num_examples)
@@ -220,7 +220,8 @@ def read_positions(source: ExampleSource, spec: StreamSpec, positions: np.ndarra
 class TrainIterator(Iterator[Batch]):
     """This process's slices of the global training batches, endlessly, with a resumable state.
 
-    Each ``next()`` returns ``np.int32`` counts (global_batch_size // process_count, H, W, C):
+    Each ``next()`` returns ``np.int32`` counts (b, *example_shape), b = global_batch_size //
+    process_count:
     rows ``[p b, (p + 1) b)`` of the next global batch; with ``with_labels`` the pair
     ``(counts, labels)``, labels ``np.int32`` (b,). Build it with
     :meth:`blackout_jax.data.CountDataset.train_iterator`.
@@ -569,7 +570,7 @@ class CountDataset:
         The same array on every host and every call (never shuffled, never flipped).
 
         Returns:
-          Read-only ``np.int32`` (n, H, W, C).
+          Read-only ``np.int32`` (n, *image_shape).
         """
         available = self.num_test
         if num is None:
@@ -620,7 +621,7 @@ class CountDataset:
           prefetch: batches read ahead in threads (default: the dataset's ``prefetch``).
 
         Returns:
-          A :class:`TrainIterator` yielding int32 (B // process_count, H, W, C), paired with
+          A :class:`TrainIterator` yielding int32 (B // process_count, *image_shape), paired with
           their labels when ``num_classes > 0``.
         """
         if process_index is None or process_count is None:
