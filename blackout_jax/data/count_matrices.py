@@ -128,11 +128,15 @@ def read_count_file(
             "or a dense (N, D) .npy/.npz"
         )
     if num_classes and matrix.labels is None:
-        where = "an obs column named by data.label_key" if is_h5ad else "no class labels"
+        hint = (
+            "set data.label_key to its obs column holding them"
+            if is_h5ad
+            else "use an .h5ad with data.label_key, or a dense .npz with an array "
+            f"{arrays.LABELS_KEY!r}"
+        )
         raise ValueError(
-            f"data.path: {str(path)!r} holds {where}; conditional training (model.num_classes "
-            f"= {num_classes}) needs labels: an .h5ad obs column (data.label_key) or the "
-            f"{arrays.LABELS_KEY!r} array of a dense .npz"
+            f"data.path: {str(path)!r} gives no class labels, but conditional training "
+            f"(model.num_classes = {num_classes}) needs one per cell; {hint}"
         )
     return matrix
 

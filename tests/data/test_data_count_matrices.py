@@ -264,7 +264,7 @@ def test_dense_npz_labels_follow_their_cells(tmp_path):
     for row, label in zip(rows, got, strict=True):
         assert label == labels[np.flatnonzero((counts == row).all(1))[0]]
     assert dataset.test_labels().shape == (6,)
-    with pytest.raises(ValueError, match="holds no class labels"):
+    with pytest.raises(ValueError, match="gives no class labels, but conditional training"):
         load_dataset(
             vectors_config(write_tenx_h5(tmp_path / "m.h5", counts)), seed=0, num_classes=3
         )
@@ -359,3 +359,81 @@ def test_config_fields_of_count_vectors_are_checked_by_the_config():
         bad["data"][field] = value
         with pytest.raises(ValueError, match=f"config field data.{field} must be"):
             config_lib.parse(bad)
+
+
+class _Column:
+    def __init__(self, values):
+        self._values = values
+
+    def to_numpy(self):
+        return np.asarray(self._values, dtype=object)
+
+
+class _Frame(dict):
+    """The part of a pandas DataFrame that the reader uses: ``columns`` and ``frame[column]``."""
+
+    @property
+    def columns(self):
+        return list(self)
+
+
+class _StubAnnData:
+    """The part of anndata.AnnData that the reader and writer use."""
+
+    written: dict = {}
+
+    def __init__(self, X=None, layers=None, var_names=(), obs_names=(), obs=None):
+        self.X, self.layers = X, dict(layers or {})
+        self.var_names, self.obs_names, self.obs = list(var_names), list(obs_names), obs
+
+    def write_h5ad(self, path):
+        _StubAnnData.written[str(path).rsplit("/", 1)[-1]] = self
+        with open(path, "wb") as file:
+            file.write(b"stub")
+
+
+def test_h5ad_reader_logic_with_a_stub_of_anndata(tmp_path, monkeypatch):
+    """The reader's use of X, layers, var_names, obs_names and obs through a stand-in module
+    (runs where anndata is not installed; the test above uses the real package)."""
+    import types
+
+    counts = sparse_counts()
+    stored = _StubAnnData(
+        X=np.log1p(counts),
+        layers={"counts": scipy.sparse.csr_matrix(counts)},
+        var_names=gene_names(12),
+        obs_names=barcodes(30),
+        obs=_Frame(cell_type=_Column(np.array(["T", "B", "NK"])[np.arange(30) % 3])),
+    )
+    stub = types.ModuleType("anndata")
+    stub.read_h5ad = lambda path: stored
+    stub.AnnData = _StubAnnData
+    monkeypatch.setitem(sys.modules, "anndata", stub)
+    path = tmp_path / "m.h5ad"
+    path.write_bytes(b"stub")
+    with pytest.raises(ValueError, match=r"m\.h5ad\[X\]: cell 0 'CELL0000-1', feature .* whole"):
+        load_dataset(vectors_config(path), seed=0)
+    config = vectors_config(path, array_key="counts", label_key="cell_type")
+    dataset = load_dataset(config, seed=0, num_classes=3)
+    np.testing.assert_array_equal(all_rows(dataset), counts)
+    assert dataset.feature_names == tuple(gene_names(12))
+    assert dataset.class_names == ("B", "NK", "T")
+    codes = {"B": 0, "NK": 1, "T": 2}
+    expected = np.array([codes[n] for n in np.array(["T", "B", "NK"])[np.arange(30) % 3]])
+    _, test = fixed_split(30, 6, source="x", split_seed=COUNTS_SPLIT_SEED)
+    np.testing.assert_array_equal(dataset.test_labels(), expected[test])
+    with pytest.raises(ValueError, match="'nope' is not a layer .* has layers \\['counts'\\]"):
+        load_dataset(vectors_config(path, array_key="nope"), seed=0)
+    with pytest.raises(ValueError, match="'kind' is not an obs column .* \\['cell_type'\\]"):
+        load_dataset(
+            vectors_config(path, array_key="counts", label_key="kind"), seed=0, num_classes=3
+        )
+    with pytest.raises(ValueError, match="set data.label_key to its obs column"):
+        load_dataset(vectors_config(path, array_key="counts"), seed=0, num_classes=3)
+    with pytest.raises(ValueError, match="holds 3 classes .* more than model.num_classes = 2"):
+        load_dataset(config, seed=0, num_classes=2)
+    write_count_matrix(tmp_path / "gen.h5ad", counts, gene_names(12))
+    (written,) = _StubAnnData.written.values()
+    assert written.var_names == gene_names(12)
+    np.testing.assert_array_equal(written.X, counts)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gen.h5ad", "m.h5ad"]
