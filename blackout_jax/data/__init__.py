@@ -6,14 +6,17 @@
 * ``cifar10``, ``binarized_mnist``, ``celeba64``: TFDS datasets read offline from
   ``data.data_dir`` (see :mod:`blackout_jax.data.tfds_source` and docs/data.md);
 * ``counts``: your own ``.npy``/``.npz`` array or folder of PNGs at ``data.path``
-  (see :mod:`blackout_jax.data.arrays`).
+  (see :mod:`blackout_jax.data.arrays`), or count vectors (cells x genes) from one or several
+  count-matrix files: 10x HDF5, Matrix Market, CSV/TSV, ``.h5ad``, scipy sparse or dense
+  (N, D) arrays (see :mod:`blackout_jax.data.count_matrices`); examples of shape (D,).
 
 Random left-right flips (``data.random_flip``) apply to cifar10 and celeba64 only, as in the
 reference experiments; digits, binarized MNIST and own counts are never flipped. The training
 stream (:class:`TrainIterator`) is described in :mod:`blackout_jax.data.pipeline`.
 
 Class labels (``num_classes > 0``, conditional training): sklearn's digit targets, the TFDS
-``label`` feature (cifar10, binarized MNIST), or the ``labels`` array of an own ``.npz``.
+``label`` feature (cifar10, binarized MNIST), the ``labels`` array of an own ``.npz``, or the
+``obs`` column ``data.label_key`` of an ``.h5ad``.
 """
 
 from __future__ import annotations
@@ -22,38 +25,45 @@ from typing import Any
 
 import numpy as np
 
-from blackout_jax.data import arrays, digits, tfds_source
+from blackout_jax.data import arrays, count_matrices, digits, tfds_source
+from blackout_jax.data.anndata_files import write_count_matrix
 from blackout_jax.data.pipeline import (
+    COUNTS_SPLIT_SEED,
     ArraySource,
     CountDataset,
     DataShape,
     ExampleSource,
+    FeatureSet,
     TrainIterator,
     epoch_permutation,
     fixed_split,
     flip_decisions,
     stream_indices,
 )
+from blackout_jax.data.sparse_source import FEATURE_SELECTIONS, SparseSource
 from blackout_jax.data.tfds_source import TFDS_DATASETS, MissingDatasetError
 
 DATASET_NAMES = ("digits", "cifar10", "binarized_mnist", "celeba64", "counts")
-# The held-out split of own counts is fixed by the data, not by the run's seed.
-COUNTS_SPLIT_SEED = 0
 
 __all__ = [
+    "COUNTS_SPLIT_SEED",
     "DATASET_NAMES",
+    "FEATURE_SELECTIONS",
     "TFDS_DATASETS",
     "ArraySource",
     "CountDataset",
     "DataShape",
     "ExampleSource",
+    "FeatureSet",
     "MissingDatasetError",
+    "SparseSource",
     "TrainIterator",
     "epoch_permutation",
     "fixed_split",
     "flip_decisions",
     "load_dataset",
     "stream_indices",
+    "write_count_matrix",
 ]
 
 
@@ -74,14 +84,25 @@ def _check_fixed_num_classes(name: str, num_classes: int, fixed: int) -> None:
         )
 
 
+def _check_image_fields(data_config: Any, what: str) -> None:
+    """The count-vector fields (``num_features``, ``label_key``) must be unset for images."""
+    if data_config.num_features or data_config.label_key:
+        raise ValueError(
+            f"data.num_features = {data_config.num_features} and data.label_key = "
+            f"{data_config.label_key!r} apply to count vectors (cells x features), but "
+            f"{what} holds images; set them to 0 and ''"
+        )
+
+
 def load_dataset(data_config: Any, *, seed: int, num_classes: int = 0) -> CountDataset:
     """Loads and validates the dataset of a ``config.data`` section.
 
     Args:
       data_config: the ``data`` section, read by attribute (the run layer's typed
         ``DataConfig``, or a ``ConfigDict``): ``name``, ``data_dir``, ``path``, ``array_key``,
-        ``max_count``, ``num_test``, ``random_flip``, ``prefetch``; their types and bounds are
-        checked by the run layer's config (:mod:`blackout_jax.run.config`).
+        ``max_count``, ``num_test``, ``random_flip``, ``prefetch``, ``num_features``,
+        ``feature_selection``, ``label_key``; their types and bounds are checked by the run
+        layer's config (:mod:`blackout_jax.run.config`).
       seed: the default seed of the training stream (the held-out splits do not depend on it).
       num_classes: ``model.num_classes``: ``> 0`` loads class labels in ``[0, num_classes)``
         too (digits, cifar10 and binarized MNIST have exactly 10); 0 loads none.
@@ -98,6 +119,8 @@ def load_dataset(data_config: Any, *, seed: int, num_classes: int = 0) -> CountD
     if name not in DATASET_NAMES:
         raise ValueError(f"data.name must be one of {list(DATASET_NAMES)}, got {name!r}")
     declared_max = data_config.max_count
+    if name != "counts":
+        _check_image_fields(data_config, repr(name))
     common = {"seed": seed, "prefetch": data_config.prefetch, "num_classes": num_classes}
 
     if name == "digits":
@@ -120,9 +143,20 @@ def load_dataset(data_config: Any, *, seed: int, num_classes: int = 0) -> CountD
         path = data_config.path
         if not path:
             raise ValueError(
-                "data.path must name your counts file (.npy/.npz) or PNG folder when "
-                "data.name is 'counts', got ''"
+                "data.path must name your counts file (.npy/.npz), PNG folder or count-matrix "
+                "files when data.name is 'counts', got ''"
             )
+        paths = count_matrices.split_paths(path)
+        if count_matrices.is_count_matrix_input(paths, data_config.array_key):
+            return count_matrices.load_count_vectors(
+                data_config,
+                paths,
+                num_classes=num_classes,
+                seed=seed,
+                prefetch=data_config.prefetch,
+            )
+        path = paths[0]
+        _check_image_fields(data_config, repr(path))
         loaded = arrays.load_counts(
             path, array_key=data_config.array_key, max_count=declared_max, num_classes=num_classes
         )

@@ -1,6 +1,6 @@
 """Your own count data: an ``.npy`` or ``.npz`` array, or a folder of 8-bit PNGs.
 
-* ``.npy``: one array of shape (N, H, W, C) or (N, H, W).
+* ``.npy``: one array of shape (N, H, W, C) or (N, H, W), or (N, D) count vectors.
 * ``.npz``: the array stored under ``array_key`` (``''`` = the first array in the file).
 * a folder: every ``*.png`` in it, in sorted file-name order; each an 8-bit grayscale (mode
   ``L``, C = 1) or RGB (C = 3) image, all of one shape.
@@ -38,7 +38,7 @@ class LoadedCounts:
     """Validated counts read from a file or folder.
 
     Attributes:
-      counts: ``np.int32`` (N, H, W, C).
+      counts: ``np.int32`` (N, H, W, C), or (N, D) for count vectors.
       max_count: the declared largest count, or the inferred one.
       max_count_inferred: whether ``max_count`` was inferred from the data.
       source: the data's origin as named in messages (path, with the ``.npz`` key).
@@ -65,23 +65,17 @@ def _array_header(file) -> tuple[tuple[int, ...], np.dtype]:
     return shape, dtype
 
 
-def check_stored_size(path: str | os.PathLike[str], member: str | None = None) -> None:
-    """Refuses an array whose header claims more data than the file holds, before any of it is
-    read (numpy allocates the whole claimed shape first).
+def stored_header(
+    path: str | os.PathLike[str], member: str | None = None
+) -> tuple[tuple[int, ...], np.dtype, int] | None:
+    """``(shape, dtype, bytes present after the header)`` of an ``.npy`` file or of one member
+    of an ``.npz`` file, read from the header alone; ``None`` when the header cannot be read.
 
     Args:
       path: an ``.npy`` file, or (with ``member``) an ``.npz`` file.
       member: the name of an array in the ``.npz`` (as :attr:`numpy.lib.npyio.NpzFile.files`
         lists it); its size is the one the archive records for it.
-
-    A header that cannot be read is left for numpy's loader to report, and arrays of Python
-    objects (never unpickled) are not measured.
-
-    Raises:
-      ValueError: one line naming the file, the member, the claimed shape and dtype, the bytes
-        they need and the bytes present.
     """
-    source = str(path) if member is None else f"{path}[{member!r}]"
     try:
         if member is None:
             with open(path, "rb") as file:
@@ -95,7 +89,30 @@ def check_stored_size(path: str | os.PathLike[str], member: str | None = None) -
                     shape, dtype = _array_header(file)
                     present = info.file_size - file.tell()
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    return tuple(int(d) for d in shape), dtype, int(present)
+
+
+def check_stored_size(path: str | os.PathLike[str], member: str | None = None) -> None:
+    """Refuses an array whose header claims more data than the file holds, before any of it is
+    read (numpy allocates the whole claimed shape first).
+
+    Args:
+      path: an ``.npy`` file, or (with ``member``) an ``.npz`` file.
+      member: the name of an array in the ``.npz`` (see :func:`stored_header`).
+
+    A header that cannot be read is left for numpy's loader to report, and arrays of Python
+    objects (never unpickled) are not measured.
+
+    Raises:
+      ValueError: one line naming the file, the member, the claimed shape and dtype, the bytes
+        they need and the bytes present.
+    """
+    source = str(path) if member is None else f"{path}[{member!r}]"
+    header = stored_header(path, member)
+    if header is None:
         return
+    shape, dtype, present = header
     if dtype.hasobject:
         return
     needed = math.prod(shape) * dtype.itemsize
@@ -130,8 +147,9 @@ def read_array_file(path: str | os.PathLike[str], array_key: str = "") -> tuple[
         raise ValueError(f"data.path: {str(path)!r} is empty (0 bytes), not an {suffix} file")
     if suffix not in ARRAY_SUFFIXES:
         raise ValueError(
-            f"data.path: {str(path)!r} must be an .npy or .npz file or a folder of PNGs, "
-            f"got suffix {suffix!r}"
+            f"data.path: {str(path)!r} must be an .npy or .npz file, a folder of PNGs or a "
+            "count-matrix file (.h5, .mtx(.gz), .csv/.tsv(.gz), .h5ad), got suffix "
+            f"{suffix!r}"
         )
     if suffix == ".npy":
         if array_key:
@@ -261,7 +279,7 @@ def load_counts(
         0 (unconditional) reads no labels.
 
     Returns:
-      :class:`LoadedCounts` with counts of shape (N, H, W, C), int32.
+      :class:`LoadedCounts` with counts of shape (N, H, W, C) or (N, D), int32.
 
     Raises:
       FileNotFoundError: ``path`` does not exist.

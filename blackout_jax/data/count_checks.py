@@ -31,15 +31,59 @@ def _first_index(bad: np.ndarray) -> tuple[int, ...]:
     return tuple(int(i) for i in np.unravel_index(int(np.argmax(bad)), bad.shape))
 
 
-def _raise_first(
+def raise_first(
     values: np.ndarray, bad: np.ndarray, locate: Locator, problem: str, hint: str = ""
 ) -> None:
     if bad.any():
         index = _first_index(bad)
         value = values[index].item()
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # a whole number read as float (text files) reads as stored
         count = int(np.count_nonzero(bad))
         others = f" ({count - 1} more such values)" if count > 1 else ""
         raise ValueError(f"{locate(index)} = {value!r}: {problem}{others}{hint}")
+
+
+def _check_numeric_dtype(values: np.ndarray, source: str) -> None:
+    dtype = values.dtype
+    if not (
+        dtype == np.bool_ or np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
+    ):
+        raise ValueError(
+            f"{source} must hold numbers (integer, float or bool), got dtype {dtype} "
+            f"with shape {values.shape}"
+        )
+
+
+def _check_value_range(values: np.ndarray, locate: Locator, max_count: int | None) -> np.ndarray:
+    """Finite, whole, ``>= 0`` and ``<= max_count`` (or ``<= 2**31 - 1``); returns int32."""
+    if values.dtype == np.bool_:
+        values = values.astype(np.int32)
+    if np.issubdtype(values.dtype, np.floating):
+        raise_first(values, ~np.isfinite(values), locate, "counts must be finite (no NaN or inf)")
+        raise_first(
+            values,
+            values != np.floor(values),
+            locate,
+            "counts must be whole numbers",
+        )
+    raise_first(values, values < 0, locate, "counts must be non-negative")
+    if max_count is not None:
+        raise_first(
+            values,
+            values > max_count,
+            locate,
+            f"counts must be <= the declared max count {max_count}",
+            " (raise data.max_count, or set it to 0 to infer it from the data)",
+        )
+    else:
+        raise_first(
+            values,
+            values > LARGEST_COUNT,
+            locate,
+            f"counts must be <= {LARGEST_COUNT} (they are stored as int32)",
+        )
+    return values.astype(np.int32)
 
 
 def check_count_values(
@@ -49,11 +93,12 @@ def check_count_values(
     max_count: int | None = None,
     locate: Locator | None = None,
 ) -> np.ndarray:
-    """Validates an array of counts and returns it as int32 of shape (N, H, W, C).
+    """Validates an array of counts and returns it as int32: (N, D) vectors or (N, H, W, C).
 
-    Accepted: a numeric (bool, integer or floating) array of shape (N, H, W, C) or (N, H, W)
-    (a channel axis of size 1 is added), with at least one element, whose values are finite,
-    whole, ``>= 0`` and ``<= max_count`` (when given; otherwise ``<= 2**31 - 1``).
+    Accepted: a numeric (bool, integer or floating) array of shape (N, D) (count vectors, e.g.
+    cells x genes), (N, H, W, C) or (N, H, W) (a channel axis of size 1 is added), with at
+    least one element, whose values are finite, whole, ``>= 0`` and ``<= max_count`` (when
+    given; otherwise ``<= 2**31 - 1``).
 
     Args:
       values: the array as loaded.
@@ -62,58 +107,47 @@ def check_count_values(
       locate: formats an element index for messages (default ``source[i, j, ...]``).
 
     Returns:
-      ``np.int32`` array (N, H, W, C).
+      ``np.int32`` array (N, D) or (N, H, W, C).
 
     Raises:
       ValueError: naming ``source``, the first bad index and its value.
     """
     locate = locate or index_locator(source)
     values = np.asarray(values)
-    dtype = values.dtype
-    if not (
-        dtype == np.bool_ or np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)
-    ):
+    _check_numeric_dtype(values, source)
+    if values.ndim not in (2, 3, 4):
         raise ValueError(
-            f"{source} must hold numbers (integer, float or bool), got dtype {dtype} "
-            f"with shape {values.shape}"
-        )
-    if values.ndim not in (3, 4):
-        raise ValueError(
-            f"{source} must have shape (N, H, W, C) or (N, H, W), got shape {values.shape} "
-            f"(rank {values.ndim})"
+            f"{source} must have shape (N, D) (count vectors), (N, H, W, C) or (N, H, W) "
+            f"(images), got shape {values.shape} (rank {values.ndim})"
         )
     if values.size == 0:
         raise ValueError(f"{source} is empty: shape {values.shape} has no elements")
-    if dtype == np.bool_:
-        values = values.astype(np.int32)
-    if np.issubdtype(values.dtype, np.floating):
-        _raise_first(values, ~np.isfinite(values), locate, "counts must be finite (no NaN or inf)")
-        _raise_first(
-            values,
-            values != np.floor(values),
-            locate,
-            "counts must be whole numbers",
-        )
-    _raise_first(values, values < 0, locate, "counts must be non-negative")
-    if max_count is not None:
-        _raise_first(
-            values,
-            values > max_count,
-            locate,
-            f"counts must be <= the declared max count {max_count}",
-            " (raise data.max_count, or set it to 0 to infer it from the data)",
-        )
-    else:
-        _raise_first(
-            values,
-            values > LARGEST_COUNT,
-            locate,
-            f"counts must be <= {LARGEST_COUNT} (they are stored as int32)",
-        )
-    counts = values.astype(np.int32)
+    counts = _check_value_range(values, locate, max_count)
     if counts.ndim == 3:
         counts = counts[..., None]
     return counts
+
+
+def check_entry_values(
+    values: np.ndarray, *, source: str, locate: Locator, max_count: int | None = None
+) -> np.ndarray:
+    """Validates the stored entries of a sparse count matrix (any order) and returns int32.
+
+    Accepted: a one-dimensional numeric array whose values are finite, whole, ``>= 0`` and
+    ``<= max_count`` (when given; otherwise ``<= 2**31 - 1``).
+
+    Args:
+      values: the entries, shape (nnz,).
+      source: the file, for messages about the dtype.
+      locate: formats entry ``(k,)`` for messages, e.g. as its file, cell and feature.
+      max_count: the declared largest count, or ``None``.
+
+    Raises:
+      ValueError: naming the first bad entry (through ``locate``) and its value.
+    """
+    values = np.asarray(values).reshape(-1)
+    _check_numeric_dtype(values, source)
+    return _check_value_range(values, locate, max_count)
 
 
 def infer_max_count(counts: np.ndarray) -> int:
@@ -175,8 +209,8 @@ def check_labels(
         raise ValueError(f"{source} must hold integers, got dtype {values.dtype}")
     locate = index_locator(source)
     if values.dtype.kind == "f":
-        _raise_first(values, ~np.isfinite(values), locate, "labels must be finite integers")
-        _raise_first(values, values != np.floor(values), locate, "labels must be integers")
+        raise_first(values, ~np.isfinite(values), locate, "labels must be finite integers")
+        raise_first(values, values != np.floor(values), locate, "labels must be integers")
     requirement = f"labels must be in [0, {num_classes}) (model.num_classes = {num_classes})"
-    _raise_first(values, (values < 0) | (values >= num_classes), locate, requirement)
+    raise_first(values, (values < 0) | (values >= num_classes), locate, requirement)
     return values.astype(np.int32)

@@ -36,6 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from blackout_jax.data import count_checks
+from blackout_jax.data.sparse_source import source_moments
 
 _UINT64_MASK = (1 << 64) - 1
 _PERMUTATION_STREAM = 0x5045524D  # separates the epoch permutations from other seeded draws
@@ -45,12 +46,15 @@ Batch = np.ndarray | tuple[np.ndarray, np.ndarray]
 """Counts, or ``(counts, labels)`` for a conditional stream."""
 # Read threads for sources that do I/O and decoding (TFDS); in-memory arrays use one.
 MAX_READ_THREADS = 16
+# The held-out split of own counts is fixed by the data, not by the run's seed.
+COUNTS_SPLIT_SEED = 0
 
 
 class ExampleSource(Protocol):
     """Random access to examples: ``len(source)`` and ``source.read(indices)``.
 
-    ``read`` returns ``np.int32`` counts of shape (len(indices), H, W, C). ``read_threads`` is
+    ``read`` returns ``np.int32`` counts of shape (len(indices), H, W, C), or (len(indices), D)
+    for count vectors (cells x genes). ``read_threads`` is
     how many threads may usefully read at once (1 for in-memory arrays). A source with class
     labels also has ``read_labelled(indices) -> (counts, labels)``, the labels ``np.int32``
     (len(indices),), each record read once.
@@ -65,7 +69,8 @@ class ExampleSource(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class ArraySource:
-    """An in-memory ``np.int32`` array (N, H, W, C) as an :class:`ExampleSource`, with optional
+    """An in-memory ``np.int32`` array (N, H, W, C) or (N, D) as an :class:`ExampleSource`, with
+    optional
     ``np.int32`` (N,) class labels."""
 
     counts: np.ndarray
@@ -195,7 +200,7 @@ def read_positions(source: ExampleSource, spec: StreamSpec, positions: np.ndarra
     """Counts at the given stream positions, flipped where the stream says so.
 
     Returns:
-      ``np.int32`` (len(positions), H, W, C); with ``spec.with_labels`` the pair
+      ``np.int32`` (len(positions), *example_shape); with ``spec.with_labels`` the pair
       ``(counts, labels)``, labels ``np.int32`` (len(positions),).
     """
     indices = stream_indices(positions, seed=spec.seed, num_examples=spec.num_examples)
@@ -215,7 +220,8 @@ def read_positions(source: ExampleSource, spec: StreamSpec, positions: np.ndarra
 class TrainIterator(Iterator[Batch]):
     """This process's slices of the global training batches, endlessly, with a resumable state.
 
-    Each ``next()`` returns ``np.int32`` counts (global_batch_size // process_count, H, W, C):
+    Each ``next()`` returns ``np.int32`` counts (b, *example_shape), b = global_batch_size //
+    process_count:
     rows ``[p b, (p + 1) b)`` of the next global batch; with ``with_labels`` the pair
     ``(counts, labels)``, labels ``np.int32`` (b,). Build it with
     :meth:`blackout_jax.data.CountDataset.train_iterator`.
@@ -403,7 +409,7 @@ class DataShape:
     """What a network needs to know of the data.
 
     Attributes:
-      example_shape: the shape of one example, ``(H, W, C)``.
+      example_shape: the shape of one example, ``(H, W, C)``, or ``(D,)`` for count vectors.
       max_count: the largest count ``N``.
       num_classes: class labels in ``[0, num_classes)``; 0 = none.
     """
@@ -413,13 +419,57 @@ class DataShape:
     num_classes: int = 0
 
 
+@dataclasses.dataclass(frozen=True)
+class FeatureSet:
+    """The features (genes) of a dataset of count vectors, as read and as kept.
+
+    Attributes:
+      files: the files read, in order (their cells are concatenated in this order).
+      num_source_features: D0, the features in the files.
+      source_indices: int64 (D,): the kept features' indices among the D0, increasing.
+      names: the kept features' names (D), or ``None`` when the files name none.
+      ids: the kept features' ids (D) (e.g. Ensembl ids of 10x files), or ``None``.
+      selection: ``""`` when all features are kept, else ``"mean"`` or ``"variance"``: the
+        top D by that statistic of the training split's raw counts.
+    """
+
+    files: tuple[str, ...]
+    num_source_features: int
+    source_indices: np.ndarray
+    names: tuple[str, ...] | None = None
+    ids: tuple[str, ...] | None = None
+    selection: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-serialisable summary (no per-feature lists)."""
+        return {
+            "num_features": len(self.source_indices),
+            "num_source_features": int(self.num_source_features),
+            "feature_selection": self.selection or "all",
+            "files": list(self.files),
+        }
+
+    def records(self) -> list[dict[str, Any]]:
+        """One JSON-serialisable dict per kept feature: ``index`` (its position in a count
+        vector), ``source_index`` (in the files), and ``name`` and ``id`` when known."""
+        records = []
+        for index, source_index in enumerate(self.source_indices):
+            record: dict[str, Any] = {"index": index, "source_index": int(source_index)}
+            if self.names is not None:
+                record["name"] = self.names[index]
+            if self.ids is not None:
+                record["id"] = self.ids[index]
+            records.append(record)
+        return records
+
+
 @dataclasses.dataclass
 class CountDataset:
     """A validated dataset of integer counts: a training stream and a fixed held-out split.
 
     Attributes:
       name: the dataset (``data.name``).
-      image_shape: (H, W, C).
+      image_shape: the shape of one example: (H, W, C), or (D,) for count vectors.
       max_count: the largest count N (declared, fixed by the dataset, or inferred).
       max_count_inferred: whether ``max_count`` was inferred from the data.
       origin: where the data came from (a path, ``sklearn``, or a TFDS data_dir).
@@ -429,10 +479,12 @@ class CountDataset:
       prefetch: batches read ahead by :meth:`train_iterator`.
       num_classes: ``> 0``: both sources have class labels in ``[0, num_classes)`` and the
         training stream yields ``(counts, labels)``; 0: unconditional, counts alone.
+      feature_set: for count vectors, their features (:class:`FeatureSet`); else ``None``.
+      class_names: the names of classes ``0..`` when the labels were strings, else ``None``.
     """
 
     name: str
-    image_shape: tuple[int, int, int]
+    image_shape: tuple[int, ...]
     max_count: int
     train_source: ExampleSource
     test_source: ExampleSource
@@ -442,6 +494,8 @@ class CountDataset:
     seed: int = 0
     prefetch: int = 2
     num_classes: int = 0
+    feature_set: FeatureSet | None = None
+    class_names: tuple[str, ...] | None = None
     _test_cache: dict[str, np.ndarray] = dataclasses.field(
         default_factory=dict, init=False, repr=False, compare=False
     )
@@ -461,9 +515,16 @@ class CountDataset:
     def num_test(self) -> int:
         return len(self.test_source)
 
+    @property
+    def feature_names(self) -> tuple[str, ...] | None:
+        """The D feature names of count vectors, when the files name them."""
+        return None if self.feature_set is None else self.feature_set.names
+
     def describe(self) -> dict[str, Any]:
-        """JSON-serialisable facts for the run folder (shape, max count and how it was set)."""
-        return {
+        """JSON-serialisable facts for the run folder (shape, max count and how it was set;
+        for count vectors also ``num_features``, ``num_source_features``,
+        ``feature_selection`` and ``files``)."""
+        facts = {
             "name": self.name,
             "image_shape": [int(d) for d in self.image_shape],
             "max_count": int(self.max_count),
@@ -472,7 +533,36 @@ class CountDataset:
             "num_test": self.num_test,
             "random_flip": bool(self.random_flip),
             "origin": self.origin,
-        } | ({"num_classes": int(self.num_classes)} if self.num_classes else {})
+        }
+        if self.num_classes:
+            facts["num_classes"] = int(self.num_classes)
+        if self.class_names is not None:
+            facts["class_names"] = list(self.class_names)
+        if self.feature_set is not None:
+            facts |= self.feature_set.describe()
+        return facts
+
+    def features(self) -> list[dict[str, Any]]:
+        """The kept features of count vectors, one JSON-serialisable dict each
+        (:meth:`FeatureSet.records`: ``index``, ``source_index``, ``name``, ``id``).
+
+        Raises:
+          ValueError: the dataset holds images, not count vectors.
+        """
+        if self.feature_set is None:
+            raise ValueError(f"dataset {self.name!r} holds images, not count vectors")
+        return self.feature_set.records()
+
+    def feature_moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-feature mean and population variance of the training split's counts.
+
+        ``mean_j = (1/N) sum_i x_ij``, ``var_j = (1/N) sum_i x_ij**2 - mean_j**2`` over the N
+        training examples (sparse counts are never made dense).
+
+        Returns:
+          ``(mean, variance)``, float64 of shape ``image_shape`` ((D,) for count vectors).
+        """
+        return source_moments(self.train_source)
 
     def test_examples(self, num: int | None = None) -> np.ndarray:
         """The first ``min(num, num_test)`` held-out examples (all of them for ``None``).
@@ -480,7 +570,7 @@ class CountDataset:
         The same array on every host and every call (never shuffled, never flipped).
 
         Returns:
-          Read-only ``np.int32`` (n, H, W, C).
+          Read-only ``np.int32`` (n, *image_shape).
         """
         available = self.num_test
         if num is None:
@@ -531,7 +621,7 @@ class CountDataset:
           prefetch: batches read ahead in threads (default: the dataset's ``prefetch``).
 
         Returns:
-          A :class:`TrainIterator` yielding int32 (B // process_count, H, W, C), paired with
+          A :class:`TrainIterator` yielding int32 (B // process_count, *image_shape), paired with
           their labels when ``num_classes > 0``.
         """
         if process_index is None or process_count is None:

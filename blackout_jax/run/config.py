@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from blackout_jax import schedule, settings
-from blackout_jax.data import DATASET_NAMES
+from blackout_jax.data import DATASET_NAMES, FEATURE_SELECTIONS
 from blackout_jax.losses import WEIGHTINGS
 from blackout_jax.models import NCSNppConfig
 from blackout_jax.models.ncsnpp import CIFAR10_REFERENCE
@@ -42,8 +42,16 @@ class DataConfig:
 
     name: str = setting("digits", "the dataset", choices=DATASET_NAMES)
     data_dir: str = setting("", "TFDS data directory ('' = $TFDS_DATA_DIR or TFDS's default)")
-    path: str = setting("", "own counts: an .npy/.npz file or a PNG folder (data.name 'counts')")
-    array_key: str = setting("", "the array in an .npz file ('' = the first one)")
+    path: str = setting(
+        "",
+        "own counts (data.name 'counts'): an .npy/.npz file or a PNG folder of images, or "
+        "count vectors (cells x genes): an (N, D) .npy/.npz, 10x .h5, .mtx(.gz) or its folder, "
+        ".csv/.tsv(.gz), .h5ad or scipy sparse .npz; several files of one gene space "
+        "separated by commas",
+    )
+    array_key: str = setting(
+        "", "the array in an .npz file ('' = the first one), or the layer of an .h5ad ('' = X)"
+    )
     max_count: int = setting(
         16, "largest count N; 0 = infer from the data ('counts' only)", minimum=0
     )
@@ -55,6 +63,23 @@ class DataConfig:
     )
     random_flip: bool = setting(False, "random left-right flips in training (cifar10, celeba64)")
     prefetch: int = setting(2, "training batches prepared ahead", minimum=0)
+    num_features: int = setting(
+        0,
+        "count vectors: keep this many features (genes), the top ones by "
+        "data.feature_selection over the training split, in their original order (0 = all)",
+        minimum=0,
+    )
+    feature_selection: str = setting(
+        "mean",
+        "count vectors: the statistic of the training split's raw counts that picks the "
+        "data.num_features kept features",
+        choices=FEATURE_SELECTIONS,
+    )
+    label_key: str = setting(
+        "",
+        "count vectors from an .h5ad: the obs column holding class labels "
+        "(model.num_classes > 0; strings are numbered in sorted order)",
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -289,8 +314,8 @@ def _check_across_fields(config: ExperimentConfig) -> None:
     data = config.data
     if data.name == "counts" and not data.path:
         raise ValueError(
-            "config field data.path must name your counts file (.npy/.npz) or PNG folder "
-            "when data.name is 'counts', got ''"
+            "config field data.path must name your counts file (.npy/.npz), PNG folder or "
+            "count-matrix files when data.name is 'counts', got ''"
         )
     sampler, num_times = config.sampling, config.diffusion.num_steps
     if sampler.grid == "subgrid" and (

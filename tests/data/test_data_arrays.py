@@ -162,9 +162,9 @@ def test_empty_png_folder_and_missing_path(tmp_path):
         load_dataset(counts_config(tmp_path), seed=0)
     with pytest.raises(FileNotFoundError, match="missing.npy"):
         load_dataset(counts_config(tmp_path / "missing.npy"), seed=0)
-    (tmp_path / "c.csv").write_text("1,2")
-    with pytest.raises(ValueError, match="suffix '.csv'"):
-        load_dataset(counts_config(tmp_path / "c.csv"), seed=0)
+    (tmp_path / "c.txt").write_text("1,2")
+    with pytest.raises(ValueError, match="suffix '.txt'"):
+        load_dataset(counts_config(tmp_path / "c.txt"), seed=0)
     with pytest.raises(ValueError, match="data.path"):
         load_dataset(counts_config(""), seed=0)
 
@@ -234,8 +234,8 @@ def bad_array(kind: str) -> tuple[np.ndarray, str]:
         return counts.astype(np.int32), r"\[9, 3, 3, 0\] = .*300.*max count 255"
     if kind == "wrong_rank":
         return counts[:, :, :, 0, None, None], r"shape \(20, 4, 4, 1, 1\) \(rank 5\)"
-    if kind == "rank_two":
-        return counts[:, :, 0, 0], r"shape \(20, 4\) \(rank 2\)"
+    if kind == "rank_one":
+        return counts[:, 0, 0, 0], r"shape \(20,\) \(rank 1\)"
     if kind == "empty":
         return counts[:0], r"empty.*\(0, 4, 4, 1\)"
     if kind == "not_numbers":
@@ -250,7 +250,7 @@ BAD_KINDS = [
     "inf",
     "above_max",
     "wrong_rank",
-    "rank_two",
+    "rank_one",
     "empty",
     "not_numbers",
 ]
