@@ -224,7 +224,9 @@ class _Block(nnx.Module):
         self.dense_1 = layers.dense(width, width, dtype=dtype, rngs=rngs)
         self.dropout = float(dropout)
 
-    def __call__(self, h: Array, cond: Array, act, dropout_key: Array | None) -> Array:
+    def __call__(
+        self, h: Array, cond: Array, act: layers.Activation, dropout_key: Array | None
+    ) -> Array:
         scale, shift = jnp.split(self.film(cond), 2, axis=-1)
         y = self.norm(h.astype(jnp.float32)).astype(h.dtype)
         y = act(y * (1.0 + scale) + shift)
