@@ -5,6 +5,8 @@
 * ``digits``: sklearn's digits (8x8x1, counts 0..16), embedded, fixed train/test split;
 * ``cifar10``, ``binarized_mnist``, ``celeba64``: TFDS datasets read offline from
   ``data.data_dir`` (see :mod:`blackout_jax.data.tfds_source` and docs/data.md);
+* ``synthetic_cells``: 1,200 cells x 64 genes drawn from a known negative-binomial mixture
+  (:mod:`blackout_jax.data.synthetic_cells`), generated on the fly; examples of shape (D,);
 * ``counts``: your own ``.npy``/``.npz`` array or folder of PNGs at ``data.path``
   (see :mod:`blackout_jax.data.arrays`), or count vectors (cells x genes) from one or several
   count-matrix files: 10x HDF5, Matrix Market, CSV/TSV, ``.h5ad``, scipy sparse or dense
@@ -25,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from blackout_jax.data import arrays, count_matrices, digits, tfds_source
+from blackout_jax.data import arrays, count_matrices, digits, synthetic_cells, tfds_source
 from blackout_jax.data.anndata_files import write_count_matrix
 from blackout_jax.data.pipeline import (
     COUNTS_SPLIT_SEED,
@@ -43,7 +45,7 @@ from blackout_jax.data.pipeline import (
 from blackout_jax.data.sparse_source import FEATURE_SELECTIONS, SparseSource
 from blackout_jax.data.tfds_source import TFDS_DATASETS, MissingDatasetError
 
-DATASET_NAMES = ("digits", "cifar10", "binarized_mnist", "celeba64", "counts")
+DATASET_NAMES = ("digits", "cifar10", "binarized_mnist", "celeba64", "synthetic_cells", "counts")
 
 __all__ = [
     "COUNTS_SPLIT_SEED",
@@ -139,6 +141,26 @@ def load_dataset(data_config: Any, *, seed: int, num_classes: int = 0) -> CountD
             origin=digits.SOURCE,
             **common,
         )
+    elif name == "synthetic_cells":
+        _check_fixed_max_count(name, declared_max, synthetic_cells.MAX_COUNT)
+        _check_fixed_num_classes(name, num_classes, synthetic_cells.NUM_TYPES)
+        counts, types = synthetic_cells.load_counts()
+        train_indices, test_indices = fixed_split(
+            len(counts),
+            data_config.num_test,
+            source=synthetic_cells.SOURCE,
+            split_seed=COUNTS_SPLIT_SEED,
+        )
+        labelled = types if num_classes else None
+        dataset = CountDataset(
+            name=name,
+            image_shape=(synthetic_cells.NUM_GENES,),
+            max_count=synthetic_cells.MAX_COUNT,
+            train_source=_split_source(counts, labelled, train_indices),
+            test_source=_split_source(counts, labelled, test_indices),
+            origin=synthetic_cells.SOURCE,
+            **common,
+        )
     elif name == "counts":
         path = data_config.path
         if not path:
@@ -170,8 +192,8 @@ def load_dataset(data_config: Any, *, seed: int, num_classes: int = 0) -> CountD
             image_shape=image_shape,
             max_count=loaded.max_count,
             max_count_inferred=loaded.max_count_inferred,
-            train_source=_split_source(loaded, train_indices),
-            test_source=_split_source(loaded, test_indices),
+            train_source=_split_source(loaded.counts, loaded.labels, train_indices),
+            test_source=_split_source(loaded.counts, loaded.labels, test_indices),
             origin=loaded.source,
             **common,
         )
@@ -194,6 +216,7 @@ def load_dataset(data_config: Any, *, seed: int, num_classes: int = 0) -> CountD
     return dataset
 
 
-def _split_source(loaded: arrays.LoadedCounts, indices: np.ndarray) -> ArraySource:
-    labels = None if loaded.labels is None else loaded.labels[indices]
-    return ArraySource(loaded.counts[indices], labels=labels)
+def _split_source(
+    counts: np.ndarray, labels: np.ndarray | None, indices: np.ndarray
+) -> ArraySource:
+    return ArraySource(counts[indices], labels=None if labels is None else labels[indices])

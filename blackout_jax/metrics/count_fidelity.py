@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import BinaryIO
 
 import numpy as np
 from scipy import stats
@@ -178,9 +179,10 @@ def count_sample_fidelity(
 
 
 def plot_count_fidelity(
-    generated: np.ndarray, real: np.ndarray, path: str | os.PathLike[str]
+    generated: np.ndarray, real: np.ndarray, path: str | os.PathLike[str] | BinaryIO
 ) -> None:
-    """Write a PNG of four panels comparing generated with real cells.
+    """Write a PNG of four panels comparing generated with real cells to ``path`` (a file
+    name, or a binary file open for writing).
 
     Mean against variance per gene (log-log, both sets), zero fraction per gene (real on x,
     generated on y, with the diagonal), mean per gene (the same, log-log) and histograms of
@@ -234,4 +236,4 @@ def plot_count_fidelity(
     axes[3].set(xlabel="log1p library size", ylabel="density")
     axes[3].legend(fontsize=8)
     figure.tight_layout()
-    figure.savefig(os.fspath(path), format="png")
+    figure.savefig(path if hasattr(path, "write") else os.fspath(path), format="png")

@@ -9,7 +9,9 @@ then builds an :class:`ExperimentConfig` from the nested dict, checking every fi
 fields against each other, once per command; the run layer reads only that typed object.
 
 Sections: ``data`` (:class:`DataConfig`), ``diffusion`` (:class:`DiffusionConfig`), ``model``
-(:class:`blackout_jax.models.NCSNppConfig`), ``training`` (:class:`TrainingConfig`), ``eval``
+(the network named by ``model.name``: :class:`blackout_jax.models.NCSNppConfig` for images,
+:class:`blackout_jax.models.CountMLPConfig` for count vectors; :data:`MODEL_CONFIGS`),
+``training`` (:class:`TrainingConfig`), ``eval``
 (:class:`EvalConfig`), ``sampling`` (:class:`SamplingConfig`) and the top-level ``seed``.
 :func:`describe` prints every field with its value and meaning (``--mode=show_config``).
 """
@@ -25,7 +27,7 @@ import numpy as np
 from blackout_jax import schedule, settings
 from blackout_jax.data import DATASET_NAMES, FEATURE_SELECTIONS
 from blackout_jax.losses import WEIGHTINGS
-from blackout_jax.models import NCSNppConfig
+from blackout_jax.models import CountMLPConfig, NCSNppConfig
 from blackout_jax.models.ncsnpp import CIFAR10_REFERENCE
 from blackout_jax.sampling import METHODS, STARTS
 from blackout_jax.schedule import GRIDS
@@ -240,6 +242,23 @@ DIGITS_MODEL = dataclasses.replace(
 """The network of the digits run: the reference NCSN++ at width 32, three levels, one block."""
 
 
+ModelConfig = NCSNppConfig | CountMLPConfig
+
+MODEL_CONFIGS: dict[str, ModelConfig] = {
+    "ncsnpp": CIFAR10_REFERENCE,
+    "count_mlp": CountMLPConfig(),
+}
+"""The networks ``model.name`` chooses, each with the defaults of its own fields."""
+
+
+def model_defaults(name: str) -> dict[str, Any]:
+    """Every field of the network ``name`` at its default, as a dict: a config file switching
+    networks sets ``config.model = ml_collections.ConfigDict(model_defaults("count_mlp"))``."""
+    if name not in MODEL_CONFIGS:
+        settings.fail("model.name", f"one of {sorted(MODEL_CONFIGS)}", name)
+    return dataclasses.asdict(MODEL_CONFIGS[name])
+
+
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """A whole experiment; build it with :func:`parse`."""
@@ -247,7 +266,7 @@ class ExperimentConfig:
     seed: int = setting(0, "seeds the initialisation, the data order and every draw", minimum=0)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
-    model: NCSNppConfig = dataclasses.field(default_factory=lambda: DIGITS_MODEL)
+    model: ModelConfig = dataclasses.field(default_factory=lambda: DIGITS_MODEL)
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
@@ -302,12 +321,32 @@ def _build(config: Any) -> ExperimentConfig:
         given = values.get(section, {})
         if not isinstance(given, Mapping) and not hasattr(given, "to_dict"):
             raise ValueError(f"config field {section} must be a section, got {given!r}")
+        given = settings.plain(given)
         built[section] = settings.build(
-            getattr(defaults, section), settings.plain(given), section=section
+            _section_defaults(defaults, section, given), given, section=section
         )
     seed_field = next(f for f in dataclasses.fields(ExperimentConfig) if f.name == "seed")
     seed = settings.check_value("seed", seed_field, values.get("seed", defaults.seed))
     return ExperimentConfig(seed=seed, **built)
+
+
+def _section_defaults(defaults: ExperimentConfig, section: str, given: dict[str, Any]) -> Any:
+    """The defaults a section's given fields replace: for ``model``, those of the network
+    ``model.name`` names (:data:`MODEL_CONFIGS`)."""
+    if section != "model":
+        return getattr(defaults, section)
+    name = given.get("name", defaults.model.name)
+    if name not in MODEL_CONFIGS:
+        settings.fail("model.name", f"one of {sorted(MODEL_CONFIGS)}", name)
+    network = defaults.model if name == defaults.model.name else MODEL_CONFIGS[name]
+    unknown = sorted(set(given) - {field.name for field in dataclasses.fields(network)})
+    if unknown and name != defaults.model.name:
+        raise ValueError(
+            f"config field model.name = {name!r} takes other fields than {unknown}: replace "
+            f"the whole section, config.model = ml_collections.ConfigDict("
+            f"config_lib.model_defaults({name!r})), as configs/vectors_tiny.py does"
+        )
+    return network
 
 
 def _check_across_fields(config: ExperimentConfig) -> None:

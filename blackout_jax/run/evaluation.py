@@ -11,7 +11,13 @@ confidence intervals):
   bound conditional on the true label for class-conditional models, and the sample-quality metrics
   of ``sampling.num_samples`` samples (digits: Fréchet distance in a classifier's feature space
   with its real-vs-real floor and the class distribution; image datasets: FID, IS and KID with
-  the Inception network, see docs/metrics.md).
+  the Inception network, see docs/metrics.md; count vectors: per-gene mean, variance and
+  zero-fraction agreement, library sizes and a PCA Fréchet distance with its floor, and a PNG
+  of them beside the results).
+
+Both compare the bound with baselines fitted on the training split (:meth:`Evaluator.baselines`,
+:func:`baselines`): images the per-position histogram, count vectors the per-gene Poisson,
+negative binomial and negative-binomial mixture (:mod:`blackout_jax.metrics.count_baselines`).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -27,23 +34,65 @@ from flax import nnx
 
 from blackout_jax import likelihood, models
 from blackout_jax.data import CountDataset
-from blackout_jax.run import chunked, held_out, trained
+from blackout_jax.run import chunked, folder, held_out, parallel, reporting, trained
 from blackout_jax.run import config as config_lib
 from blackout_jax.run.config import ExperimentConfig
 from blackout_jax.run.streams import Stream, stream_key
 from blackout_jax.run.trained import TrainedModel
 
 INCEPTION_DATASETS = ("cifar10", "celeba64")
+BASELINE_EXAMPLES = 10_000
+"""The baselines are fitted on at most this many training examples."""
 
 
-def sample_quality_kind(config: ExperimentConfig, dataset_name: str) -> str:
-    """Which sample metrics ``eval.sample_metrics`` selects: 'digits', 'inception' or 'none'."""
+def sample_quality_kind(config: ExperimentConfig, dataset: CountDataset) -> str:
+    """Which sample metrics ``eval.sample_metrics`` selects: 'digits', 'inception', 'counts'
+    or 'none' ('auto': by the dataset, 'counts' for examples of shape ``(D,)``)."""
     chosen = config.eval.sample_metrics
     if chosen != "auto":
         return chosen
-    if dataset_name == "digits":
+    if dataset.name == "digits":
         return "digits"
-    return "inception" if dataset_name in INCEPTION_DATASETS else "none"
+    if len(dataset.shape.example_shape) == 1:
+        return "counts"
+    return "inception" if dataset.name in INCEPTION_DATASETS else "none"
+
+
+def baselines(config: ExperimentConfig, dataset: CountDataset, examples: np.ndarray) -> dict:
+    """Bits per entry of baselines fitted on (at most :data:`BASELINE_EXAMPLES` of) the
+    training split and scored on ``examples``: for count vectors ``(D,)``
+    ``baseline_poisson_bits_per_dim``, ``baseline_nb_bits_per_dim`` and
+    ``baseline_nb_mixture_bits_per_dim`` (with the mixture's ``..._num_components``; see
+    :func:`blackout_jax.metrics.count_baselines.baseline_bits_per_entry`), for images
+    ``histogram_baseline_bits_per_dim``
+    (:func:`blackout_jax.run.held_out.histogram_bits_per_dim`)."""
+    indices = np.arange(min(int(dataset.num_train), BASELINE_EXAMPLES))
+    train = np.asarray(dataset.train_source.read(indices))
+    if len(dataset.shape.example_shape) != 1:
+        return {
+            "histogram_baseline_bits_per_dim": held_out.histogram_bits_per_dim(
+                train, examples, dataset.shape.max_count
+            )
+        }
+    from blackout_jax.metrics import count_baselines
+
+    fitted = count_baselines.baseline_bits_per_entry(train, examples, seed=config.seed)
+    return {name: value for name, value in fitted.items() if not isinstance(value, dict)}
+
+
+BASELINES = {
+    "histogram_baseline_bits_per_dim": "independent per-position histograms",
+    "baseline_poisson_bits_per_dim": "a per-gene Poisson",
+    "baseline_nb_bits_per_dim": "a per-gene negative binomial",
+    "baseline_nb_mixture_bits_per_dim": "a negative-binomial mixture",
+}
+"""The baselines' result keys, and what each is in words."""
+
+
+def best_baseline(results: dict) -> tuple[str, float]:
+    """``(what, bits)`` of the lowest of the :data:`BASELINES` in ``results``."""
+    name = min((name for name in BASELINES if name in results), key=results.__getitem__)
+    return BASELINES[name], results[name]
 
 
 class Evaluator:
@@ -86,12 +135,9 @@ class Evaluator:
             "num_examples": len(nats),
         }
 
-    def baseline_bits_per_dim(self, dataset: CountDataset, max_examples: int = 10_000) -> float:
-        """:func:`~blackout_jax.run.held_out.histogram_bits_per_dim` of the evaluation examples,
-        fitted on (at most ``max_examples`` of) the training split."""
-        indices = np.arange(min(int(dataset.num_train), max_examples))
-        train_examples = np.asarray(dataset.train_source.read(indices))
-        return held_out.histogram_bits_per_dim(train_examples, self.examples, self.max_count)
+    def baselines(self, dataset: CountDataset) -> dict:
+        """:func:`baselines` of the evaluation examples."""
+        return baselines(self.config, dataset, self.examples)
 
     @property
     def grid_labels(self) -> np.ndarray | None:
@@ -149,7 +195,7 @@ def evaluate_model(
       FileNotFoundError: Inception metrics were asked for and the weights file is missing
         (checked before any sampling).
     """
-    kind = sample_quality_kind(config, str(dataset.name))
+    kind = sample_quality_kind(config, dataset)
     extractor = _inception_extractor(config) if kind == "inception" else None
     key = stream_key(config.seed, Stream.EVALUATE_COMMAND)
     examples = np.asarray(dataset.test_examples(None))
@@ -159,6 +205,7 @@ def evaluate_model(
         "num_test_examples": len(nats),
         "num_time_samples": config.eval.num_time_samples,
         **bound_summary(nats, math.prod(model.image_shape)),
+        **baselines(config, dataset, examples),
     }
     if config.model.num_classes:
         conditional = held_out_bound(
@@ -175,6 +222,11 @@ def evaluate_model(
     if kind != "none":
         results.update(_sample_quality(config, workdir, dataset, model, kind, extractor))
     return results
+
+
+def fidelity_plot_path(metrics_path: str | os.PathLike[str]) -> Path:
+    """Where ``--mode=evaluate`` draws the count-fidelity PNG: beside its results file."""
+    return Path(metrics_path).with_suffix(".png")
 
 
 def _inception_extractor(config: ExperimentConfig) -> Any:
@@ -208,7 +260,18 @@ def _sample_quality(
     if labels is not None:
         described["labels"] = sampler.labels
         described["guidance_scale"] = sampler.guidance_scale
-    if kind == "digits":
+    if kind == "counts":
+        from blackout_jax.metrics import count_fidelity
+
+        real = np.asarray(dataset.test_examples(None))
+        metrics = count_fidelity.count_sample_fidelity(samples, real, seed=config.seed)
+        if parallel.is_primary():
+            path = fidelity_plot_path(folder.command_output(workdir, "evaluate", model.step))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            reporting.write_atomically(
+                path, lambda file: count_fidelity.plot_count_fidelity(samples, real, file)
+            )
+    elif kind == "digits":
         from blackout_jax.metrics import digits_features
 
         metrics = digits_features.digits_sample_metrics(samples)

@@ -4,6 +4,8 @@ A run folder (``--workdir``) holds::
 
     config.json            the experiment config of the training run (read back here)
     metadata.json          facts about the data and devices of the training run
+    features.json          count vectors: the features kept, in order (index, source index,
+                           name, id), when the data files name them
     lock                   .lock, held by the trainer (blackout_jax.run.lock)
     metrics.jsonl          one JSON row per log period and evaluation
     tensorboard/           the same rows for TensorBoard
@@ -46,6 +48,7 @@ from blackout_jax.run.config import ExperimentConfig
 
 CONFIG_FILE = "config.json"
 METADATA_FILE = "metadata.json"
+FEATURES_FILE = "features.json"
 LOCK_FILE = ".lock"
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -63,7 +66,7 @@ COMMAND_OUTPUTS = {
 """Folder and file name of each command's result (its PNG, if any, sits beside it)."""
 
 _SAMPLE_CHUNKS = "chunks_{step}_{draws}"
-FILES = (CONFIG_FILE, METADATA_FILE, LOCK_FILE, METRICS_FILE, LOSS_CURVE_FILE)
+FILES = (CONFIG_FILE, METADATA_FILE, FEATURES_FILE, LOCK_FILE, METRICS_FILE, LOSS_CURVE_FILE)
 """The run folder's files."""
 FOLDERS = (
     CHECKPOINTS_DIR,

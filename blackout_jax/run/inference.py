@@ -31,6 +31,7 @@ takes files before any work (a read-only run folder is named at once, not after 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import sys
@@ -41,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from blackout_jax import sampling
-from blackout_jax.data import CountDataset, inputs
+from blackout_jax.data import CountDataset, inputs, write_count_matrix
 from blackout_jax.run import chunked, evaluation, folder, parallel, reporting, trained
 from blackout_jax.run import config as config_lib
 from blackout_jax.run.config import ExperimentConfig
@@ -56,7 +57,10 @@ def sample_run(
     dataset: CountDataset,
     model: TrainedModel,
 ) -> Path:
-    """Draw ``sampling.num_samples`` samples → ``samples/samples_<step>_<draws>.npz`` + PNG."""
+    """Draw ``sampling.num_samples`` samples → ``samples/samples_<step>_<draws>.npz`` + PNG;
+    count vectors whose data name their features also store the ``feature_names`` in the npz
+    and, with anndata installed (``pip install -e ".[cells]"``), write the samples as an
+    ``.h5ad`` beside it."""
     times = trained.model_sampling_times(config, workdir, model, dataset)
     draws = trained.sample_draws(config, model, times)
     path = _output_path(workdir, "sample", model.step, draws)
@@ -69,13 +73,18 @@ def sample_run(
             if labels is None
             else {"labels": labels, "guidance_scale": np.asarray(sampler.guidance_scale)}
         )
+        names = dataset.feature_names
+        named = {} if names is None else {"feature_names": np.asarray(names)}
         reporting.write_npz(
             path,
             samples=samples,
             **_sampler_record(config, times, model.step),
             start=np.asarray(sampler.start),
             **conditional,
+            **named,
         )
+        if names is not None and importlib.util.find_spec("anndata") is not None:
+            write_count_matrix(path.with_suffix(".h5ad"), samples, names)
         grid, columns = samples[:100], None
         if labels is not None:  # one row per class
             grid, columns = reporting.rows_by_label(samples, labels)
@@ -182,7 +191,9 @@ def impute_run(
             **_sampler_record(config, times, model.step),
         )
         pairs = reporting.imputation_pairs(counts[:50], mask[:50], completed[:50], model.max_count)
-        reporting.save_sample_grid(pairs, model.max_count, path.with_suffix(".png"), columns=2)
+        reporting.save_sample_grid(
+            pairs, model.max_count, path.with_suffix(".png"), columns=2, log_counts=counts.ndim == 2
+        )
     print(f"imputed {int((~mask).sum())} missing counts in {len(completed)} examples; wrote {path}")
     return path
 

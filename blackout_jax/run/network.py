@@ -2,7 +2,8 @@
 
 The run layer's one place that loads ``config.data`` (:func:`load_data`, with
 :func:`split_summary` for the start of training) and turns
-``config.model`` + the data's shape into an NCSN++ (:func:`model_factory`), into its shapes only
+``config.model`` + the data's shape into the network ``model.name`` names (NCSN++ for images
+``(H, W, C)``, the count network for vectors ``(D,)``; :func:`model_factory`), into its shapes only
 (:func:`abstract_model`, no memory, no compute), or into the parts a restore needs
 (:func:`network_parts`).
 """
@@ -14,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 from flax import nnx
 
 from blackout_jax import data, models
@@ -29,8 +31,7 @@ run for hours."""
 def load_data(config: ExperimentConfig) -> CountDataset:
     """The checked dataset of ``config.data`` (:func:`blackout_jax.data.load_dataset`), with
     the class labels of ``model.num_classes``, checked against the network of ``config.model``
-    (:func:`blackout_jax.models.check_image_shape`: sizes its levels divide, attention
-    resolutions it has).
+    (:func:`check_example_shape`).
 
     Raises:
       ValueError: bad data, data the network does not fit or a max count above
@@ -46,13 +47,34 @@ def load_data(config: ExperimentConfig) -> CountDataset:
             "(e.g. divide and round) or clip the rare large ones before training"
         )
     try:
-        models.check_image_shape(config.model, dataset.shape.example_shape)
+        check_example_shape(config, dataset.shape.example_shape)
     except ValueError as error:
         raise ValueError(f"{dataset.origin} ({dataset.name}): {error}") from None
     return dataset
 
 
-SPLIT_BY_NUM_TEST = ("digits", "counts")
+def check_example_shape(config: ExperimentConfig, example_shape: tuple[int, ...]) -> None:
+    """Check the shape of one example against the network of ``config.model``: NCSN++ takes
+    images ``(H, W, C)`` whose sizes its levels divide
+    (:func:`blackout_jax.models.check_image_shape`), the count network vectors ``(D,)``
+    (:func:`blackout_jax.models.check_example_shape`).
+
+    Raises:
+      ValueError: naming the shape and the network (and the field to change).
+    """
+    if isinstance(config.model, models.CountMLPConfig):
+        models.check_example_shape(config.model, example_shape)
+    elif len(example_shape) != 3:
+        raise ValueError(
+            f"examples of shape {tuple(example_shape)} are count vectors; model.name 'ncsnpp' "
+            "takes images (H, W, C): use the count network (configs/cells.py, "
+            "configs/vectors_tiny.py), config.model = model_defaults('count_mlp')"
+        )
+    else:
+        models.check_image_shape(config.model, example_shape)
+
+
+SPLIT_BY_NUM_TEST = ("digits", "synthetic_cells", "counts")
 """The datasets whose held-out split is ``data.num_test`` examples (the others have their own)."""
 
 
@@ -86,16 +108,36 @@ def split_summary(config: ExperimentConfig, dataset: CountDataset) -> str:
     )
 
 
-def model_factory(config: ExperimentConfig, shape: DataShape) -> Callable[[], nnx.Module]:
-    """A no-argument function building the network of ``config`` for examples of ``shape``."""
+def model_factory(
+    config: ExperimentConfig,
+    shape: DataShape,
+    feature_moments: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Callable[[], nnx.Module]:
+    """A no-argument function building the network of ``config`` for examples of ``shape``.
+
+    ``feature_moments``: the per-feature ``(mean (D,), variance (D,))`` of the training split
+    (:meth:`blackout_jax.data.CountDataset.feature_moments`), from which the count network
+    initialises its per-feature negative-binomial prior; only a new network needs them (a
+    restored one overwrites its parameters).
+    """
+    common = {
+        "max_count": shape.max_count,
+        "t_end": config.diffusion.t_end,
+        "num_steps": config.diffusion.num_steps,
+        "seed": config.seed,
+    }
+    if isinstance(config.model, models.CountMLPConfig):
+        mean, variance = (None, None) if feature_moments is None else feature_moments
+        return functools.partial(
+            models.create_count_mlp,
+            config.model,
+            example_shape=shape.example_shape,
+            feature_mean=mean,
+            feature_variance=variance,
+            **common,
+        )
     return functools.partial(
-        models.create_model,
-        config.model,
-        image_shape=shape.example_shape,
-        max_count=shape.max_count,
-        t_end=config.diffusion.t_end,
-        num_steps=config.diffusion.num_steps,
-        seed=config.seed,
+        models.create_model, config.model, image_shape=shape.example_shape, **common
     )
 
 

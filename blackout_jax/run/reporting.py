@@ -176,6 +176,21 @@ class MetricsWriter:
             self._tensorboard.close()
 
 
+def vector_tiles(examples: np.ndarray, fill: Any = 0) -> np.ndarray:
+    """Examples as images: vectors ``(N, D)`` folded row by row into ``(N, R, C, 1)`` tiles,
+    ``R = ceil(sqrt(D))``, ``C = ceil(D / R)``, the last ``R C - D`` places ``fill``; examples
+    of any other rank (images ``(N, H, W, C)``) are returned unchanged."""
+    examples = np.asarray(examples)
+    if examples.ndim != 2:
+        return examples
+    num, size = examples.shape
+    rows = max(1, math.ceil(math.sqrt(size)))
+    cols = max(1, math.ceil(size / rows))
+    tiles = np.full((num, rows * cols), fill, examples.dtype)
+    tiles[:, :size] = examples
+    return tiles.reshape(num, rows, cols, 1)
+
+
 def sample_grid_image(
     samples: np.ndarray,
     max_count: int,
@@ -183,22 +198,34 @@ def sample_grid_image(
     border: int = 1,
     border_value: int = 128,
     columns: int | None = None,
+    log_counts: bool | None = None,
 ) -> np.ndarray:
-    """Tile samples ``(N, H, W, C)`` into one uint8 image, counts scaled ``0..max_count -> 0..255``.
+    """Tile samples ``(N, H, W, C)`` or vectors ``(N, D)`` (as :func:`vector_tiles`) into one
+    uint8 image, counts scaled ``0..max_count -> 0..255``: linearly, or with ``log_counts``
+    as ``255 log1p(n) / log1p(max_count)``, which shows counts spanning 0 to thousands
+    (the default for vectors, linear for images).
 
     ``C = 1`` gives a grey ``(rows, cols)`` image, ``C = 3`` an RGB ``(rows, cols, 3)`` image;
     any other ``C`` shows the first channel. The grid is ``columns`` (default ``ceil(sqrt(N))``)
     samples wide, with a ``border``-pixel grey (``border_value``) frame around every sample.
     """
     samples = np.asarray(samples)
+    if log_counts is None:
+        log_counts = samples.ndim == 2
+    samples = vector_tiles(samples)
     if samples.ndim != 4:
-        raise ValueError(f"samples must have shape (N, H, W, C), got {samples.shape}")
+        raise ValueError(f"samples must have shape (N, H, W, C) or (N, D), got {samples.shape}")
     if max_count < 1:
         raise ValueError(f"max_count must be >= 1, got {max_count}")
     if samples.shape[-1] not in (1, 3):
         samples = samples[..., :1]
     num, height, width, channels = samples.shape
-    scaled = np.clip(np.rint(samples.astype(np.float64) * 255.0 / max_count), 0, 255)
+    values = np.maximum(samples.astype(np.float64), 0.0)
+    if log_counts:
+        values = np.log1p(values) * 255.0 / math.log1p(max_count)
+    else:
+        values = values * 255.0 / max_count
+    scaled = np.clip(np.rint(values), 0, 255)
     cols = columns or max(1, math.ceil(math.sqrt(num)))
     rows = max(1, math.ceil(num / cols))
     canvas = np.full(
@@ -220,12 +247,13 @@ def save_sample_grid(
     *,
     min_size: int = 256,
     columns: int | None = None,
+    log_counts: bool | None = None,
 ) -> None:
     """Write a PNG grid of ``samples`` (see :func:`sample_grid_image`), upscaled by whole pixels
     (nearest neighbour) until the image is at least ``min_size`` pixels on its shorter side."""
     from matplotlib import image as mpl_image
 
-    grid = sample_grid_image(samples, max_count, columns=columns)
+    grid = sample_grid_image(samples, max_count, columns=columns, log_counts=log_counts)
     scale = max(1, math.ceil(min_size / min(grid.shape[:2])))
     grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
     colours = {"cmap": "gray", "vmin": 0, "vmax": 255} if grid.ndim == 2 else {}
@@ -251,7 +279,10 @@ def rows_by_label(
 
 def imputation_pairs(counts: np.ndarray, mask: np.ndarray, completed: np.ndarray, max_count: int):
     """``(2N, H, W, 3)`` counts for a two-column grid: each observed input (missing entries red)
-    beside its completion (grey, or the image's own colours)."""
+    beside its completion (grey, or the image's own colours). Vectors ``(N, D)`` are shown as
+    :func:`vector_tiles`."""
+    counts, completed = vector_tiles(counts), vector_tiles(completed)
+    mask = vector_tiles(mask, fill=True)
 
     def as_rgb(values: np.ndarray) -> np.ndarray:
         return np.repeat(values, 3, axis=-1) if values.shape[-1] == 1 else values[..., :3]

@@ -89,8 +89,13 @@ class Trainer:
         self.replicated = parallel.replicated_sharding(mesh)
         self.batch_sharding = parallel.batch_sharding(mesh)
         self.optimizer = train_step.skipping_nonfinite(train_step.make_optimizer(training))
+        vectors = len(dataset.shape.example_shape) == 1
         self.graphdef, self.state, self.rest = train_step.init_train_state(
-            config, dataset.shape, self.optimizer, self.replicated
+            config,
+            dataset.shape,
+            self.optimizer,
+            self.replicated,
+            dataset.feature_moments() if vectors else None,
         )
         self.iterator = dataset.train_iterator(
             global_batch_size=training.batch_size,
@@ -184,6 +189,10 @@ class Trainer:
                 os.path.join(self.workdir, folder.CONFIG_FILE), self.config.to_dict()
             )
             reporting.write_json(os.path.join(self.workdir, folder.METADATA_FILE), self.metadata)
+            if self.dataset.feature_names is not None:
+                reporting.write_json(
+                    os.path.join(self.workdir, folder.FEATURES_FILE), self.dataset.features()
+                )
             self.writer = reporting.MetricsWriter(self.workdir, resume_step=self.start_step)
         self.progress = ProgressReporter(
             self.config.training.num_steps, self.start_step, enabled=self.primary
@@ -293,15 +302,15 @@ class Trainer:
         return results
 
     def _compare_with_baseline(self, results: dict[str, float]) -> None:
-        """Add the per-position histogram baseline to the final results; warn when the model's
-        bound does not beat it (an undertrained model: its samples are noise)."""
-        baseline = self.evaluator.baseline_bits_per_dim(self.dataset)
-        results["histogram_baseline_bits_per_dim"] = baseline
+        """Add the baselines of :meth:`Evaluator.baselines` to the final results; warn when the
+        model's bound does not beat the best of them (an undertrained model)."""
+        results.update(self.evaluator.baselines(self.dataset))
+        what, baseline = evaluation.best_baseline(results)
         if results["bits_per_dim"] > baseline:
             self.progress.message(
                 f"warning: the bound {results['bits_per_dim']:.3f} bits/dim is above the "
-                f"{baseline:.3f} bits/dim of independent per-pixel histograms of the training "
-                "data: the model is undertrained and its samples will be noise; train longer "
+                f"{baseline:.3f} bits/dim of {what} fitted to the training data: "
+                "the model is undertrained and its samples will be noise; train longer "
                 "(training.num_steps) or see docs/data.md"
             )
 

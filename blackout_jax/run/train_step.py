@@ -33,6 +33,7 @@ from typing import Any
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -332,15 +333,17 @@ def init_train_state(
     shape: DataShape,
     optimizer: optax.GradientTransformation,
     sharding: jax.sharding.Sharding,
+    feature_moments: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[nnx.GraphDef, TrainState, Any]:
     """Build the network for examples of ``shape`` and a fresh train state, placed on
-    ``sharding`` (replicated).
+    ``sharding`` (replicated); ``feature_moments`` as :func:`blackout_jax.run.network.
+    model_factory` takes them.
 
     Returns:
       ``(graphdef, state, rest)``: the network's graph definition, the :class:`TrainState` at
       step 0, and the network's non-parameter variables.
     """
-    factory = network.model_factory(config, shape)
+    factory = network.model_factory(config, shape, feature_moments)
     graphdef, _, _ = nnx.split(nnx.eval_shape(factory), nnx.Param, ...)
     rng = jax.random.key_data(stream_key(config.seed, Stream.TRAINING))
 

@@ -35,6 +35,7 @@ def test_every_config_file_is_known():
         "binarized_mnist",
         "binarized_mnist_small",
         "celeba64",
+        "cells",
         "cifar10",
         "cifar10_finite_time",
         "counts",
@@ -43,13 +44,14 @@ def test_every_config_file_is_known():
         "digits",
         "digits_conditional",
         "tiny",
+        "vectors_tiny",
     }
 
 
 @pytest.mark.parametrize("name", CONFIG_NAMES)
 def test_every_config_loads_and_validates(name):
     config = _config(name)
-    if name.startswith("counts"):
+    if name.startswith("counts") or name == "cells":
         with pytest.raises(ValueError, match="data.path"):
             config_lib.parse(config)
         config.data.path = "/data/my_counts.npz"
@@ -91,14 +93,35 @@ def test_every_config_field_is_read_by_the_code():
     the package other than where it is declared."""
     read = _attribute_names_read(REPO_ROOT / "blackout_jax", skip={"config.py"})
     typed = config_lib.ExperimentConfig()
-    unread = [
-        f"{section.name}.{field.name}"
+    sections = [
+        (section.name, getattr(typed, section.name))
         for section in dataclasses.fields(typed)
         if dataclasses.is_dataclass(getattr(typed, section.name))
-        for field in dataclasses.fields(getattr(typed, section.name))
+    ]
+    sections += [("model", network) for network in config_lib.MODEL_CONFIGS.values()]
+    unread = [
+        f"{name}.{field.name}"
+        for name, section in sections
+        for field in dataclasses.fields(section)
         if field.name not in read
     ]
     assert unread == []
+
+
+def test_model_name_chooses_the_network_and_its_fields():
+    vectors = config_lib.parse(_config("vectors_tiny"))
+    assert isinstance(vectors.model, config_lib.CountMLPConfig)
+    assert vectors.model.width == 64  # the file's value over the network's default
+    switched = _config("tiny")
+    switched.model.name = "count_mlp"  # the NCSN++ fields stay: the section must be replaced
+    with pytest.raises(ValueError, match=r"model.name = 'count_mlp' takes other fields than"):
+        config_lib.parse(switched)
+    with pytest.raises(ValueError, match=r"model.name must be one of \['count_mlp', 'ncsnpp'\]"):
+        config_lib.model_defaults("unet")
+    unknown = _config("tiny")
+    unknown.model.name = "unet"
+    with pytest.raises(ValueError, match=r"model.name must be one of"):
+        config_lib.parse(unknown)
 
 
 def test_digits_is_the_default_with_the_best_sampler_at_100_network_calls():
