@@ -11,10 +11,9 @@ half). The genes are chosen on the training split only, by mean (``data.num_feat
 ``data.feature_selection``), and listed in ``WORKDIR/features.json``. ``data.max_count = 0``
 infers the largest count; the start of training prints the split and that count.
 
-``diffusion.t_end = 20``: the prior ``Poisson((N / 2) e^-20)`` per entry then has about
-0.01 non-zero entries per cell of 2,000 genes for the largest count N of these data (4,328),
-so sampling starts from (almost) all zeros; raise it by ``log 10`` per tenfold larger ``N D``.
-Trains in about 20 minutes on a 2-core CPU.
+``diffusion.t_end = 21 >= log(50 N D)``: the prior ``Poisson((N / 2) e^-21)`` per entry then
+has at most 0.01 non-zero entries per cell of D = 2,000 genes for the largest count N of these
+data (12,866), so sampling starts from (almost) all zeros (docs/counts.md).
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
     data.feature_selection = "mean"
 
     diffusion = config.diffusion
-    diffusion.t_end = 20.0
+    diffusion.t_end = 21.0
     diffusion.num_steps = 1000
     diffusion.weighting = "elbo"
 
