@@ -139,6 +139,12 @@ def test_a_count_matrix_with_feature_names_trains_and_names_its_samples(tmp_path
         "--config.sampling.batch_size=8",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    with np.load(only_output(workdir / "samples", "samples_4")) as stored:
+    output = only_output(workdir / "samples", "samples_4")
+    with np.load(output) as stored:
         assert stored["samples"].shape == (8, 16)
         assert list(stored["feature_names"]) == [f"gene{index}" for index in top]
+        generated = stored["samples"]
+    anndata = pytest.importorskip("anndata")  # the test extra installs it
+    cells_file = anndata.read_h5ad(output.with_suffix(".h5ad"))
+    assert list(cells_file.var_names) == [f"gene{index}" for index in top]
+    np.testing.assert_array_equal(np.asarray(cells_file.X), generated)
