@@ -72,8 +72,8 @@ def prior_kl(n0: Array, *, t_end: float, max_count: int) -> Array:
     ``A = ceil(a) + 1``, the mass outside the window is below ``2 e^-30 < 2e-13`` and, as
     ``|c(k)| <= 3 N log N`` (at most the size of ``log q - log prior`` plus the linear part),
     its share of the KL below ``6e-13 N log N`` nats (``1e-5`` at ``N = 10^6``). With the
-    reference ``t_end = 15`` the window has 44 terms up to ``N = 16,384`` and 58 at
-    ``N = 10^7``; a traced
+    reference ``t_end = 15`` the window has 46 terms from ``N = 45`` to ``N = 10^5`` and 58
+    at ``N = 10^7``; a traced
     ``t_end`` takes the widest window, ``p = 1/2``. When the window covers ``0..N`` the sum is
     over every ``k``.
 
