@@ -504,7 +504,7 @@ def capped_poisson_scaled(
 # ---------------------------------------------------------------------------------------------
 # Draws whose cost does not grow with the counts (the samplers' path above TABLE_MAX_COUNT).
 
-TABLE_MAX_COUNT = 1023
+TABLE_MAX_COUNT = 511
 """Largest static max count for which the samplers build per-step tables (above: flat draws)."""
 
 REJECTION_MIN_MEAN = 10.0
