@@ -6,8 +6,10 @@ the samplers and the likelihood bound take any ``predict_fn(counts, t) -> yhat``
 
 from blackout_jax.grids import optimised_grid
 from blackout_jax.likelihood import (
+    NllBoundTerms,
     bits_per_dim,
     nll_bound,
+    nll_bound_terms,
     prior_kl,
     prior_log_prob,
     prior_sample,
@@ -73,4 +75,6 @@ __all__ = [
     "survival_probability",
     "training_loss",
     "unthin",
+    "NllBoundTerms",
+    "nll_bound_terms",
 ]

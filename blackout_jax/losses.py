@@ -28,6 +28,8 @@ Array = jax.Array
 PredictFn = Callable[[Array, Array], Array]
 
 WEIGHTINGS = ("instantaneous", "finite_time", "elbo")
+GRID_WEIGHTINGS = ("instantaneous", "finite_time")
+"""The weightings that draw from the reference grid and so need ``num_steps``."""
 
 
 def poisson_loss(pred: Array, target: Array) -> Array:
@@ -49,20 +51,30 @@ def poisson_divergence(pred: Array, target: Array) -> Array:
     return pred - target + xlogy(target, target) - xlogy(target, pred)
 
 
-def _check_weighting(weighting: str) -> None:
+def _check_weighting(weighting: str, num_steps: int | None) -> None:
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if weighting in GRID_WEIGHTINGS and num_steps is None:
+        raise ValueError(f"num_steps is required for weighting={weighting!r} (its grid size)")
 
 
 def sample_time_and_weight(
-    key: Array, shape: tuple[int, ...], *, weighting: str, t_end: float, num_steps: int
+    key: Array,
+    shape: tuple[int, ...],
+    *,
+    weighting: str,
+    t_end: float,
+    num_steps: int | None = None,
 ) -> tuple[Array, Array]:
     """Draw times and loss weights of the given ``shape`` (both float32).
 
-    ``num_steps`` (``T``) is the size of the reference grid used by the two grid weightings;
-    ``elbo`` ignores it. See the module docstring for the three formulas.
+    ``num_steps`` (``T``) is the size of the reference grid used by the two grid weightings
+    (required for them); ``elbo`` ignores it. See the module docstring for the three formulas.
+
+    Raises:
+      ValueError: unknown ``weighting``, or a grid weighting without ``num_steps``.
     """
-    _check_weighting(weighting)
+    _check_weighting(weighting, num_steps)
     if weighting == "elbo":
         u = jax.random.uniform(key, shape, jnp.float32)
         t = schedule.continuous_time(u, t_end)
@@ -93,7 +105,7 @@ def training_loss(
     *,
     weighting: str,
     t_end: float,
-    num_steps: int,
+    num_steps: int | None = None,
 ) -> Array:
     """Per-example weighted Poisson loss, shape ``(B,)``, float32.
 
@@ -108,8 +120,15 @@ def training_loss(
       keys: ``(B,)`` PRNG keys, one per example (see :func:`example_keys`).
       predict_fn: ``(counts (B, ...), t (B,)) -> yhat`` with the shape of counts.
       n0: clean counts ``(B, ...)``.
+      weighting: one of :data:`WEIGHTINGS`.
+      t_end: end time of the process.
+      num_steps: size ``T`` of the reference grid; required by the grid weightings
+        (``instantaneous``, ``finite_time``), ignored by ``elbo``.
+
+    Raises:
+      ValueError: unknown ``weighting``, or a grid weighting without ``num_steps``.
     """
-    _check_weighting(weighting)
+    _check_weighting(weighting, num_steps)
     n0 = jnp.asarray(n0)
 
     def draw(key: Array, example: Array) -> tuple[Array, Array, Array]:

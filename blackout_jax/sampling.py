@@ -703,10 +703,12 @@ def _per_example(value: Array, ndim: int) -> Array:
 
 
 def _binomial(key: Array, trials: Array, r: Array, max_count: int) -> Array:
-    """``Binomial(trials, r)`` by inversion: ``r`` one scalar, or one per example ``(B,)``.
+    """``Binomial(trials, r)``: ``r`` one scalar, or one per example ``(B,)``.
 
-    Per example, each example draws with its own key ``split(key, B)[b]`` against its own
-    table (:func:`blackout_jax.draws.binomial_by_inversion`, vectorised over the batch).
+    :func:`blackout_jax.draws.binomial_by_inversion`: a per-step table up to
+    ``draws.TABLE_MAX_COUNT``, above it draws whose cost does not depend on ``max_count``.
+    Per example, each example draws with its own key ``split(key, B)[b]`` (vectorised over
+    the batch).
     """
     if r.ndim == 0:
         return draws.binomial_by_inversion(key, trials, r, max_count)

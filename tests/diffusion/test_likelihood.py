@@ -10,7 +10,17 @@ import numpy as np
 import pytest
 from scipy import integrate, special, stats
 
-from blackout_jax import bits_per_dim, nll_bound, prior_kl, prior_log_prob, prior_sample
+from blackout_jax import (
+    NllBoundTerms,
+    bits_per_dim,
+    forward_log_prob,
+    nll_bound,
+    nll_bound_terms,
+    prior_kl,
+    prior_log_prob,
+    prior_sample,
+)
+from blackout_jax.likelihood import prior_kl_window
 
 MAX_COUNT = 16
 
@@ -177,3 +187,73 @@ def test_bits_per_dim_converts_nats() -> None:
         np.asarray(jax.jit(bits_per_dim, static_argnums=1)(nats, 64)),
         np.asarray(bits_per_dim(nats, 64)),
     )
+
+
+def full_sum_prior_kl(n0: jax.Array, t_end: float, max_count: int) -> jax.Array:
+    """The former float32 ``prior_kl``: ``sum_{k=0..N} q(k) (log q(k) - log prior(k))``."""
+
+    def add_term(k, total):
+        k = k.astype(jnp.float32)
+        log_q = forward_log_prob(k, n0, t_end)
+        log_prior = prior_log_prob(k, t_end=t_end, max_count=max_count)
+        return total + jnp.where(jnp.isfinite(log_q), jnp.exp(log_q) * (log_q - log_prior), 0.0)
+
+    return jax.lax.fori_loop(0, max_count + 1, add_term, jnp.zeros_like(n0))
+
+
+@pytest.mark.parametrize(
+    ("t_end", "max_count"),
+    [(15.0, 16_384), (1.0, 16_384), (15.0, 100_000), (3.0, 100_000), (0.05, 100_000)],
+)
+def test_prior_kl_at_large_counts_matches_float64_sum(t_end: float, max_count: int) -> None:
+    """The windowed sum in saddle-point form keeps float32 relative accuracy at large ``N``."""
+    rng = np.random.default_rng(int(t_end * 100) + max_count)
+    n0 = np.concatenate(
+        [[0, 1, 2, max_count // 2, max_count - 1, max_count], rng.integers(0, max_count + 1, 6)]
+    )
+    actual = np.asarray(prior_kl(n0, t_end=t_end, max_count=max_count), np.float64)
+    expected = np.array([reference_prior_kl(int(n), t_end, max_count)[0] for n in n0])
+    np.testing.assert_allclose(actual, expected, rtol=2e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("t_end", "max_count"), [(15.0, 255), (0.7, 255), (15.0, 4096), (2.0, 4096)]
+)
+def test_prior_kl_agrees_with_the_sum_over_every_count(t_end: float, max_count: int) -> None:
+    n0 = jnp.asarray(np.random.default_rng(max_count).integers(0, max_count + 1, 64), jnp.float32)
+    windowed = np.asarray(prior_kl(n0, t_end=t_end, max_count=max_count), np.float64)
+    full = np.asarray(full_sum_prior_kl(n0, jnp.float32(t_end), max_count), np.float64)
+    expected = np.array([reference_prior_kl(int(n), t_end, max_count)[0] for n in np.asarray(n0)])
+    # The full float32 sum loses ~1e-7 log(n_0!) per term; the windowed one stays near float64.
+    assert np.max(np.abs(windowed - expected)) <= np.max(np.abs(full - expected)) + 1e-5
+    np.testing.assert_allclose(windowed, full, rtol=1e-2, atol=1e-3)
+
+
+def test_prior_kl_window_is_short_at_the_reference_end_time() -> None:
+    assert prior_kl_window(15.0, 16) == 17  # the whole support when it is shorter
+    assert prior_kl_window(15.0, 255) == prior_kl_window(15.0, 100_000) == 46
+    assert prior_kl_window(15.0, 10**7) == 58
+    assert prior_kl_window(1.0, 16_384) < 16_385 // 10
+    traced = jax.jit(lambda t: jnp.float32(prior_kl_window(t, 4096)))(15.0)
+    assert int(traced) == prior_kl_window(math.log(2.0), 4096)  # p = 1/2, the widest
+
+
+def test_prior_kl_under_a_traced_end_time() -> None:
+    n0 = jnp.array([0, 5, 100, 4096], jnp.float32)
+    traced = jax.jit(lambda t: prior_kl(n0, t_end=t, max_count=4096))(jnp.float32(4.0))
+    expected = [reference_prior_kl(int(n), 4.0, 4096)[0] for n in np.asarray(n0)]
+    np.testing.assert_allclose(np.asarray(traced), expected, rtol=2e-5, atol=1e-9)
+
+
+def test_nll_bound_is_the_sum_of_its_terms() -> None:
+    n0 = jnp.tile(jnp.array([[0, 3, 16, 7]], jnp.int32), (8, 1))
+    predictor = jax.tree_util.Partial(_blend, jnp.array([0.5, 1.0]), n0)
+    kwargs = {"t_end": 15.0, "max_count": MAX_COUNT, "num_time_samples": 4}
+    terms = nll_bound_terms(jax.random.key(7), predictor, n0, **kwargs)
+    assert isinstance(terms, NllBoundTerms)
+    assert terms.prior.shape == terms.diffusion.shape == (8,)
+    expected_prior = float(jnp.sum(prior_kl(n0[0], t_end=15.0, max_count=MAX_COUNT)))
+    np.testing.assert_allclose(np.asarray(terms.prior), expected_prior, rtol=1e-6)
+    assert np.all(np.asarray(terms.diffusion) > 0.0)
+    bound = nll_bound(jax.random.key(7), predictor, n0, **kwargs)
+    np.testing.assert_array_equal(np.asarray(bound), np.asarray(terms.prior + terms.diffusion))

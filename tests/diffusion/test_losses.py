@@ -294,3 +294,27 @@ def test_unknown_weighting_is_rejected() -> None:
         sample_time_and_weight(
             jax.random.key(0), (2,), weighting="uniform", t_end=15.0, num_steps=4
         )
+
+
+def test_elbo_weighting_needs_no_num_steps() -> None:
+    keys = example_keys(jax.random.key(5), jnp.arange(4))
+    n0 = jnp.full((4, 3), 7, jnp.int32)
+
+    def predictor(counts, t):
+        return jnp.ones(counts.shape, jnp.float32)
+
+    without = training_loss(keys, predictor, n0, weighting="elbo", t_end=T_END)
+    with_steps = training_loss(keys, predictor, n0, weighting="elbo", t_end=T_END, num_steps=9)
+    np.testing.assert_array_equal(without, with_steps)
+    t, weight = sample_time_and_weight(jax.random.key(1), (3,), weighting="elbo", t_end=T_END)
+    assert t.shape == weight.shape == (3,)
+
+
+@pytest.mark.parametrize("weighting", ["instantaneous", "finite_time"])
+def test_grid_weightings_require_num_steps(weighting: str) -> None:
+    keys = example_keys(jax.random.key(5), jnp.arange(2))
+    n0 = jnp.ones((2, 3), jnp.int32)
+    with pytest.raises(ValueError, match=f"num_steps.*{weighting}"):
+        training_loss(keys, lambda c, t: c.astype(jnp.float32), n0, weighting=weighting, t_end=1.0)
+    with pytest.raises(ValueError, match=f"num_steps.*{weighting}"):
+        sample_time_and_weight(jax.random.key(0), (2,), weighting=weighting, t_end=1.0)
