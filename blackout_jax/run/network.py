@@ -22,10 +22,11 @@ from blackout_jax import data, models
 from blackout_jax.data import CountDataset, DataShape
 from blackout_jax.run.config import ExperimentConfig
 
-LARGEST_MAX_COUNT = 4096
-"""The largest max count the run layer accepts: the samplers' exact binomial draws cost time
-growing with the square of the max count, so a count of 2**30 would make every evaluation
-run for hours."""
+LARGEST_MAX_COUNT = 2**24
+"""The largest max count the run layer accepts (16,777,216): counts pass through float32 in
+the networks' inputs, the rates and the draws, and float32 holds every integer only up to
+``2**24``. (The samplers' draws and the bound's prior term cost the same at any max count:
+:mod:`blackout_jax.draws`.)"""
 
 
 def load_data(config: ExperimentConfig) -> CountDataset:
@@ -42,9 +43,9 @@ def load_data(config: ExperimentConfig) -> CountDataset:
     if dataset.shape.max_count > LARGEST_MAX_COUNT:
         raise ValueError(
             f"{dataset.origin} ({dataset.name}): the max count is {dataset.shape.max_count} "
-            f"(data.max_count={config.data.max_count}, 0 = inferred); the samplers handle max "
-            f"counts up to {LARGEST_MAX_COUNT} at a reasonable cost: scale the counts down "
-            "(e.g. divide and round) or clip the rare large ones before training"
+            f"(data.max_count={config.data.max_count}, 0 = inferred); counts up to "
+            f"{LARGEST_MAX_COUNT} (2**24, the integers float32 holds exactly) are accepted: "
+            "scale the counts down (e.g. divide and round) or clip the rare large ones"
         )
     try:
         check_example_shape(config, dataset.shape.example_shape)

@@ -56,7 +56,7 @@ def test_a_max_count_the_samplers_cannot_handle_is_refused_naming_the_file(tmp_p
     path = tmp_path / "huge.npy"
     np.save(path, counts)
     config = _config((1, 2), name="counts", path=str(path), num_test=2, max_count=0)
-    with pytest.raises(ValueError, match=r"huge\.npy.*max count is 1073741824.* up to 4096"):
+    with pytest.raises(ValueError, match=r"huge\.npy.*max count is 1073741824.* up to 16777216"):
         network.load_data(config)
     counts[3, 2, 1, 0] = network.LARGEST_MAX_COUNT
     np.save(path, counts)
