@@ -22,11 +22,8 @@ MAX_COUNT = 20
 
 @pytest.fixture
 def hackable():
-    """The ``hackable_diffusion.lib`` package, or a skip where it is not installed."""
-    pytest.importorskip("hackable_diffusion")
-    import hackable_diffusion.lib as lib  # noqa: PLC0415 - optional dependency
-
-    return lib
+    """``hackable_diffusion.hd``, or a skip where the package is not installed."""
+    return pytest.importorskip("hackable_diffusion.hd")
 
 
 def test_the_schedule_is_the_continuous_blackout_schedule():
@@ -111,7 +108,7 @@ def test_t_end_must_be_positive():
 
 
 def test_methods_match_the_corruption_process_protocol(hackable):
-    protocol = hackable.corruption.base.CorruptionProcess
+    protocol = hackable.corruption.CorruptionProcess
     for name in ("corrupt", "sample_from_invariant", "convert_predictions", "get_schedule_info"):
         expected = list(inspect.signature(getattr(protocol, name)).parameters)
         assert list(inspect.signature(getattr(BlackoutProcess, name)).parameters) == expected
@@ -130,8 +127,8 @@ def test_a_nested_process_drives_counts_beside_a_gaussian_image(hackable):
     nested = hackable.multimodal.NestedProcess(
         processes={
             "counts": BlackoutProcess(max_count=MAX_COUNT),
-            "image": hackable.corruption.gaussian.GaussianProcess(
-                schedule=hackable.corruption.schedules.CosineSchedule()
+            "image": hackable.corruption.GaussianProcess(
+                schedule=hackable.corruption.CosineSchedule()
             ),
         }
     )
