@@ -72,15 +72,42 @@ def _apply(
     model = nnx.merge(graphdef, *states)
     if guidance_scale is None:
         return _network(model, dropout_key, counts, t, labels)
+    null_label, max_count = guidance_attributes(model)
     guided = guided_prediction(
         functools.partial(_network, model, dropout_key),
         counts,
         t,
         labels,
         guidance_scale,
-        null_label=model.config.null_label,
+        null_label=null_label,
     )
-    return jnp.minimum(guided, float(model.max_count))
+    return jnp.minimum(guided, float(max_count))
+
+
+def guidance_attributes(model: nnx.Module) -> tuple[int, int]:
+    """``(model.config.null_label, model.max_count)``: what guidance needs of a network.
+
+    Any module whose ``__call__(counts, t, *labels, train=False)`` returns ``yhat`` serves
+    :func:`make_predict_fn` without guidance; classifier-free guidance also needs the label
+    of "no class" and the largest count ``N`` (the cap of the guided prediction).
+
+    Raises:
+      AttributeError: the module lacks one of them; the message names it.
+    """
+    null_label = getattr(getattr(model, "config", None), "null_label", None)
+    if null_label is None:
+        raise AttributeError(
+            f"guidance_scale > 0 needs the network's null label, model.config.null_label, "
+            f"which {type(model).__name__} does not have (a class-conditional network "
+            f"such as NCSNpp with num_classes > 0 has it)"
+        )
+    max_count = getattr(model, "max_count", None)
+    if max_count is None:
+        raise AttributeError(
+            f"guidance_scale > 0 needs the network's largest count, model.max_count (the cap "
+            f"of the guided prediction), which {type(model).__name__} does not have"
+        )
+    return int(null_label), int(max_count)
 
 
 def guided_prediction(
@@ -179,14 +206,24 @@ def make_predict_fn(
     containers around the same immutable arrays, so later in-place updates of a module or
     state are not seen).
 
+    Any NNX module whose ``__call__(counts, t, *labels, train=False)`` returns ``yhat`` is
+    served: without guidance nothing else of the module is read (with a ``dropout_key`` it is
+    called as ``model(..., train=True, dropout_key=key)``). Guidance (``guidance_scale > 0``)
+    also reads ``model.config.null_label`` and ``model.max_count``
+    (:func:`guidance_attributes`).
+
     Raises:
       ValueError: ``guidance_scale`` negative, or positive without ``labels``.
+      AttributeError: ``guidance_scale > 0`` for a module without ``config.null_label`` or
+        ``max_count``; the message names the attribute.
     """
     if guidance_scale is not None and (guidance_scale < 0 or (guidance_scale and labels is None)):
         raise ValueError(
             f"guidance_scale must be >= 0 and needs labels when > 0, got {guidance_scale} "
             f"with {'no ' if labels is None else ''}labels"
         )
+    if guidance_scale:
+        guidance_attributes(nnx.merge(graphdef, *states))
     return jax.tree_util.Partial(
         _apply,
         graphdef,

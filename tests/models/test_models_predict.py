@@ -176,3 +176,85 @@ def test_sampling_with_dropout_is_reproducible_and_differs_from_no_dropout(model
     assert not np.array_equal(draw(make_predict_fn(graphdef, state)), with_dropout)
     other_key = draw(make_predict_fn(graphdef, state, dropout_key=jax.random.key(2)))
     assert not np.array_equal(other_key, with_dropout)
+
+
+class TinyCountNet(nnx.Module):
+    """A network of no package's making: ``yhat = softplus(a n_t + b t + c_label)``, any shape.
+
+    It has neither ``config`` nor ``max_count``; ``with_null_label`` and ``max_count`` add
+    them, for the guidance tests.
+    """
+
+    def __init__(self, *, num_classes=0, with_null_label=False, max_count=None, seed=0):
+        keys = jax.random.split(jax.random.key(seed), 3)
+        self.scale = nnx.Param(jax.random.normal(keys[0], ()))
+        self.time_scale = nnx.Param(jax.random.normal(keys[1], ()))
+        self.label_bias = nnx.Param(jax.random.normal(keys[2], (num_classes + 1,)))
+        if with_null_label:
+            self.config = TinyConfig(null_label=num_classes)
+        if max_count is not None:
+            self.max_count = max_count
+
+    def __call__(self, counts, t, *labels, train=False):
+        label = labels[0] if labels else jnp.full(counts.shape[:1], -1, jnp.int32)
+        per_example = self.time_scale * jnp.asarray(t, jnp.float32) + self.label_bias[label]
+        per_example = per_example.reshape((-1,) + (1,) * (counts.ndim - 1))
+        return jax.nn.softplus(self.scale * counts.astype(jnp.float32) + per_example)
+
+
+class TinyConfig:
+    def __init__(self, null_label):
+        self.null_label = null_label
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (2, 4, 4, 1), (2, 3, 2, 2, 2)])
+def test_any_module_without_config_or_max_count_is_served(shape):
+    module = TinyCountNet()
+    counts = jnp.arange(np.prod(shape), dtype=jnp.int32).reshape(shape) % 7
+    t = jnp.linspace(0.1, 2.0, shape[0], dtype=jnp.float32)
+    predict_fn = make_predict_fn(*nnx.split(module))
+    assert isinstance(predict_fn, jax.tree_util.Partial)
+    expected = jax.nn.softplus(
+        module.scale[...] * counts
+        + (module.time_scale[...] * t + module.label_bias[...][-1]).reshape(
+            (-1,) + (1,) * (len(shape) - 1)
+        )
+    )
+    np.testing.assert_allclose(jax.jit(predict_fn)(counts, t), expected, rtol=1e-6)
+    samples = sample(jax.random.key(0), predict_fn, shape, observation_times(3, T_END), max_count=9)
+    assert samples.shape == shape and int(samples.min()) >= 0 and int(samples.max()) <= 9
+
+
+def test_labels_reach_a_module_without_config():
+    module = TinyCountNet(num_classes=3)
+    counts = jnp.ones((3, 4), jnp.int32)
+    t = jnp.full((3,), 0.5, jnp.float32)
+    labels = jnp.array([0, 2, 1], jnp.int32)
+    predict_fn = make_predict_fn(*nnx.split(module), labels=labels, guidance_scale=0.0)
+    np.testing.assert_allclose(predict_fn(counts, t), module(counts, t, labels), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "module, missing",
+    [
+        (TinyCountNet(num_classes=3, max_count=9), "model.config.null_label"),
+        (TinyCountNet(num_classes=3, with_null_label=True), "model.max_count"),
+    ],
+)
+def test_guidance_of_a_module_without_its_attributes_names_the_missing_one(module, missing):
+    labels = jnp.zeros((2,), jnp.int32)
+    with pytest.raises(AttributeError, match=missing.replace(".", r"\.")):
+        make_predict_fn(*nnx.split(module), labels=labels, guidance_scale=1.0)
+
+
+def test_guidance_of_a_custom_module_with_its_attributes():
+    module = TinyCountNet(num_classes=3, with_null_label=True, max_count=4)
+    counts = jnp.array([[0, 1, 5], [2, 0, 1]], jnp.int32)
+    t = jnp.array([0.3, 1.5], jnp.float32)
+    labels = jnp.array([1, 2], jnp.int32)
+    w = 2.0
+    predict_fn = make_predict_fn(*nnx.split(module), labels=labels, guidance_scale=w)
+    conditional = module(counts, t, labels)
+    null = module(counts, t, jnp.full((2,), 3, jnp.int32))
+    expected = np.minimum((1 + w) * np.log(conditional) - w * np.log(null), np.log(4.0))
+    np.testing.assert_allclose(np.log(predict_fn(counts, t)), expected, rtol=1e-5, atol=1e-6)
