@@ -44,14 +44,8 @@ import numpy as np
 from flax import nnx
 
 from blackout_jax import schedule, settings
-from blackout_jax.models import layers
-from blackout_jax.models.ncsnpp import (
-    COMPUTE_DTYPES,
-    NONLINEARITIES,
-    _initialisation_prng,
-    _is_int,
-    _is_number,
-)
+from blackout_jax.models import common, layers
+from blackout_jax.models.common import COMPUTE_DTYPES
 from blackout_jax.settings import setting
 
 Array = jax.Array
@@ -67,7 +61,7 @@ LOG_RATE_FLOOR = -80.0
 
 
 @dataclasses.dataclass(frozen=True)
-class CountMLPConfig:
+class CountMLPConfig(common.ConditionalDtypes):
     """Every setting of the count-vector MLP (the ``model`` section when ``name = "count_mlp"``).
 
     Each field is declared with its meaning and allowed values
@@ -86,26 +80,10 @@ class CountMLPConfig:
         "nb_corrected: per-feature negative-binomial posterior mean times exp(h); log_rate: exp(h)",
         choices=OUTPUTS,
     )
-    dtype: str = setting("float32", "compute dtype of training", choices=tuple(COMPUTE_DTYPES))
-    inference_dtype: str = setting(
-        "",
-        "compute dtype of sampling and evaluation ('' = model.dtype)",
-        choices=("", *COMPUTE_DTYPES),
-    )
-    nonlinearity: str = setting("swish", "activation function", choices=NONLINEARITIES)
-    num_classes: int = setting(
-        0, "class-conditional with this many classes (0 = unconditional)", minimum=0
-    )
-
-    @property
-    def evaluation_dtype(self) -> str:
-        """Compute dtype in evaluation mode: ``inference_dtype``, or ``dtype`` when empty."""
-        return self.inference_dtype or self.dtype
-
-    @property
-    def null_label(self) -> int:
-        """The label of "no class" (classifier-free guidance): ``num_classes``."""
-        return self.num_classes
+    dtype: str = common.dtype_setting()
+    inference_dtype: str = common.inference_dtype_setting()
+    nonlinearity: str = common.nonlinearity_setting()
+    num_classes: int = common.num_classes_setting()
 
 
 def parse_count_mlp_config(model_config: Mapping[str, Any] | CountMLPConfig) -> CountMLPConfig:
@@ -128,7 +106,7 @@ def check_example_shape(config: CountMLPConfig, example_shape: Sequence[int]) ->
     """
     del config  # every vector length is accepted
     shape = tuple(example_shape)
-    if len(shape) != 1 or not _is_int(shape[0]) or shape[0] < 1:
+    if len(shape) != 1 or not common.is_int(shape[0]) or shape[0] < 1:
         raise ValueError(
             f"the count MLP takes examples of shape (D,) with an int D >= 1, "
             f"got example shape {example_shape!r}"
@@ -460,13 +438,13 @@ def create_count_mlp(
         shape for shapes other than ``(D,)``, or the bad argument.
     """
     config = parse_count_mlp_config(model_config)
-    if not _is_int(max_count) or max_count < 1:
+    if not common.is_int(max_count) or max_count < 1:
         raise ValueError(f"max_count must be an int >= 1, got {max_count!r}")
-    if not _is_number(t_end) or t_end <= 0:
+    if not common.is_number(t_end) or t_end <= 0:
         raise ValueError(f"t_end must be a finite number > 0, got {t_end!r}")
-    if not _is_int(num_steps) or num_steps < 1:
+    if not common.is_int(num_steps) or num_steps < 1:
         raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
-    if not _is_int(seed):
+    if not common.is_int(seed):
         raise ValueError(f"seed must be an int, got {seed!r}")
     (num_features,) = check_example_shape(config, example_shape)
     if (feature_mean is None) != (feature_variance is None):
@@ -475,7 +453,7 @@ def create_count_mlp(
         feature_mean = np.full((num_features,), DEFAULT_FEATURE_MEAN)
         feature_variance = np.full((num_features,), DEFAULT_FEATURE_VARIANCE)
     log_mean, log_scale = nb_prior_from_moments(feature_mean, feature_variance, num_features)
-    with _initialisation_prng():
+    with common.initialisation_prng():
         return _initialise(
             jax.random.key(int(seed)),
             jnp.asarray(log_mean),

@@ -38,7 +38,6 @@ from the same checkpoint.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 from collections.abc import Mapping, Sequence
@@ -50,7 +49,7 @@ import numpy as np
 from flax import nnx
 
 from blackout_jax import schedule, settings
-from blackout_jax.models import layers
+from blackout_jax.models import common, layers
 from blackout_jax.settings import setting
 
 Array = jax.Array
@@ -63,12 +62,11 @@ EMBEDDING_TYPES = ("positional", "fourier")
 TIME_INPUTS = ("continuous", "grid_index")
 INPUT_TRANSFORMS = ("reference", "scaled")
 OUTPUT_TRANSFORMS = ("softplus", "bounded_sigmoid")
-COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-NONLINEARITIES = tuple(layers.ACTIVATIONS)
+COMPUTE_DTYPES = common.COMPUTE_DTYPES
 
 
 @dataclasses.dataclass(frozen=True)
-class NCSNppConfig:
+class NCSNppConfig(common.ConditionalDtypes):
     """Every setting of the network; the defaults are the CIFAR-10 reference network.
 
     Each field is declared with its meaning and allowed values
@@ -122,26 +120,10 @@ class NCSNppConfig:
         "softplus(h), or (N - n_t) sigmoid(h) which never exceeds the room left",
         choices=OUTPUT_TRANSFORMS,
     )
-    dtype: str = setting("float32", "compute dtype of training", choices=tuple(COMPUTE_DTYPES))
-    inference_dtype: str = setting(
-        "",
-        "compute dtype of sampling and evaluation ('' = model.dtype)",
-        choices=("", *COMPUTE_DTYPES),
-    )
-    nonlinearity: str = setting("swish", "activation function", choices=NONLINEARITIES)
-    num_classes: int = setting(
-        0, "class-conditional with this many classes (0 = unconditional)", minimum=0
-    )
-
-    @property
-    def evaluation_dtype(self) -> str:
-        """Compute dtype in evaluation mode: ``inference_dtype``, or ``dtype`` when empty."""
-        return self.inference_dtype or self.dtype
-
-    @property
-    def null_label(self) -> int:
-        """The label of "no class" (classifier-free guidance): ``num_classes``."""
-        return self.num_classes
+    dtype: str = common.dtype_setting()
+    inference_dtype: str = common.inference_dtype_setting()
+    nonlinearity: str = common.nonlinearity_setting()
+    num_classes: int = common.num_classes_setting()
 
     @property
     def num_levels(self) -> int:
@@ -161,14 +143,6 @@ CIFAR10_REFERENCE = NCSNppConfig()
 # --------------------------------------------------------------------------------------------
 # Config parsing and validation
 # --------------------------------------------------------------------------------------------
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_number(value: Any) -> bool:
-    return (_is_int(value) or isinstance(value, (float, np.floating))) and np.isfinite(value)
 
 
 def parse_config(model_config: Mapping[str, Any] | NCSNppConfig) -> NCSNppConfig:
@@ -192,7 +166,7 @@ def check_image_shape(config: NCSNppConfig, image_shape: Sequence[int]) -> tuple
         matches no level height ``H / 2**i``.
     """
     shape = tuple(image_shape)
-    if len(shape) != 3 or not all(_is_int(d) and d >= 1 for d in shape):
+    if len(shape) != 3 or not all(common.is_int(d) and d >= 1 for d in shape):
         raise ValueError(f"image_shape must be (H, W, C) with positive ints, got {image_shape!r}")
     height, width, channels = (int(d) for d in shape)
     divisor = config.size_divisor
@@ -688,16 +662,16 @@ def create_model(
         shape for shapes the network cannot take, or the bad argument.
     """
     config = parse_config(model_config)
-    if not _is_int(max_count) or max_count < 1:
+    if not common.is_int(max_count) or max_count < 1:
         raise ValueError(f"max_count must be an int >= 1, got {max_count!r}")
-    if not _is_number(t_end) or t_end <= 0:
+    if not common.is_number(t_end) or t_end <= 0:
         raise ValueError(f"t_end must be a finite number > 0, got {t_end!r}")
-    if not _is_int(num_steps) or num_steps < 1:
+    if not common.is_int(num_steps) or num_steps < 1:
         raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
-    if not _is_int(seed):
+    if not common.is_int(seed):
         raise ValueError(f"seed must be an int, got {seed!r}")
     shape = check_image_shape(config, image_shape)
-    with _initialisation_prng():
+    with common.initialisation_prng():
         return _initialise(
             jax.random.key(int(seed)),
             config=config,
@@ -729,18 +703,6 @@ def _initialise(
         num_steps=num_steps,
         rngs=nnx.Rngs(params=key),
     )
-
-
-def _initialisation_prng() -> contextlib.AbstractContextManager:
-    """PRNG setting used while drawing the initial parameters.
-
-    The non-partitionable threefry variant gives the same kind of deterministic draws from the
-    seed and compiles several times faster on CPU for programs with hundreds of small draws
-    (about 2 s instead of 14 s for a tiny network). Where a JAX version no longer offers the
-    switch, the default variant is used.
-    """
-    switch = getattr(jax, "threefry_partitionable", None)
-    return switch(False) if switch is not None else contextlib.nullcontext()
 
 
 def count_parameters(tree: Any) -> int:
