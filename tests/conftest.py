@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
+import jax
 import numpy as np
 import pytest
 from scipy import stats
@@ -62,16 +64,39 @@ def shared_compilation_cache(tmp_path_factory):
     compiles them. Under pytest-xdist the workers share one folder (the parent of their base
     temporary folders); the size limit makes JAX lock it (with ``filelock``), so that no child
     reads an entry that another is still writing.
+
+    The test processes use the same folder for their own compilations (the in-process runs of
+    the tiny config compile the programs that the children load, and the reverse), writing only
+    programs that take a second or more to compile: every write scans the folder.
     """
     base = tmp_path_factory.getbasetemp()
     cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "xla_cache"
     cache.mkdir(exist_ok=True)
+    max_size = 16 * 2**30
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("JAX_COMPILATION_CACHE_DIR", str(cache))
         patch.setenv("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
         patch.setenv("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
-        patch.setenv("JAX_COMPILATION_CACHE_MAX_SIZE", str(16 * 2**30))
-        yield cache
+        patch.setenv("JAX_COMPILATION_CACHE_MAX_SIZE", str(max_size))
+        with jax_settings(
+            jax_compilation_cache_dir=str(cache),
+            jax_persistent_cache_min_compile_time_secs=1.0,
+            jax_compilation_cache_max_size=max_size,
+        ):
+            yield cache
+
+
+@contextlib.contextmanager
+def jax_settings(**values):
+    """Set JAX config values for the duration of the block (previous values restored)."""
+    previous = {name: getattr(jax.config, name) for name in values}
+    for name, value in values.items():
+        jax.config.update(name, value)
+    try:
+        yield
+    finally:
+        for name, value in previous.items():
+            jax.config.update(name, value)
 
 
 @pytest.fixture

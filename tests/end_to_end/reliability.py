@@ -8,6 +8,11 @@ import pathlib
 from blackout_jax.run import reporting
 from tests.cli import run_main
 
+NO_GRID = "--config.eval.num_grid_samples=0"
+"""Evaluations without the sample grid, for training runs whose grid nothing checks: the
+sampler is compiled again in every process (its progress callback keeps it out of the
+persistent compilation cache), the other evaluation programs load from the cache."""
+
 
 def run_tiny(workdir, *flags):
     return run_main("--config=configs/tiny.py", f"--workdir={workdir}", *flags)

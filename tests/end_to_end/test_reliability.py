@@ -25,7 +25,7 @@ from blackout_jax.run import reporting, safety, train
 from blackout_jax.run.lock import RunFolderLock
 from configs import tiny
 from tests.cli import REPO_ROOT, cpu_environment, only_output, run_main
-from tests.end_to_end.reliability import digest, error_lines, run_tiny, train_rows
+from tests.end_to_end.reliability import NO_GRID, digest, error_lines, run_tiny, train_rows
 
 pytestmark = pytest.mark.slow
 
@@ -59,7 +59,7 @@ DAMAGES = {
 @pytest.mark.parametrize("damage", sorted(DAMAGES))
 def test_training_falls_back_to_the_newest_checkpoint_that_restores(run_copy, damage):
     DAMAGES[damage](run_copy / "checkpoints" / "6")
-    result = run_tiny(run_copy, "--config.training.num_steps=8")
+    result = run_tiny(run_copy, "--config.training.num_steps=8", NO_GRID)
     assert result.returncode == 0, result.stderr[-3000:]
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "checkpoint 6" in warnings[0], result.stderr[-2000:]
@@ -119,7 +119,7 @@ def test_a_second_trainer_stops_at_once_naming_the_holder(run_copy):
 
 def test_a_lock_left_by_a_dead_trainer_does_not_block(run_copy):
     (run_copy / ".lock").write_text("pid 999999 on elsewhere (since long ago)")
-    result = run_tiny(run_copy, "--config.training.num_steps=8")
+    result = run_tiny(run_copy, "--config.training.num_steps=8", NO_GRID)
     assert result.returncode == 0, result.stderr[-3000:]
     assert train_rows(run_copy) == [2, 4, 6, 8]
     assert (  # the split and the max count, said at the start of training
@@ -321,6 +321,7 @@ def test_own_data_with_more_examples_is_a_mismatch_and_the_original_data_resumes
         "--config.data.num_test=16",
         "--config.training.num_steps=3",
         "--config.training.eval_every=3",
+        NO_GRID,
     )
     first = run_tiny(
         workdir, *own_data, f"--config.data.path={_counts_file(tmp_path / 'a.npy', 300)}"
@@ -355,7 +356,7 @@ def test_arrays_corrupted_on_disk_are_detected_and_training_falls_back(run_copy,
     content = bytearray(data_files[-1].read_bytes())
     content[len(content) // 2] ^= 0x10
     data_files[-1].write_bytes(bytes(content))
-    result = run_tiny(run_copy, "--config.training.num_steps=6")
+    result = run_tiny(run_copy, "--config.training.num_steps=6", NO_GRID)
     assert result.returncode == 0, result.stderr[-2000:]
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "checkpoint 6" in warnings[0], result.stderr

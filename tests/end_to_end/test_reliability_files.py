@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.cli import REPO_ROOT, cpu_environment, only_output, run_main
-from tests.end_to_end.reliability import digest, error_lines, run_tiny, train_rows
+from tests.end_to_end.reliability import NO_GRID, digest, error_lines, run_tiny, train_rows
 from tests.hostile_arrays import hostile_npy_bytes, write_hostile_npz
 
 pytestmark = pytest.mark.slow
@@ -64,7 +64,7 @@ def test_a_stored_config_that_is_not_an_object_is_one_line_naming_it(run_copy, m
 def test_metrics_lines_that_are_not_rows_are_skipped_on_resume(run_copy):
     with open(run_copy / "metrics.jsonl", "ab") as file:
         file.write(b'[1, 2]\n{"step": null}\n' + bytes(range(256)) + b"\n")
-    result = run_tiny(run_copy, "--config.training.num_steps=8")
+    result = run_tiny(run_copy, "--config.training.num_steps=8", NO_GRID)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert train_rows(run_copy) == [2, 4, 6, 8]

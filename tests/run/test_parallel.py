@@ -61,16 +61,12 @@ def test_initialize_distributed_is_a_no_op_on_one_host(monkeypatch):
         parallel.initialize_distributed(num_processes=0)
 
 
+def _flags(workdir: pathlib.Path, *extra: str) -> list[str]:
+    return ["--config=configs/tiny.py", f"--workdir={workdir}", *OVERRIDES, *extra]
+
+
 def _command(workdir: pathlib.Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "blackout_jax.main",
-        "--config=configs/tiny.py",
-        f"--workdir={workdir}",
-        *OVERRIDES,
-        *extra,
-    ]
+    return [sys.executable, "-m", "blackout_jax.main", *_flags(workdir, *extra)]
 
 
 def _train(workdir: pathlib.Path, env: dict[str, str]) -> None:
@@ -138,21 +134,70 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_train_the_same_steps_as_one(runs):
-    workdir = runs["root"] / "two_processes"
-    env = cpu_environment()
+_TWO_PROCESSES = """
+import json, sys
+from jax.experimental import multihost_utils
+from blackout_jax.run import train
+calls, counts = [], []
+gather = multihost_utils.process_allgather
+def counted_gather(*args, **kwargs):
+    calls.append(1)
+    return gather(*args, **kwargs)
+multihost_utils.process_allgather = counted_gather
+run = train.train_and_evaluate
+def counted_run(*args, **kwargs):
+    calls.clear()
+    result = run(*args, **kwargs)
+    counts.append(len(calls))
+    return result
+train.train_and_evaluate = counted_run
+from blackout_jax import main
+counted_workdir = sys.argv[1]
+sys.argv = ["blackout-jax", *sys.argv[2:]]
+try:
+    main.run()  # joins the other process (--coordinator_address ...) and trains
+except SystemExit as stop:
+    if stop.code not in (None, 0):
+        raise
+from blackout_jax.run import config as config_lib
+from blackout_jax.run import network
+from configs import tiny
+config = tiny.get_config()
+config.training.num_steps = 40
+config.training.log_every = 10
+config.training.checkpoint_every = 20
+config.training.eval_every = 1000
+config.eval.num_grid_samples = 0
+config = config_lib.parse(config)
+train.train_and_evaluate(config, counted_workdir, dataset=network.load_data(config))
+print(json.dumps(counts))
+"""
+
+
+@pytest.fixture(scope="module")
+def two_processes(runs):
+    """Two processes on localhost joined through the command line's flags train the 20-step
+    run of the one-device reference into one run folder, then, still joined, 40 steps of
+    configs/tiny.py in-process; both runs log 4 times, save twice and evaluate once. Each
+    process prints the host collectives (``process_allgather`` calls) of its two runs."""
+    root = runs["root"] / "two_processes"
     address = f"127.0.0.1:{_free_port()}"
     processes = [
         subprocess.Popen(
-            _command(
-                workdir,
-                f"--coordinator_address={address}",
-                "--num_processes=2",
-                f"--process_id={index}",
-            ),
+            [
+                sys.executable,
+                "-c",
+                _TWO_PROCESSES,
+                str(root / "counted"),
+                *_flags(
+                    root / "run",
+                    f"--coordinator_address={address}",
+                    "--num_processes=2",
+                    f"--process_id={index}",
+                ),
+            ],
             cwd=REPO_ROOT,
-            env=env,
+            env=cpu_environment(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -169,9 +214,16 @@ def test_two_processes_train_the_same_steps_as_one(runs):
             raise
     for process, (_, stderr) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, stderr[-3000:]
+    return {"workdir": root / "run", "stdout": [stdout for stdout, _ in outputs]}
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_same_steps_as_one(runs, two_processes):
+    stdout = two_processes["stdout"]
     # Process 0 alone reports; both take part in the checkpoint.
-    assert f"step {NUM_STEPS}/{NUM_STEPS}" in outputs[0][0]
-    assert f"step {NUM_STEPS}/{NUM_STEPS}" not in outputs[1][0]
+    assert f"step {NUM_STEPS}/{NUM_STEPS}" in stdout[0]
+    assert f"step {NUM_STEPS}/{NUM_STEPS}" not in stdout[1]
+    workdir = two_processes["workdir"]
     _assert_same_state(_final_state(workdir), runs["reference"])
     metadata = checkpointing.CheckpointStore(
         workdir / "checkpoints", checkpoint_every=10, keep_checkpoints=2
@@ -179,56 +231,11 @@ def test_two_processes_train_the_same_steps_as_one(runs):
     assert metadata["num_processes"] == 2
 
 
-_COUNT_COLLECTIVES = """
-import json, sys
-from jax.experimental import multihost_utils
-from blackout_jax.run import parallel
-parallel.initialize_distributed(
-    coordinator_address=sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
-calls = []
-gather = multihost_utils.process_allgather
-def counted(*args, **kwargs):
-    calls.append(1)
-    return gather(*args, **kwargs)
-multihost_utils.process_allgather = counted
-from blackout_jax.run import config as config_lib
-from blackout_jax.run import train
-from configs import tiny
-counts = {}
-for num_steps in (4, 12):
-    config = tiny.get_config()
-    config.training.num_steps = num_steps
-    config.training.log_every = num_steps
-    config.training.checkpoint_every = num_steps
-    config.training.eval_every = 1000
-    config.eval.num_grid_samples = 0
-    calls.clear()
-    train.train_and_evaluate(config_lib.parse(config), f"{sys.argv[3]}/run_{num_steps}")
-    counts[num_steps] = len(calls)
-print(json.dumps(counts))
-"""
-
-
 @pytest.mark.slow
-def test_two_processes_cross_hosts_only_where_something_is_logged_or_saved(tmp_path):
-    """12 steps make as many host collectives as 4 when both log, evaluate and save once: no
-    step in between waits for the other host."""
-    address = f"127.0.0.1:{_free_port()}"
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", _COUNT_COLLECTIVES, address, str(index), str(tmp_path)],
-            cwd=REPO_ROOT,
-            env=cpu_environment(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for index in range(2)
-    ]
-    outputs = [process.communicate(timeout=900) for process in processes]
-    for process, (_, stderr) in zip(processes, outputs, strict=True):
-        assert process.returncode == 0, stderr[-3000:]
-    for stdout, _ in outputs:
-        counts = json.loads(stdout.strip().splitlines()[-1])
-        assert counts["4"] > 0  # the log row, the evaluation and the save do cross hosts
-        assert counts["12"] == counts["4"]
+def test_two_processes_cross_hosts_only_where_something_is_logged_or_saved(two_processes):
+    """40 steps make as many host collectives as 20 when both log 4 times, save twice and
+    evaluate once: no step in between waits for the other host."""
+    for stdout in two_processes["stdout"]:
+        twenty, forty = json.loads(stdout.strip().splitlines()[-1])
+        assert twenty > 0  # the log rows, the evaluation and the saves do cross hosts
+        assert forty == twenty
