@@ -1,6 +1,6 @@
-"""Count vectors (D,) through the command line: train, sample, evaluate, impute and un-thin
-configs/vectors_tiny.py (synthetic cells of 64 genes with a known law), and a count-matrix file
-with feature names and training-split gene selection."""
+"""Count vectors (D,) through the command line: configs/vectors_tiny.py trains, samples,
+evaluates, imputes and un-thins the synthetic cells of 64 genes with a known law, read from a
+count-matrix file that names the genes."""
 
 from __future__ import annotations
 
@@ -20,17 +20,28 @@ CONFIG = "--config=configs/vectors_tiny.py"
 NUM_GENES = synthetic_cells.NUM_GENES
 
 
+GENE_NAMES = [f"gene{index}" for index in range(NUM_GENES)]
+
+
 @pytest.fixture(scope="module")
 def vector_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("vectors") / "run"
-    result = run_main(CONFIG, f"--workdir={workdir}")
+    """configs/vectors_tiny.py trained on the synthetic cells, read from a file that names
+    their genes (the same cells and held-out split as ``data.name = synthetic_cells``)."""
+    folder = tmp_path_factory.mktemp("vectors")
+    path = folder / "cells.npz"
+    np.savez(path, counts=synthetic_cells.load_counts()[0], feature_names=np.asarray(GENE_NAMES))
+    data = [f"--config.data.{field}" for field in ("name=counts", f"path={path}", "max_count=0")]
+    workdir = folder / "run"
+    result = run_main(CONFIG, f"--workdir={workdir}", *data)
     assert result.returncode == 0, result.stderr[-3000:]
-    return workdir, result
+    return workdir, result, data
 
 
 def test_training_reports_the_bound_beside_the_count_baselines(vector_run):
-    workdir, result = vector_run
+    workdir, result, _ = vector_run
     assert "data: 1000 training and 200 held-out examples" in result.stdout
+    features = json.loads((workdir / "features.json").read_text())
+    assert [feature["name"] for feature in features] == GENE_NAMES
     rows = reporting.read_metrics(workdir / reporting.METRICS_FILE)
     final = [row for row in rows if row["split"] == "eval"][-1]
     assert final["step"] == 30
@@ -56,15 +67,21 @@ def _held_out(cells: np.ndarray, num_test: int) -> np.ndarray:
 
 
 def test_sample_and_evaluate_write_vectors_metrics_and_plots(vector_run):
-    workdir, _ = vector_run
-    result = run_main(CONFIG, f"--workdir={workdir}", "--mode=sample")
+    workdir, _, data = vector_run
+    result = run_main(CONFIG, f"--workdir={workdir}", "--mode=sample", *data)
     assert result.returncode == 0, result.stderr[-3000:]
-    with np.load(only_output(workdir / "samples", "samples_30")) as stored:
+    output = only_output(workdir / "samples", "samples_30")
+    with np.load(output) as stored:
         samples = stored["samples"]
+        assert list(stored["feature_names"]) == GENE_NAMES
     assert samples.shape == (64, NUM_GENES) and samples.dtype == np.int32
     assert samples.min() >= 0 and samples.max() <= synthetic_cells.MAX_COUNT
+    anndata = pytest.importorskip("anndata")  # the test extra installs it
+    cells_file = anndata.read_h5ad(output.with_suffix(".h5ad"))
+    assert list(cells_file.var_names) == GENE_NAMES
+    np.testing.assert_array_equal(np.asarray(cells_file.X), samples)
 
-    result = run_main(CONFIG, f"--workdir={workdir}", "--mode=evaluate")
+    result = run_main(CONFIG, f"--workdir={workdir}", "--mode=evaluate", *data)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((workdir / "eval" / "metrics_30.json").read_text())
     metrics = results["sample_metrics"]
@@ -75,12 +92,12 @@ def test_sample_and_evaluate_write_vectors_metrics_and_plots(vector_run):
 
 
 def test_impute_and_unthin_keep_what_was_observed(vector_run, tmp_path):
-    workdir, _ = vector_run
+    workdir, _, data = vector_run
     cells = _held_out(synthetic_cells.load_counts()[0], 200)[:8]
     mask = np.random.default_rng(0).random(cells.shape) > 0.2
     np.savez(tmp_path / "masked.npz", counts=np.where(mask, cells, 0), mask=mask)
     result = run_main(
-        CONFIG, f"--workdir={workdir}", "--mode=impute", f"--input={tmp_path / 'masked.npz'}"
+        CONFIG, f"--workdir={workdir}", "--mode=impute", f"--input={tmp_path / 'masked.npz'}", *data
     )
     assert result.returncode == 0, result.stderr[-3000:]
     with np.load(only_output(workdir / "imputed", "imputed_30")) as stored:
@@ -96,55 +113,10 @@ def test_impute_and_unthin_keep_what_was_observed(vector_run, tmp_path):
         "--mode=unthin",
         f"--input={tmp_path / 'thinned.npz'}",
         "--config.sampling.num_posterior_samples=2",
+        *data,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     with np.load(only_output(workdir / "unthinned", "unthinned_30")) as stored:
         posterior = stored["samples"]
     assert posterior.shape == (8, 2, NUM_GENES)
     assert np.all(posterior >= thinned[:, None])
-
-
-def test_a_count_matrix_with_feature_names_trains_and_names_its_samples(tmp_path):
-    cells = synthetic_cells.load_counts()[0][:300]
-    names = np.asarray([f"gene{index}" for index in range(NUM_GENES)])
-    dense = tmp_path / "cells.npz"
-    np.savez(dense, counts=cells, feature_names=names)
-    workdir = tmp_path / "run"
-    result = run_main(
-        CONFIG,
-        f"--workdir={workdir}",
-        "--config.data.name=counts",
-        f"--config.data.path={dense}",
-        "--config.data.max_count=0",
-        "--config.data.num_test=60",
-        "--config.data.num_features=16",
-        "--config.training.num_steps=4",
-        "--config.training.eval_every=4",
-        "--config.training.checkpoint_every=4",
-        "--config.sampling.num_samples=8",
-        "--config.sampling.batch_size=8",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    features = json.loads((workdir / "features.json").read_text())
-    assert len(features) == 16
-    train = cells[np.setdiff1d(np.arange(300), _held_out(np.arange(300), 60))]
-    top = np.sort(np.argsort(-train.mean(axis=0), kind="stable")[:16])
-    assert [feature["name"] for feature in features] == [f"gene{index}" for index in top]
-    result = run_main(
-        CONFIG,
-        f"--workdir={workdir}",
-        "--mode=sample",
-        f"--config.data.path={dense}",  # a path may move; the rest is the run's
-        "--config.sampling.num_samples=8",
-        "--config.sampling.batch_size=8",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    output = only_output(workdir / "samples", "samples_4")
-    with np.load(output) as stored:
-        assert stored["samples"].shape == (8, 16)
-        assert list(stored["feature_names"]) == [f"gene{index}" for index in top]
-        generated = stored["samples"]
-    anndata = pytest.importorskip("anndata")  # the test extra installs it
-    cells_file = anndata.read_h5ad(output.with_suffix(".h5ad"))
-    assert list(cells_file.var_names) == [f"gene{index}" for index in top]
-    np.testing.assert_array_equal(np.asarray(cells_file.X), generated)
