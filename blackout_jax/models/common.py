@@ -5,6 +5,7 @@ and the PRNG setting of the initialisation."""
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -59,6 +60,32 @@ class ConditionalDtypes:
     def null_label(self) -> int:
         """The label of "no class" (classifier-free guidance): ``num_classes``."""
         return self.num_classes
+
+
+def embed_labels(
+    embedding: Callable[[jax.Array], jax.Array] | None,
+    labels: jax.Array | None,
+    batch: int,
+    null_label: int,
+) -> jax.Array | None:
+    """``embedding(y)`` of class labels ``y`` ``(B,)`` (``None``: ``null_label`` for every
+    example), or ``None`` for an unconditional network (``embedding`` ``None``).
+
+    Raises:
+      ValueError: labels for an unconditional network, or of a shape other than (B,).
+    """
+    if embedding is None:
+        if labels is not None:
+            raise ValueError(
+                "labels were given to an unconditional network (model.num_classes = 0)"
+            )
+        return None
+    if labels is None:
+        labels = jnp.full((batch,), null_label, jnp.int32)
+    labels = jnp.asarray(labels)
+    if labels.shape != (batch,):
+        raise ValueError(f"labels must have shape ({batch},), got {labels.shape}")
+    return embedding(labels.astype(jnp.int32))
 
 
 def is_int(value: Any) -> bool:

@@ -483,23 +483,12 @@ class NCSNpp(nnx.Module):
 
     def label_embedding_of(self, labels: Array | None, batch: int) -> Array | None:
         """``E[y]`` ``(B, 4 nf)`` of ``labels`` (``None``: the null label), or ``None`` for an
-        unconditional network.
+        unconditional network (:func:`blackout_jax.models.common.embed_labels`).
 
         Raises:
           ValueError: labels for an unconditional network, or of a shape other than (B,).
         """
-        if self.label_embedding is None:
-            if labels is not None:
-                raise ValueError(
-                    "labels were given to an unconditional network (model.num_classes = 0)"
-                )
-            return None
-        if labels is None:
-            labels = jnp.full((batch,), self.config.null_label, jnp.int32)
-        labels = jnp.asarray(labels)
-        if labels.shape != (batch,):
-            raise ValueError(f"labels must have shape ({batch},), got {labels.shape}")
-        return self.label_embedding(labels.astype(jnp.int32))
+        return common.embed_labels(self.label_embedding, labels, batch, self.config.null_label)
 
     def _forward(
         self,
