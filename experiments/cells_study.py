@@ -59,8 +59,7 @@ def main(argv: list[str]) -> None:
     values.sampling.num_posterior_samples = FLAGS.repeats
     config, dataset, model = trained.open_trained_run(values, FLAGS.workdir)
     cells = np.asarray(dataset.test_examples(FLAGS.num_cells)).astype(np.int64)
-    indices = np.arange(min(int(dataset.num_train), evaluation.BASELINE_EXAMPLES))
-    train = np.asarray(dataset.train_source.read(indices)).astype(np.int64)
+    train = evaluation.baseline_training_examples(dataset).astype(np.int64)
     mixture = count_mixture.NegativeBinomialMixture.fit(train, seed=config.seed)
     negative_binomial = count_baselines.PerGeneNegativeBinomial.fit(train, seed=config.seed)
     results: dict = {"step": model.step, "num_cells": len(cells), "repeats": FLAGS.repeats}

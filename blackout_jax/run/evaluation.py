@@ -58,6 +58,13 @@ def sample_quality_kind(config: ExperimentConfig, dataset: CountDataset) -> str:
     return "inception" if dataset.name in INCEPTION_DATASETS else "none"
 
 
+def baseline_training_examples(dataset: CountDataset) -> np.ndarray:
+    """The first :data:`BASELINE_EXAMPLES` (or fewer) training examples, which the baselines
+    are fitted on."""
+    indices = np.arange(min(int(dataset.num_train), BASELINE_EXAMPLES))
+    return np.asarray(dataset.train_source.read(indices))
+
+
 def baselines(config: ExperimentConfig, dataset: CountDataset, examples: np.ndarray) -> dict:
     """Bits per entry of baselines fitted on (at most :data:`BASELINE_EXAMPLES` of) the
     training split and scored on ``examples``: for count vectors ``(D,)``
@@ -66,8 +73,7 @@ def baselines(config: ExperimentConfig, dataset: CountDataset, examples: np.ndar
     :func:`blackout_jax.metrics.count_baselines.baseline_bits_per_entry`), for images
     ``histogram_baseline_bits_per_dim``
     (:func:`blackout_jax.run.held_out.histogram_bits_per_dim`)."""
-    indices = np.arange(min(int(dataset.num_train), BASELINE_EXAMPLES))
-    train = np.asarray(dataset.train_source.read(indices))
+    train = baseline_training_examples(dataset)
     if len(dataset.shape.example_shape) != 1:
         return {
             "histogram_baseline_bits_per_dim": held_out.histogram_bits_per_dim(
