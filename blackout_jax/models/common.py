@@ -98,6 +98,23 @@ def is_number(value: Any) -> bool:
     return (is_int(value) or isinstance(value, (float, np.floating))) and np.isfinite(value)
 
 
+def check_factory_arguments(max_count: Any, t_end: Any, num_steps: Any, seed: Any) -> None:
+    """The arguments every network factory takes besides its config and data shape.
+
+    Raises:
+      ValueError: ``max_count`` or ``num_steps`` not an int >= 1, ``t_end`` not a finite
+        number > 0, or ``seed`` not an int; naming the argument and the value.
+    """
+    if not is_int(max_count) or max_count < 1:
+        raise ValueError(f"max_count must be an int >= 1, got {max_count!r}")
+    if not is_number(t_end) or t_end <= 0:
+        raise ValueError(f"t_end must be a finite number > 0, got {t_end!r}")
+    if not is_int(num_steps) or num_steps < 1:
+        raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
+    if not is_int(seed):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+
+
 def initialisation_prng() -> contextlib.AbstractContextManager:
     """PRNG setting used while drawing the initial parameters.
 

@@ -427,14 +427,7 @@ def create_count_mlp(
         shape for shapes other than ``(D,)``, or the bad argument.
     """
     config = parse_count_mlp_config(model_config)
-    if not common.is_int(max_count) or max_count < 1:
-        raise ValueError(f"max_count must be an int >= 1, got {max_count!r}")
-    if not common.is_number(t_end) or t_end <= 0:
-        raise ValueError(f"t_end must be a finite number > 0, got {t_end!r}")
-    if not common.is_int(num_steps) or num_steps < 1:
-        raise ValueError(f"num_steps must be an int >= 1, got {num_steps!r}")
-    if not common.is_int(seed):
-        raise ValueError(f"seed must be an int, got {seed!r}")
+    common.check_factory_arguments(max_count, t_end, num_steps, seed)
     (num_features,) = check_example_shape(config, example_shape)
     if (feature_mean is None) != (feature_variance is None):
         raise ValueError("feature_mean and feature_variance must be given together or not at all")
