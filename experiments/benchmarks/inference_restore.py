@@ -26,7 +26,7 @@ import time
 import jax
 
 from blackout_jax.data import DataShape
-from blackout_jax.run import checkpointing, parallel, train, train_step, trained
+from blackout_jax.run import checkpointing, parallel, train_step, trained, trainer
 from blackout_jax.run import config as config_lib
 
 MODES = ("ema_only", "whole_state")
@@ -44,7 +44,7 @@ def write_checkpoint(config_name: str, workdir: str) -> None:
     replicated = parallel.replicated_sharding(parallel.create_mesh())
     optimizer = train_step.skipping_nonfinite(train_step.make_optimizer(config.training))
     _, state, _ = train_step.init_train_state(config, shape, optimizer, replicated)
-    store = train.open_checkpoints(workdir, config.training)
+    store = trainer.open_checkpoints(workdir, config.training)
     metadata = {
         "max_count": shape.max_count,
         "image_shape": list(shape.example_shape),
@@ -65,7 +65,7 @@ def load(config_name: str, workdir: str, mode: str) -> dict[str, float]:
         replicated = parallel.replicated_sharding(parallel.create_mesh())
         optimizer = train_step.skipping_nonfinite(train_step.make_optimizer(config.training))
         _, state, _ = train_step.init_train_state(config, shape, optimizer, replicated)
-        store = train.open_checkpoints(workdir, config.training)
+        store = trainer.open_checkpoints(workdir, config.training)
         target = checkpointing.abstract_like(state.as_dict(), replicated)
         leaves = jax.tree.leaves(store.restore(None, target).state["ema_params"])
         store.close()
