@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from blackout_jax.models import layers
 from blackout_jax.settings import setting
+
+ModuleT = TypeVar("ModuleT", bound=nnx.Module)
 
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 NONLINEARITIES = tuple(layers.ACTIVATIONS)
@@ -60,6 +63,21 @@ class ConditionalDtypes:
     def null_label(self) -> int:
         """The label of "no class" (classifier-free guidance): ``num_classes``."""
         return self.num_classes
+
+
+def with_compute_dtype(
+    network: ModuleT, dtype: Any, *, float32_modules: tuple[type, ...]
+) -> ModuleT:
+    """``network`` itself when it computes in ``dtype`` already, else a copy sharing its arrays
+    in which every module with a compute ``dtype`` takes ``dtype``, except the instances of
+    ``float32_modules`` (normalisations, whose statistics stay float32)."""
+    if dtype == network.dtype:
+        return network
+    copy = nnx.merge(*nnx.split(network))
+    for _, module in nnx.iter_modules(copy):
+        if hasattr(module, "dtype") and not isinstance(module, float32_modules):
+            module.dtype = dtype
+    return copy
 
 
 def embed_labels(

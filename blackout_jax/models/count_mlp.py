@@ -296,7 +296,7 @@ class CountMLP(nnx.Module):
         dropout_key: Array | None = None,
     ) -> Array:
         wanted = COMPUTE_DTYPES[self.config.dtype if train else self.config.evaluation_dtype]
-        network = self if wanted == self.dtype else _with_compute_dtype(self, wanted)
+        network = common.with_compute_dtype(self, wanted, float32_modules=(nnx.LayerNorm,))
         return network._forward(counts, t, labels, train=train, dropout_key=dropout_key)
 
     def network_input(self, counts: Array, t: Array) -> Array:
@@ -378,17 +378,6 @@ class CountMLP(nnx.Module):
                 f"{self.config.dropout} > 0"
             )
         return jax.random.split(dropout_key, self.config.num_blocks)
-
-
-def _with_compute_dtype(network: CountMLP, dtype: jnp.dtype) -> CountMLP:
-    """A copy of ``network`` (sharing its arrays) that computes in ``dtype`` (LayerNorms stay in
-    float32)."""
-    copy = nnx.merge(*nnx.split(network))
-    copy.dtype = dtype
-    for _, module in nnx.iter_modules(copy):
-        if isinstance(module, (nnx.Linear, nnx.Embed)):
-            module.dtype = dtype
-    return copy
 
 
 # --------------------------------------------------------------------------------------------

@@ -478,7 +478,7 @@ class NCSNpp(nnx.Module):
         dropout_key: Array | None = None,
     ) -> Array:
         wanted = COMPUTE_DTYPES[self.config.dtype if train else self.config.evaluation_dtype]
-        network = self if wanted == self.dtype else _with_compute_dtype(self, wanted)
+        network = common.with_compute_dtype(self, wanted, float32_modules=(nnx.GroupNorm,))
         return network._forward(counts, t, labels, train=train, dropout_key=dropout_key)
 
     def label_embedding_of(self, labels: Array | None, batch: int) -> Array | None:
@@ -605,19 +605,6 @@ class NCSNpp(nnx.Module):
                 f"{self.config.dropout} > 0"
             )
         return iter(jax.random.split(dropout_key, self.num_resnet_blocks))
-
-
-def _with_compute_dtype(network: NCSNpp, dtype: jnp.dtype) -> NCSNpp:
-    """A copy of ``network`` (sharing its arrays) that computes in ``dtype``.
-
-    Every submodule with a compute ``dtype`` takes the new one, except Flax's GroupNorm inside
-    :class:`layers.GroupNorm`, which keeps computing its statistics in float32.
-    """
-    copy = nnx.merge(*nnx.split(network))
-    for _, module in nnx.iter_modules(copy):
-        if hasattr(module, "dtype") and not isinstance(module, nnx.GroupNorm):
-            module.dtype = dtype
-    return copy
 
 
 # --------------------------------------------------------------------------------------------
