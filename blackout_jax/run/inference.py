@@ -184,18 +184,27 @@ def impute_run(
         sharding=parallel.batch_sharding_for(sampler.batch_size),
     )
     if parallel.is_primary():
-        reporting.write_npz(
-            path,
-            counts=completed,
-            mask=mask,
-            **_sampler_record(config, times, model.step),
-        )
-        pairs = reporting.imputation_pairs(counts[:50], mask[:50], completed[:50], model.max_count)
-        reporting.save_sample_grid(
-            pairs, model.max_count, path.with_suffix(".png"), columns=2, log_counts=counts.ndim == 2
-        )
+        record = _sampler_record(config, times, model.step)
+        _write_imputation(path, counts, mask, completed, model.max_count, record)
     print(f"imputed {int((~mask).sum())} missing counts in {len(completed)} examples; wrote {path}")
     return path
+
+
+def _write_imputation(
+    path: Path,
+    counts: np.ndarray,
+    mask: np.ndarray,
+    completed: np.ndarray,
+    max_count: int,
+    record: dict[str, np.ndarray],
+) -> None:
+    """The completed ``counts``, the ``mask`` and the sampler ``record`` → ``path``; a PNG of
+    the first 50 (observed, completed) pairs beside it."""
+    reporting.write_npz(path, counts=completed, mask=mask, **record)
+    pairs = reporting.imputation_pairs(counts[:50], mask[:50], completed[:50], max_count)
+    reporting.save_sample_grid(
+        pairs, max_count, path.with_suffix(".png"), columns=2, log_counts=counts.ndim == 2
+    )
 
 
 def unthin_run(
