@@ -14,6 +14,7 @@ a forward process by its ``CorruptionProcess`` protocol: ``corrupt``, ``sample_f
 * ``sample_from_invariant``: the pure death process ends in all zeros; the draw is the
   likelihood bound's prior ``Poisson((N/2) p_{t_end})`` clipped to ``N`` (almost always zeros),
   from which blackout_jax's samplers start;
+* ``predict_fn``: a network trained on ``u``-time as blackout_jax's ``predict_fn(counts, t)``;
 * ``convert_predictions``: from one of ``missing`` (``yhat ~ E[x_0 - x_t | x_t]``, the
   quantity blackout_jax's networks predict), ``x0`` or ``rate`` (the reverse-time birth rate
   ``lambda = yhat p_t / (1 - p_t)``) to all three.
@@ -26,6 +27,7 @@ that drives the process (``pip install blackout-jax[hackable]``, Python >= 3.12)
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -62,6 +64,13 @@ class BlackoutSchedule:
     def blackout_time(self, time: Array) -> Array:
         """``t = softplus(-L (1 - 2u))`` for ``u = time`` in ``[0, 1]``, same shape."""
         return schedule.continuous_time(time, self.t_end)
+
+    def time(self, blackout_time: Array) -> Array:
+        """``u = (1 + log(e^t - 1) / L) / 2``, the inverse of :meth:`blackout_time` (``logit(p_t)
+        = -log(e^t - 1)``), same shape as ``blackout_time``."""
+        t = jnp.asarray(blackout_time, jnp.float32)
+        big_l = jnp.log(jnp.expm1(jnp.float32(self.t_end)))
+        return 0.5 * (1.0 + jnp.log(jnp.expm1(t)) / big_l)
 
     def alpha(self, time: Array) -> Array:
         """``p_t = exp(-t(u))``, same shape as ``time``."""
@@ -154,6 +163,33 @@ class BlackoutProcess:
             "x0": current + missing,
             "rate": process.birth_rate(missing, t),
         }
+
+    def predict_fn(
+        self, network_fn: Callable[[Array, Array], Array], prediction_type: str = "missing"
+    ) -> Callable[[Array, Array], Array]:
+        """blackout_jax's ``predict_fn(counts, t) -> yhat`` of a network on ``u``-time.
+
+        ``network_fn(x_t, u)`` is any network trained with this process (for instance a
+        ``hackable_diffusion`` network's apply with its parameters and conditioning bound),
+        predicting ``prediction_type`` (one of :data:`PREDICTION_TYPES`) for ``x_t`` ``(B,
+        ...)`` at ``u`` ``(B,)``. The result calls it at ``u = time(t)`` (:meth:`BlackoutSchedule.
+        time`) and converts its prediction to ``yhat = missing`` (:meth:`convert_predictions`),
+        so blackout_jax's samplers, imputation, un-thinning and likelihood bound can use it.
+
+        Raises:
+          ValueError: ``prediction_type`` not in :data:`PREDICTION_TYPES`.
+        """
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}"
+            )
+
+        def predict(counts: Array, t: Array) -> Array:
+            u = self.schedule.time(jnp.broadcast_to(jnp.asarray(t, jnp.float32), counts.shape[:1]))
+            prediction = {prediction_type: network_fn(counts, u)}
+            return self.convert_predictions(prediction, counts, u)["missing"]
+
+        return predict
 
     def get_schedule_info(self, time: Array) -> dict[str, Array]:
         """``{"time": u, "alpha": p_t, "blackout_time": t}`` (:meth:`BlackoutSchedule.evaluate`)."""

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+import blackout_jax
 from blackout_jax.interop.hackable_diffusion import BlackoutProcess, BlackoutSchedule
 
 T_END = 15.0
@@ -88,6 +89,53 @@ def test_convert_predictions_from_each_kind_to_all(kind):
     assert sorted(converted) == sorted(expected)
     for name, value in expected.items():
         np.testing.assert_allclose(converted[name], value, rtol=2e-5, err_msg=name)
+
+
+def test_time_inverts_the_blackout_time():
+    schedule = BlackoutSchedule(t_end=T_END)
+    u = jnp.linspace(0.02, 1.0, 50)
+    np.testing.assert_allclose(schedule.time(schedule.blackout_time(u)), u, atol=2e-5)
+
+
+MEMBERS = jnp.array([[0, 16, 3, 7], [9, 2, 16, 0], [5, 5, 1, 12]], jnp.int32)
+
+
+def _u_time_oracle(process: BlackoutProcess, kind: str, seen_u: list):
+    """A network on u-time predicting ``kind``, made of the dataset oracle of MEMBERS."""
+    oracle = blackout_jax.dataset_oracle(MEMBERS)
+
+    def network_fn(xt, u):
+        seen_u.append(u)
+        missing = oracle(xt, process.schedule.blackout_time(u))
+        return process.convert_predictions({"missing": missing}, xt, u)[kind]
+
+    return network_fn
+
+
+@pytest.mark.parametrize("kind", ["missing", "x0", "rate"])
+def test_predict_fn_gives_back_the_yhat_of_a_u_time_network(kind):
+    process = BlackoutProcess(max_count=16, schedule=BlackoutSchedule(t_end=10.0))
+    seen_u = []
+    predict_fn = process.predict_fn(_u_time_oracle(process, kind, seen_u), kind)
+    xt = jnp.array([[0, 3, 1, 2], [4, 0, 9, 0]], jnp.int32)
+    t = jnp.full((2,), 1.3, jnp.float32)
+    expected = blackout_jax.dataset_oracle(MEMBERS)(xt, t)
+    np.testing.assert_allclose(predict_fn(xt, t), expected, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(seen_u[-1], process.schedule.time(t), rtol=1e-6)
+
+
+def test_the_samplers_grow_members_with_an_adapted_network():
+    process = BlackoutProcess(max_count=16, schedule=BlackoutSchedule(t_end=10.0))
+    predict_fn = process.predict_fn(_u_time_oracle(process, "rate", []), "rate")
+    times = blackout_jax.observation_times(200, 10.0)
+    samples = blackout_jax.sample(jax.random.key(0), predict_fn, (64, 4), times, max_count=16)
+    is_member = (samples[:, None, :] == MEMBERS[None]).all(-1).any(-1)
+    assert float(is_member.mean()) > 0.9
+
+
+def test_predict_fn_names_an_unknown_prediction_type():
+    with pytest.raises(ValueError, match="prediction_type must be one of"):
+        BlackoutProcess(max_count=3).predict_fn(lambda xt, u: xt, "epsilon")
 
 
 @pytest.mark.parametrize("prediction", [{}, {"epsilon": 1.0}, {"missing": 1.0, "x0": 1.0}])
