@@ -49,13 +49,37 @@ on stderr and exits with status 2 without writing anything.
 
 from __future__ import annotations
 
-import functools
+import os
+import signal
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
 
-from blackout_jax.run import cli
+def _stop_while_starting(signum: int, frame: object) -> None:
+    """SIGINT/SIGTERM before ``main`` (during the imports of JAX, Flax, orbax, which take
+    seconds): one line on stderr and exit status ``128 + signum``; nothing was written yet.
+    :class:`blackout_jax.run.safety.StopAtOnce` takes over once ``main`` starts."""
+    del frame
+    name = signal.Signals(signum).name
+    os.write(2, f"{name} received while starting: stopped, nothing was written\n".encode())
+    os._exit(128 + signum)
+
+
+def _started_as_command() -> bool:
+    """``python -m blackout_jax.main`` or the ``blackout-jax`` console command (not an import
+    by a test or a notebook, whose signals stay theirs)."""
+    return __name__ == "__main__" or os.path.basename(sys.argv[0]) == "blackout-jax"
+
+
+if _started_as_command():
+    for _signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signum, _stop_while_starting)
+
+import functools  # noqa: E402
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from blackout_jax.run import cli  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
