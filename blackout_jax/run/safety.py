@@ -3,6 +3,8 @@ updates that stop being finite.
 
 * :class:`StopAtOnce`: SIGTERM/SIGINT end a command at once, with one line, while there is
   nothing to save (start-up, data loading, the first compilation, the inference modes).
+  The temporary files of the atomic writes in progress (:func:`unfinished_write`) are
+  removed first (:func:`remove_unfinished_writes`).
 * :class:`ShutdownFlag`: SIGTERM/SIGINT while training save a checkpoint and end the run at
   the next step boundary (once the first step has compiled).
 * A full disk (:func:`no_space_error`) ends training with :class:`DiskFullError`, one line
@@ -72,6 +74,7 @@ class StopAtOnce:
                 return
             if self._active:
                 name = signal.Signals(received[0]).name
+                remove_unfinished_writes()
                 sys.stderr.write(self._message(name) + "\n")
                 sys.stderr.flush()
                 os._exit(128 + received[0])
@@ -102,6 +105,48 @@ def _no_python_action(signum: int, frame: Any) -> None:
 
 
 _stop_at_once: StopAtOnce | None = None
+
+
+_unfinished_writes: set[str] = set()
+_unfinished_writes_lock = threading.Lock()
+_exiting = threading.Event()
+
+
+@contextlib.contextmanager
+def unfinished_write(path: str) -> Iterator[None]:
+    """While inside, ``path`` (the temporary file of an atomic write) is removed by
+    :func:`remove_unfinished_writes` before the process ends at once; after it, the path is
+    forgotten. Once the process is ending, a new write waits here for the end instead of
+    starting a file that nothing would remove."""
+    with _unfinished_writes_lock:
+        exiting = _exiting.is_set()
+        if not exiting:
+            _unfinished_writes.add(path)
+    if exiting:
+        threading.Event().wait()  # the process ends within moments (os._exit)
+    try:
+        yield
+    finally:
+        with _unfinished_writes_lock:
+            _unfinished_writes.discard(path)
+
+
+def remove_unfinished_writes() -> list[str]:
+    """Remove the temporary files of the atomic writes in progress (see
+    :func:`unfinished_write`), before ``os._exit`` skips the cleanup of their ``finally``
+    blocks; no write starts afterwards. Returns the paths removed."""
+    _exiting.set()
+    removed = []
+    if not _unfinished_writes_lock.acquire(timeout=1.0):
+        return removed
+    try:
+        for path in sorted(_unfinished_writes):
+            with contextlib.suppress(OSError):
+                os.remove(path)
+                removed.append(path)
+    finally:
+        _unfinished_writes_lock.release()
+    return removed
 
 
 class ShutdownFlag:
