@@ -16,7 +16,8 @@ Modes: ``train`` (default) trains or resumes; ``sample`` writes
 ``WORKDIR/samples/samples_<step>_<draws>.npz`` and a PNG grid (``<draws>``, e.g.
 ``binomial_bridge_100steps_logit_seed0_3f9a0c12``, names the sampler, its steps, grid and seed
 and ends in a hash of the other settings: see :mod:`blackout_jax.run.folder`); ``evaluate``
-writes ``WORKDIR/eval/metrics_<step>.json``; ``impute`` completes the unobserved counts of an
+writes ``WORKDIR/eval/metrics_<step>_<draws>.json`` (one per choice of settings) and a copy of
+the latest in ``WORKDIR/eval/metrics_<step>.json``; ``impute`` completes the unobserved counts of an
 ``.npz`` with arrays ``counts`` and ``mask`` (True = observed) into
 ``WORKDIR/imputed/imputed_<step>_<draws>.npz``; ``unthin`` draws
 ``sampling.num_posterior_samples`` samples of the counts behind each thinned observation of an
@@ -98,7 +99,8 @@ MODES = {
     "train": "train, or resume from the latest checkpoint in --workdir (the default)",
     "sample": "draw sampling.num_samples samples into "
     "WORKDIR/samples/samples_<step>_<draws>.npz + .png",
-    "evaluate": "likelihood bound and sample metrics into WORKDIR/eval/metrics_<step>.json",
+    "evaluate": "likelihood bound and sample metrics into WORKDIR/eval/metrics_<step>_<draws>"
+    ".json and a copy of the latest into WORKDIR/eval/metrics_<step>.json",
     "impute": "complete the unobserved counts of --input into WORKDIR/imputed/",
     "unthin": "posterior samples of the counts behind thinned observations --input into "
     "WORKDIR/unthinned/",

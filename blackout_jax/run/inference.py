@@ -8,7 +8,8 @@ sampling, evaluation, imputation and un-thinning with its EMA parameters.
   other settings never replace each other. Chunks are kept under
   ``samples/chunks_<step>_<draws>/`` while drawing, so an interrupted run continues where it
   stopped.
-* :func:`evaluate_run` writes ``WORKDIR/eval/metrics_<step>.json``: the likelihood bound over the
+* :func:`evaluate_run` writes ``WORKDIR/eval/metrics_<step>_<draws>.json`` and a copy,
+  ``eval/metrics_<step>.json``, the latest evaluation of the step: the likelihood bound over the
   whole held-out split (nats and bits/dim, with a 95% confidence interval over examples) and
   sample-quality metrics of ``sampling.num_samples`` samples
   (:func:`blackout_jax.run.evaluation.evaluate_model`).
@@ -100,12 +101,17 @@ def evaluate_run(
     dataset: CountDataset,
     model: TrainedModel,
 ) -> Path:
-    """Likelihood bound over the held-out split and sample metrics → ``eval/metrics_<step>.json``
-    (:func:`blackout_jax.run.evaluation.evaluate_model`)."""
-    path = _output_path(workdir, "evaluate", model.step)
+    """Likelihood bound over the held-out split and sample metrics →
+    ``eval/metrics_<step>_<draws>.json`` (:func:`blackout_jax.run.evaluation.evaluate_model`;
+    ``<draws>``: :func:`blackout_jax.run.evaluation.evaluation_draws`) and the same results
+    in ``eval/metrics_<step>.json``, the latest evaluation of that step. Returns the first."""
+    latest = _output_path(workdir, "evaluate", model.step)
     results = evaluation.evaluate_model(config, workdir, dataset, model)
+    draws = evaluation.evaluation_draws(config, results)
+    path, latest = folder.evaluation_outputs(workdir, model.step, draws)
     if parallel.is_primary():
         reporting.write_json(path, results)
+        reporting.write_json(latest, results)
         if "sampler" in results:
             chunks = folder.sample_chunks_dir(workdir, model.step, results["sampler"]["draws"])
             shutil.rmtree(chunks, ignore_errors=True)
