@@ -49,6 +49,7 @@ class StopAtOnce:
 
     def __init__(self, message: Callable[[str], str]) -> None:
         self._message = message
+        self._status: int | None = None  # None: 128 + the signal's number
         self._active = False
         self._previous: dict[int, Any] = {}
         self._wakeup_fd = -1
@@ -74,10 +75,11 @@ class StopAtOnce:
                 return
             if self._active:
                 name = signal.Signals(received[0]).name
+                message, status = self._message, self._status
                 remove_unfinished_writes()
-                sys.stderr.write(self._message(name) + "\n")
+                sys.stderr.write(message(name) + "\n")
                 sys.stderr.flush()
-                os._exit(128 + received[0])
+                os._exit(128 + received[0] if status is None else status)
 
     def stand_down(self) -> None:
         """Leave the signals to another handler (a run with work to save)."""
@@ -86,6 +88,18 @@ class StopAtOnce:
     def stand_up(self) -> None:
         """Stop at once again."""
         self._active = True
+
+    @contextlib.contextmanager
+    def ending(self, message: Callable[[str], str], status: int) -> Iterator[None]:
+        """While inside, a signal ends the process at once with ``message(signal name)`` and
+        exit status ``status`` (e.g. an evaluation whose step is already checkpointed), even
+        while :meth:`stand_down` holds; outside, the watcher is as it was."""
+        saved = self._message, self._status, self._active
+        self._message, self._status, self._active = message, status, True
+        try:
+            yield
+        finally:
+            self._message, self._status, self._active = saved
 
     def __exit__(self, *exc_info: object) -> None:
         global _stop_at_once
@@ -158,7 +172,9 @@ class ShutdownFlag:
     it SIGTERM keeps its default action and SIGINT sets :attr:`requested`. Afterwards SIGTERM
     and SIGINT set :attr:`requested` and training saves and exits at the next step boundary.
     Inside :meth:`interrupting` (an evaluation) the work stops at the next
-    :func:`stop_if_interrupted` (between two chunks of the bound or the samples) instead.
+    :func:`stop_if_interrupted` (between two chunks of the bound or the samples) instead;
+    inside :meth:`ending_at_once` (an evaluation of one process, its step saved) the process
+    ends at once.
     """
 
     def __init__(self) -> None:
@@ -185,6 +201,22 @@ class ShutdownFlag:
             yield
         finally:
             _interruptible = None
+
+    @contextlib.contextmanager
+    def ending_at_once(self, message: Callable[[str], str], status: int) -> Iterator[None]:
+        """Work whose results are already saved (an evaluation after its step's checkpoint):
+        with :class:`StopAtOnce` in this thread's process, a signal inside ends the process at
+        once with ``message(signal name)`` and exit status ``status``
+        (:meth:`StopAtOnce.ending`); without it, as :meth:`interrupting`. A signal that
+        arrived before raises :class:`Interrupted` on entry."""
+        if not self._main_thread or _stop_at_once is None:
+            with self.interrupting():
+                yield
+            return
+        if self.requested:
+            raise Interrupted(self.signal_name)
+        with _stop_at_once.ending(message, status):
+            yield
 
     def _install(self, signum: int, handler: Any) -> None:
         previous = signal.signal(signum, handler)
