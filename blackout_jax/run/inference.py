@@ -32,6 +32,7 @@ takes files before any work (a read-only run folder is named at once, not after 
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import shutil
@@ -348,8 +349,10 @@ def _sampler_record(config: ExperimentConfig, times: jax.Array, step: int) -> di
 
 
 def _output_path(workdir: str | os.PathLike[str], mode: str, step: int, draws: str = "") -> Path:
-    """:func:`~blackout_jax.run.folder.command_output`, its folder checked for writing (on the
-    primary host) before any work: a read-only run folder is named now, not after the draws.
+    """:func:`~blackout_jax.run.folder.command_output`, its folder checked for writing by the
+    primary host before any work, the outcome passed to every process
+    (:func:`~blackout_jax.run.parallel.primary_text`): a read-only run folder is named now,
+    not after the draws, by every process alike.
     A file is created and removed in the folder, or in the nearest one above it that exists;
     nothing is left behind, not even the folder.
 
@@ -357,8 +360,17 @@ def _output_path(workdir: str | os.PathLike[str], mode: str, step: int, draws: s
       OSError: with ``filename`` the output's folder.
     """
     path = folder.command_output(workdir, mode, step, draws)
+    problem, error = "", None
     if parallel.is_primary():
-        _check_writable(path.parent)
+        try:
+            _check_writable(path.parent)
+        except OSError as found:
+            problem, error = str(found.errno or errno.EIO), found
+    problem = parallel.primary_text(problem)  # every process stops alike
+    if error is not None:
+        raise error
+    if problem:
+        raise OSError(int(problem), os.strerror(int(problem)), os.fspath(path.parent))
     return path
 
 

@@ -189,12 +189,14 @@ class ShutdownFlag:
         self.signal_name = signal.Signals(signum).name
 
     @contextlib.contextmanager
-    def interrupting(self) -> Iterator[None]:
+    def interrupting(self, agree: Callable[[bool], bool] = bool) -> Iterator[None]:
         """While inside, :func:`stop_if_interrupted` (called between two device calls of an
         evaluation, with no computation in flight) raises :class:`Interrupted` once a signal
-        has arrived; one that arrived before raises on entry."""
+        has arrived; one that arrived before raises on entry. ``agree(requested)`` decides
+        on entry: :func:`blackout_jax.run.parallel.any_process` in a multi-process job (a
+        collective), so that every process stops, or none."""
         global _interruptible
-        if self.requested:
+        if agree(self.requested):
             raise Interrupted(self.signal_name)
         _interruptible = self
         try:
@@ -248,10 +250,13 @@ class ShutdownFlag:
 _interruptible: ShutdownFlag | None = None
 
 
-def stop_if_interrupted() -> None:
+def stop_if_interrupted(agree: Callable[[bool], bool] = bool) -> None:
     """Raise :class:`Interrupted` when inside :meth:`ShutdownFlag.interrupting` a signal has
-    arrived; nothing otherwise. Call it where no device computation is in flight."""
-    if _interruptible is not None and _interruptible.requested:
+    arrived (``agree(requested)``: :func:`blackout_jax.run.parallel.any_process` makes it a
+    collective that every process calls at the same point, so all stop at the same chunk);
+    nothing otherwise, and outside no collective is made. Call it where no device
+    computation is in flight."""
+    if _interruptible is not None and agree(_interruptible.requested):
         raise Interrupted(_interruptible.signal_name)
 
 

@@ -38,7 +38,7 @@ import jax
 from blackout_jax.data import CountDataset
 from blackout_jax.run import network, parallel, safety
 from blackout_jax.run.config import ExperimentConfig
-from blackout_jax.run.lock import RunFolderLock
+from blackout_jax.run.lock import RunFolderInUseError, RunFolderLock
 from blackout_jax.run.trainer import Trainer
 
 
@@ -92,8 +92,7 @@ def train_and_evaluate(
     workdir = os.fspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        if parallel.is_primary():
-            stack.enter_context(RunFolderLock(workdir))
+        _lock_on_every_process(stack, workdir)
         shutdown = stack.enter_context(safety.ShutdownFlag())
         stack.enter_context(safety.disk_full_reported_once())
         trainer = Trainer.restore_or_init(config, workdir, dataset)
@@ -111,6 +110,22 @@ def train_and_evaluate(
                 "the same command again to resume",
             ) from None
         return result
+
+
+def _lock_on_every_process(stack: contextlib.ExitStack, workdir: str) -> None:
+    """Process 0 takes the run folder's lock (held until ``stack`` closes); when another
+    trainer holds it, every process raises the same :class:`RunFolderInUseError`."""
+    problem, error = "", None
+    if parallel.is_primary():
+        try:
+            stack.enter_context(RunFolderLock(workdir))
+        except RunFolderInUseError as found:
+            problem, error = str(found), found
+    problem = parallel.primary_text(problem)
+    if error is not None:
+        raise error
+    if problem:
+        raise RunFolderInUseError(problem)
 
 
 def _train_loop(trainer: Trainer, shutdown: safety.ShutdownFlag) -> TrainResult:
@@ -149,7 +164,7 @@ def _train_loop(trainer: Trainer, shutdown: safety.ShutdownFlag) -> TrainResult:
             interruptible = (
                 functools.partial(_ending_at_once, trainer, shutdown, step)
                 if one_process
-                else shutdown.interrupting
+                else functools.partial(shutdown.interrupting, parallel.any_process)
             )
             try:
                 last_eval = trainer.evaluate(step, interruptible)
