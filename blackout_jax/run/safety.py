@@ -215,9 +215,9 @@ class ShutdownFlag:
             with self.interrupting():
                 yield
             return
-        if self.requested:
-            raise Interrupted(self.signal_name)
         with _stop_at_once.ending(message, status):
+            if self.requested:  # checked once the watcher acts: no signal falls between
+                raise Interrupted(self.signal_name)
             yield
 
     def _install(self, signum: int, handler: Any) -> None:
