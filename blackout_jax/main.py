@@ -100,7 +100,7 @@ MODES = {
     "sample": "draw sampling.num_samples samples into "
     "WORKDIR/samples/samples_<step>_<draws>.npz + .png",
     "evaluate": "likelihood bound and sample metrics into WORKDIR/eval/metrics_<step>_<draws>"
-    ".json and a copy of the latest into WORKDIR/eval/metrics_<step>.json",
+    ".json (the latest also as metrics_<step>.json)",
     "impute": "complete the unobserved counts of --input into WORKDIR/imputed/",
     "unthin": "posterior samples of the counts behind thinned observations --input into "
     "WORKDIR/unthinned/",
