@@ -197,10 +197,14 @@ def _ending_at_once(
         "evaluates that checkpoint"
     )
 
+    kept_phrase = (
+        f"kept the checkpoint of step {kept} in {trainer.workdir}"
+        if kept is not None
+        else f"no checkpoint in {trainer.workdir} yet (only skipped non-finite updates so far)"
+    )
+
     def message(name: str) -> str:
-        return (
-            f"{name} received: the evaluation at step {step} was interrupted; kept the "
-            f"checkpoint of step {kept} in {trainer.workdir}; {then}"
-        )
+        interrupted = f"{name} received: the evaluation at step {step} was interrupted"
+        return f"{interrupted}; {kept_phrase}; {then}"
 
     return shutdown.ending_at_once(message, training.preempted_exit_code)
