@@ -21,6 +21,39 @@ IMPORT_TIME = "import time:"
 METRICS = reporting.METRICS_FILE
 
 
+LAZY_NAMES = """
+import sys
+import blackout_jax
+assert "jax" not in sys.modules, "import blackout_jax imported jax"
+assert set(blackout_jax.__all__) <= set(dir(blackout_jax))
+from blackout_jax import sample, NllBoundTerms, GRIDS
+from blackout_jax import models  # a subpackage, not a public name
+for name in blackout_jax.__all__:
+    assert getattr(blackout_jax, name) is getattr(
+        sys.modules["blackout_jax." + blackout_jax._SUBMODULE_OF[name]], name
+    ), name
+try:
+    blackout_jax.no_such_name
+except AttributeError as error:
+    print(error)
+"""
+
+
+def test_the_public_names_load_on_first_use():
+    """``import blackout_jax`` (the first import of ``python -m blackout_jax.main``) is quick:
+    no JAX until a name is asked for; every name of ``__all__`` then comes from its module."""
+    result = subprocess.run(
+        [sys.executable, "-c", LAZY_NAMES],
+        cwd=REPO_ROOT,
+        env=cpu_environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout == "module 'blackout_jax' has no attribute 'no_such_name'\n"
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_during_the_imports_is_one_line_and_128_plus_its_number(signum):
     """The signal arrives once ``absl`` is imported (``-X importtime`` reports each finished
