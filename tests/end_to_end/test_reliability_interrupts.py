@@ -145,6 +145,7 @@ def _checkpoints(workdir) -> list[str]:
     return sorted(path.name for path in (workdir / "checkpoints").iterdir())
 
 
+@pytest.mark.slow
 def test_a_signal_during_an_evaluation_ends_at_once_keeping_its_checkpoint(tmp_path):
     """The evaluation steps are checkpoint steps (4 is not a multiple of checkpoint_every),
     saved before the evaluation starts; a signal inside the evaluation's one long sampler
