@@ -16,7 +16,8 @@ Modes: ``train`` (default) trains or resumes; ``sample`` writes
 ``WORKDIR/samples/samples_<step>_<draws>.npz`` and a PNG grid (``<draws>``, e.g.
 ``binomial_bridge_100steps_logit_seed0_3f9a0c12``, names the sampler, its steps, grid and seed
 and ends in a hash of the other settings: see :mod:`blackout_jax.run.folder`); ``evaluate``
-writes ``WORKDIR/eval/metrics_<step>.json``; ``impute`` completes the unobserved counts of an
+writes ``WORKDIR/eval/metrics_<step>_<draws>.json`` (one per choice of settings) and a copy of
+the latest in ``WORKDIR/eval/metrics_<step>.json``; ``impute`` completes the unobserved counts of an
 ``.npz`` with arrays ``counts`` and ``mask`` (True = observed) into
 ``WORKDIR/imputed/imputed_<step>_<draws>.npz``; ``unthin`` draws
 ``sampling.num_posterior_samples`` samples of the counts behind each thinned observation of an
@@ -49,13 +50,37 @@ on stderr and exits with status 2 without writing anything.
 
 from __future__ import annotations
 
-import functools
+import os
+import signal
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
 
-from blackout_jax.run import cli
+def _stop_while_starting(signum: int, frame: object) -> None:
+    """SIGINT/SIGTERM before ``main`` (during the imports of JAX, Flax, orbax, which take
+    seconds): one line on stderr and exit status ``128 + signum``; nothing was written yet.
+    :class:`blackout_jax.run.safety.StopAtOnce` takes over once ``main`` starts."""
+    del frame
+    name = signal.Signals(signum).name
+    os.write(2, f"{name} received while starting: stopped, nothing was written\n".encode())
+    os._exit(128 + signum)
+
+
+def _started_as_command() -> bool:
+    """``python -m blackout_jax.main`` or the ``blackout-jax`` console command (not an import
+    by a test or a notebook, whose signals stay theirs)."""
+    return __name__ == "__main__" or os.path.basename(sys.argv[0]) == "blackout-jax"
+
+
+if _started_as_command():
+    for _signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signum, _stop_while_starting)
+
+import functools  # noqa: E402
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from blackout_jax.run import cli  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -74,7 +99,8 @@ MODES = {
     "train": "train, or resume from the latest checkpoint in --workdir (the default)",
     "sample": "draw sampling.num_samples samples into "
     "WORKDIR/samples/samples_<step>_<draws>.npz + .png",
-    "evaluate": "likelihood bound and sample metrics into WORKDIR/eval/metrics_<step>.json",
+    "evaluate": "likelihood bound and sample metrics into WORKDIR/eval/metrics_<step>_<draws>"
+    ".json (the latest also as metrics_<step>.json)",
     "impute": "complete the unobserved counts of --input into WORKDIR/imputed/",
     "unthin": "posterior samples of the counts behind thinned observations --input into "
     "WORKDIR/unthinned/",

@@ -172,7 +172,7 @@ def run_in_chunks(
                     path, lambda file, chunk=chunk: np.save(file, chunk, allow_pickle=False)
                 )
         chunks.append(chunk)
-        safety.stop_if_interrupted()  # an evaluation a signal cuts short
+        safety.stop_if_interrupted(parallel.any_process)  # every process at the same chunk
     return np.concatenate(chunks)[:num_examples]
 
 

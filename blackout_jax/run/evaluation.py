@@ -230,6 +230,23 @@ def evaluate_model(
     return results
 
 
+def evaluation_draws(config: ExperimentConfig, results: dict[str, Any]) -> str:
+    """:func:`blackout_jax.run.folder.evaluation_draws` of the results of
+    :func:`evaluate_model`: the samples' draws (if any) and the bound's settings."""
+    sampler = results.get("sampler")
+    settings = {
+        "num_time_samples": config.eval.num_time_samples,
+        "num_test_examples": results["num_test_examples"],
+        "sample_metrics": config.eval.sample_metrics,
+        "kid_subset_size": config.eval.kid_subset_size,
+    }
+    return folder.evaluation_draws(
+        seed=config.seed,
+        settings=settings,
+        sample_draws=None if sampler is None else sampler["draws"],
+    )
+
+
 def fidelity_plot_path(metrics_path: str | os.PathLike[str]) -> Path:
     """Where ``--mode=evaluate`` draws the count-fidelity PNG: beside its results file."""
     return Path(metrics_path).with_suffix(".png")

@@ -13,7 +13,8 @@ A run folder (``--workdir``) holds::
     checkpoints/<step>/    orbax checkpoints (blackout_jax.run.checkpointing)
     samples/               grid_<step>.png of training; samples_<step>_<draws>.npz + .png
                            of --mode=sample; chunks_<step>_<draws>/ while drawing
-    eval/                  metrics_<step>.json of --mode=evaluate
+    eval/                  metrics_<step>_<draws>.json of --mode=evaluate, one per
+                           settings, and metrics_<step>.json, a copy of the latest one
     imputed/               imputed_<step>_<draws>.npz + .png of --mode=impute
     unthinned/             unthinned_<step>_<draws>.npz + .png of --mode=unthin
     grids/                 optimised_<step>_<K>.json, fitted sampler grids
@@ -133,6 +134,27 @@ def draws_name(
     (:func:`settings_digest`) covers ``settings``, every other input that changes the draws."""
     walked = f"_{grid}" if grid else ""
     return f"{method}_{num_steps}steps{walked}_seed{seed}_{settings_digest(settings)}"
+
+
+def evaluation_draws(
+    *, seed: int, settings: Mapping[str, Any], sample_draws: str | None = None
+) -> str:
+    """The ``<draws>`` of ``eval/metrics_<step>_<draws>.json``: with samples, their
+    :func:`draws_name` (``sample_draws``) with a digest over it and ``settings`` (the bound's
+    settings) in place of its own, e.g. ``binomial_bridge_100steps_logit_seed0_7be1d2a0``;
+    without, ``bound_seed<seed>_<digest>``."""
+    digest = settings_digest({**settings, "samples": sample_draws})
+    if sample_draws is None:
+        return f"bound_seed{seed}_{digest}"
+    return f"{sample_draws.rsplit('_', 1)[0]}_{digest}"
+
+
+def evaluation_outputs(workdir: str | os.PathLike[str], step: int, draws: str) -> tuple[Path, Path]:
+    """``eval/metrics_<step>_<draws>.json`` (the evaluation of these settings, kept beside
+    the others) and ``eval/metrics_<step>.json`` (a copy of the latest evaluation of
+    ``step``)."""
+    latest = command_output(workdir, "evaluate", step)
+    return latest.with_name(f"{latest.stem}_{draws}{latest.suffix}"), latest
 
 
 def command_output(workdir: str | os.PathLike[str], mode: str, step: int, draws: str = "") -> Path:

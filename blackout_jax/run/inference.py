@@ -8,7 +8,8 @@ sampling, evaluation, imputation and un-thinning with its EMA parameters.
   other settings never replace each other. Chunks are kept under
   ``samples/chunks_<step>_<draws>/`` while drawing, so an interrupted run continues where it
   stopped.
-* :func:`evaluate_run` writes ``WORKDIR/eval/metrics_<step>.json``: the likelihood bound over the
+* :func:`evaluate_run` writes ``WORKDIR/eval/metrics_<step>_<draws>.json`` and a copy,
+  ``eval/metrics_<step>.json``, the latest evaluation of the step: the likelihood bound over the
   whole held-out split (nats and bits/dim, with a 95% confidence interval over examples) and
   sample-quality metrics of ``sampling.num_samples`` samples
   (:func:`blackout_jax.run.evaluation.evaluate_model`).
@@ -31,6 +32,7 @@ takes files before any work (a read-only run folder is named at once, not after 
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import shutil
@@ -100,12 +102,17 @@ def evaluate_run(
     dataset: CountDataset,
     model: TrainedModel,
 ) -> Path:
-    """Likelihood bound over the held-out split and sample metrics → ``eval/metrics_<step>.json``
-    (:func:`blackout_jax.run.evaluation.evaluate_model`)."""
-    path = _output_path(workdir, "evaluate", model.step)
+    """Likelihood bound over the held-out split and sample metrics →
+    ``eval/metrics_<step>_<draws>.json`` (:func:`blackout_jax.run.evaluation.evaluate_model`;
+    ``<draws>``: :func:`blackout_jax.run.evaluation.evaluation_draws`) and the same results
+    in ``eval/metrics_<step>.json``, the latest evaluation of that step. Returns the first."""
+    latest = _output_path(workdir, "evaluate", model.step)
     results = evaluation.evaluate_model(config, workdir, dataset, model)
+    draws = evaluation.evaluation_draws(config, results)
+    path, latest = folder.evaluation_outputs(workdir, model.step, draws)
     if parallel.is_primary():
         reporting.write_json(path, results)
+        reporting.write_json(latest, results)
         if "sampler" in results:
             chunks = folder.sample_chunks_dir(workdir, model.step, results["sampler"]["draws"])
             shutil.rmtree(chunks, ignore_errors=True)
@@ -351,8 +358,10 @@ def _sampler_record(config: ExperimentConfig, times: jax.Array, step: int) -> di
 
 
 def _output_path(workdir: str | os.PathLike[str], mode: str, step: int, draws: str = "") -> Path:
-    """:func:`~blackout_jax.run.folder.command_output`, its folder checked for writing (on the
-    primary host) before any work: a read-only run folder is named now, not after the draws.
+    """:func:`~blackout_jax.run.folder.command_output`, its folder checked for writing by the
+    primary host before any work, the outcome passed to every process
+    (:func:`~blackout_jax.run.parallel.primary_text`): a read-only run folder is named now,
+    not after the draws, by every process alike.
     A file is created and removed in the folder, or in the nearest one above it that exists;
     nothing is left behind, not even the folder.
 
@@ -360,8 +369,17 @@ def _output_path(workdir: str | os.PathLike[str], mode: str, step: int, draws: s
       OSError: with ``filename`` the output's folder.
     """
     path = folder.command_output(workdir, mode, step, draws)
+    problem, error = "", None
     if parallel.is_primary():
-        _check_writable(path.parent)
+        try:
+            _check_writable(path.parent)
+        except OSError as found:
+            problem, error = str(found.errno or errno.EIO), found
+    problem = parallel.primary_text(problem)  # every process stops alike
+    if error is not None:
+        raise error
+    if problem:
+        raise OSError(int(problem), os.strerror(int(problem)), os.fspath(path.parent))
     return path
 
 

@@ -138,6 +138,29 @@ def any_process(flag: bool) -> bool:
     return bool(np.any(flags))
 
 
+PRIMARY_TEXT_BYTES = 4096
+"""The longest text :func:`primary_text` passes on (UTF-8 bytes; longer is cut)."""
+
+
+def primary_text(text: str) -> str:
+    """Process 0's ``text`` on every process (a collective; ``text`` as given on one process).
+
+    For an outcome that process 0 alone finds (an output folder it cannot write, a run folder
+    another trainer holds) and every process must act on alike: the same error line, at the
+    same point, instead of one process leaving while the others wait for it in a collective.
+    ``""`` = nothing found. At most :data:`PRIMARY_TEXT_BYTES` bytes of UTF-8 pass.
+    """
+    if jax.process_count() == 1:
+        return text
+    encoded = text.encode("utf-8")[:PRIMARY_TEXT_BYTES]
+    buffer = np.zeros(PRIMARY_TEXT_BYTES + 1, np.int32)
+    buffer[0] = len(encoded)
+    buffer[1 : 1 + len(encoded)] = np.frombuffer(encoded, np.uint8)
+    agreed = np.asarray(multihost_utils.broadcast_one_to_all(buffer))
+    length = int(agreed[0])
+    return bytes(agreed[1 : 1 + length].astype(np.uint8)).decode("utf-8", errors="replace")
+
+
 def is_primary() -> bool:
     """Whether this is process 0, the one that writes logs, metrics and images."""
     return jax.process_index() == 0

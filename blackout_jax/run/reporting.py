@@ -25,6 +25,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from blackout_jax.run import safety
 from blackout_jax.run.folder import METRICS_FILE, TENSORBOARD_DIR
 
 
@@ -69,7 +70,9 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[IO[bytes]], 
     target's folder (created if missing; the file's mode as ``open`` would give it). Once it
     returns, the file is flushed to disk and renamed over ``path`` (``os.replace``, atomic on
     one file system); on any error the temporary file is removed and ``path`` is left as it was
-    (absent, or its previous content).
+    (absent, or its previous content). A process ended at once by
+    :class:`~blackout_jax.run.safety.StopAtOnce` removes the temporary file too
+    (:func:`~blackout_jax.run.safety.unfinished_write`).
 
     Raises:
       OSError: the folder cannot be made or written, or the disk is full; ``filename`` is the
@@ -82,12 +85,13 @@ def write_atomically(path: str | os.PathLike[str], write: Callable[[IO[bytes]], 
         os.makedirs(folder, exist_ok=True)
         name = f".{os.path.basename(target)}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         temporary = os.path.join(folder, name)
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-        with os.fdopen(descriptor, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, target)
+        with safety.unfinished_write(temporary):
+            descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            with os.fdopen(descriptor, "wb") as file:
+                write(file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, target)
     except BaseException as error:
         if temporary is not None:
             with contextlib.suppress(OSError):

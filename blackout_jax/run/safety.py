@@ -3,6 +3,8 @@ updates that stop being finite.
 
 * :class:`StopAtOnce`: SIGTERM/SIGINT end a command at once, with one line, while there is
   nothing to save (start-up, data loading, the first compilation, the inference modes).
+  The temporary files of the atomic writes in progress (:func:`unfinished_write`) are
+  removed first (:func:`remove_unfinished_writes`).
 * :class:`ShutdownFlag`: SIGTERM/SIGINT while training save a checkpoint and end the run at
   the next step boundary (once the first step has compiled).
 * A full disk (:func:`no_space_error`) ends training with :class:`DiskFullError`, one line
@@ -47,6 +49,7 @@ class StopAtOnce:
 
     def __init__(self, message: Callable[[str], str]) -> None:
         self._message = message
+        self._status: int | None = None  # None: 128 + the signal's number
         self._active = False
         self._previous: dict[int, Any] = {}
         self._wakeup_fd = -1
@@ -72,9 +75,11 @@ class StopAtOnce:
                 return
             if self._active:
                 name = signal.Signals(received[0]).name
-                sys.stderr.write(self._message(name) + "\n")
+                message, status = self._message, self._status
+                remove_unfinished_writes()
+                sys.stderr.write(message(name) + "\n")
                 sys.stderr.flush()
-                os._exit(128 + received[0])
+                os._exit(128 + received[0] if status is None else status)
 
     def stand_down(self) -> None:
         """Leave the signals to another handler (a run with work to save)."""
@@ -83,6 +88,18 @@ class StopAtOnce:
     def stand_up(self) -> None:
         """Stop at once again."""
         self._active = True
+
+    @contextlib.contextmanager
+    def ending(self, message: Callable[[str], str], status: int) -> Iterator[None]:
+        """While inside, a signal ends the process at once with ``message(signal name)`` and
+        exit status ``status`` (e.g. an evaluation whose step is already checkpointed), even
+        while :meth:`stand_down` holds; outside, the watcher is as it was."""
+        saved = self._message, self._status, self._active
+        self._message, self._status, self._active = message, status, True
+        try:
+            yield
+        finally:
+            self._message, self._status, self._active = saved
 
     def __exit__(self, *exc_info: object) -> None:
         global _stop_at_once
@@ -104,6 +121,48 @@ def _no_python_action(signum: int, frame: Any) -> None:
 _stop_at_once: StopAtOnce | None = None
 
 
+_unfinished_writes: set[str] = set()
+_unfinished_writes_lock = threading.Lock()
+_exiting = threading.Event()
+
+
+@contextlib.contextmanager
+def unfinished_write(path: str) -> Iterator[None]:
+    """While inside, ``path`` (the temporary file of an atomic write) is removed by
+    :func:`remove_unfinished_writes` before the process ends at once; after it, the path is
+    forgotten. Once the process is ending, a new write waits here for the end instead of
+    starting a file that nothing would remove."""
+    with _unfinished_writes_lock:
+        exiting = _exiting.is_set()
+        if not exiting:
+            _unfinished_writes.add(path)
+    if exiting:
+        threading.Event().wait()  # the process ends within moments (os._exit)
+    try:
+        yield
+    finally:
+        with _unfinished_writes_lock:
+            _unfinished_writes.discard(path)
+
+
+def remove_unfinished_writes() -> list[str]:
+    """Remove the temporary files of the atomic writes in progress (see
+    :func:`unfinished_write`), before ``os._exit`` skips the cleanup of their ``finally``
+    blocks; no write starts afterwards. Returns the paths removed."""
+    _exiting.set()
+    removed = []
+    if not _unfinished_writes_lock.acquire(timeout=1.0):
+        return removed
+    try:
+        for path in sorted(_unfinished_writes):
+            with contextlib.suppress(OSError):
+                os.remove(path)
+                removed.append(path)
+    finally:
+        _unfinished_writes_lock.release()
+    return removed
+
+
 class ShutdownFlag:
     """SIGTERM/SIGINT handling while training (a context manager).
 
@@ -113,7 +172,9 @@ class ShutdownFlag:
     it SIGTERM keeps its default action and SIGINT sets :attr:`requested`. Afterwards SIGTERM
     and SIGINT set :attr:`requested` and training saves and exits at the next step boundary.
     Inside :meth:`interrupting` (an evaluation) the work stops at the next
-    :func:`stop_if_interrupted` (between two chunks of the bound or the samples) instead.
+    :func:`stop_if_interrupted` (between two chunks of the bound or the samples) instead;
+    inside :meth:`ending_at_once` (an evaluation of one process, its step saved) the process
+    ends at once.
     """
 
     def __init__(self) -> None:
@@ -128,18 +189,36 @@ class ShutdownFlag:
         self.signal_name = signal.Signals(signum).name
 
     @contextlib.contextmanager
-    def interrupting(self) -> Iterator[None]:
+    def interrupting(self, agree: Callable[[bool], bool] = bool) -> Iterator[None]:
         """While inside, :func:`stop_if_interrupted` (called between two device calls of an
         evaluation, with no computation in flight) raises :class:`Interrupted` once a signal
-        has arrived; one that arrived before raises on entry."""
+        has arrived; one that arrived before raises on entry. ``agree(requested)`` decides
+        on entry: :func:`blackout_jax.run.parallel.any_process` in a multi-process job (a
+        collective), so that every process stops, or none."""
         global _interruptible
-        if self.requested:
+        if agree(self.requested):
             raise Interrupted(self.signal_name)
         _interruptible = self
         try:
             yield
         finally:
             _interruptible = None
+
+    @contextlib.contextmanager
+    def ending_at_once(self, message: Callable[[str], str], status: int) -> Iterator[None]:
+        """Work whose results are already saved (an evaluation after its step's checkpoint):
+        with :class:`StopAtOnce` in this thread's process, a signal inside ends the process at
+        once with ``message(signal name)`` and exit status ``status``
+        (:meth:`StopAtOnce.ending`); without it, as :meth:`interrupting`. A signal that
+        arrived before raises :class:`Interrupted` on entry."""
+        if not self._main_thread or _stop_at_once is None:
+            with self.interrupting():
+                yield
+            return
+        with _stop_at_once.ending(message, status):
+            if self.requested:  # checked once the watcher acts: no signal falls between
+                raise Interrupted(self.signal_name)
+            yield
 
     def _install(self, signum: int, handler: Any) -> None:
         previous = signal.signal(signum, handler)
@@ -171,10 +250,13 @@ class ShutdownFlag:
 _interruptible: ShutdownFlag | None = None
 
 
-def stop_if_interrupted() -> None:
+def stop_if_interrupted(agree: Callable[[bool], bool] = bool) -> None:
     """Raise :class:`Interrupted` when inside :meth:`ShutdownFlag.interrupting` a signal has
-    arrived; nothing otherwise. Call it where no device computation is in flight."""
-    if _interruptible is not None and _interruptible.requested:
+    arrived (``agree(requested)``: :func:`blackout_jax.run.parallel.any_process` makes it a
+    collective that every process calls at the same point, so all stop at the same chunk);
+    nothing otherwise, and outside no collective is made. Call it where no device
+    computation is in flight."""
+    if _interruptible is not None and agree(_interruptible.requested):
         raise Interrupted(_interruptible.signal_name)
 
 

@@ -19,13 +19,18 @@ checks for a shutdown signal only at those boundaries (one process alone checks 
 
 Evaluation (every ``training.eval_every`` steps and at the end) uses the EMA parameters
 (:class:`blackout_jax.run.evaluation.Evaluator`): the held-out loss, the likelihood bound in
-bits/dim and a PNG grid of samples.
+bits/dim and a PNG grid of samples. Every evaluation step is a checkpoint step (saved, and the
+save finished, before the evaluation starts), so a SIGTERM/SIGINT during an evaluation loses
+nothing: one process ends at once, with one line naming the checkpoint kept and exit status
+``training.preempted_exit_code``; a multi-process job stops at the next chunk boundary of the
+evaluation, where every process agrees, saves and exits with the same status.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import os
 
 import jax
@@ -33,7 +38,7 @@ import jax
 from blackout_jax.data import CountDataset
 from blackout_jax.run import network, parallel, safety
 from blackout_jax.run.config import ExperimentConfig
-from blackout_jax.run.lock import RunFolderLock
+from blackout_jax.run.lock import RunFolderInUseError, RunFolderLock
 from blackout_jax.run.trainer import Trainer
 
 
@@ -87,8 +92,7 @@ def train_and_evaluate(
     workdir = os.fspath(workdir)
     os.makedirs(workdir, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        if parallel.is_primary():
-            stack.enter_context(RunFolderLock(workdir))
+        _lock_on_every_process(stack, workdir)
         shutdown = stack.enter_context(safety.ShutdownFlag())
         stack.enter_context(safety.disk_full_reported_once())
         trainer = Trainer.restore_or_init(config, workdir, dataset)
@@ -106,6 +110,22 @@ def train_and_evaluate(
                 "the same command again to resume",
             ) from None
         return result
+
+
+def _lock_on_every_process(stack: contextlib.ExitStack, workdir: str) -> None:
+    """Process 0 takes the run folder's lock (held until ``stack`` closes); when another
+    trainer holds it, every process raises the same :class:`RunFolderInUseError`."""
+    problem, error = "", None
+    if parallel.is_primary():
+        try:
+            stack.enter_context(RunFolderLock(workdir))
+        except RunFolderInUseError as found:
+            problem, error = str(found), found
+    problem = parallel.primary_text(problem)
+    if error is not None:
+        raise error
+    if problem:
+        raise RunFolderInUseError(problem)
 
 
 def _train_loop(trainer: Trainer, shutdown: safety.ShutdownFlag) -> TrainResult:
@@ -133,14 +153,21 @@ def _train_loop(trainer: Trainer, shutdown: safety.ShutdownFlag) -> TrainResult:
             trainer.progress.reset_clock(step)  # steps/s without the first compilation
         last = step == training.num_steps
         at_log = step % training.log_every == 0 or last
-        at_checkpoint = step % training.checkpoint_every == 0 or last
+        at_eval = step % training.eval_every == 0 or last
+        at_checkpoint = step % training.checkpoint_every == 0 or at_eval
         if at_log:
             trainer.check_nonfinite(step, trainer.log(step))
         if at_checkpoint:  # before the evaluation, which a signal may cut short
-            trainer.save(step, force=last)
-        if step % training.eval_every == 0 or last:
+            trainer.save(step, force=at_eval)
+        if at_eval:
+            trainer.store.wait()  # saved before an evaluation that may end the process
+            interruptible = (
+                functools.partial(_ending_at_once, trainer, shutdown, step)
+                if one_process
+                else functools.partial(shutdown.interrupting, parallel.any_process)
+            )
             try:
-                last_eval = trainer.evaluate(step, shutdown.interrupting)
+                last_eval = trainer.evaluate(step, interruptible)
             except safety.Interrupted:
                 trainer.progress.message(f"the evaluation at step {step} was interrupted")
                 trainer.shut_down(step, shutdown.signal_name)
@@ -153,3 +180,31 @@ def _train_loop(trainer: Trainer, shutdown: safety.ShutdownFlag) -> TrainResult:
             stopped = True
             break
     return TrainResult(step=step, stopped_by_signal=stopped, last_eval=last_eval)
+
+
+def _ending_at_once(
+    trainer: Trainer, shutdown: safety.ShutdownFlag, step: int
+) -> contextlib.AbstractContextManager:
+    """:meth:`~blackout_jax.run.safety.ShutdownFlag.ending_at_once` for the evaluation at
+    ``step`` of one process: a signal ends it at once, with one line naming the checkpoint
+    kept, and exit status ``training.preempted_exit_code``."""
+    kept = trainer.store.latest_step()
+    training = trainer.config.training
+    then = (
+        "--mode=evaluate redoes the evaluation"
+        if step >= training.num_steps
+        else "the same command resumes training (and evaluates again), --mode=evaluate "
+        "evaluates that checkpoint"
+    )
+
+    kept_phrase = (
+        f"kept the checkpoint of step {kept} in {trainer.workdir}"
+        if kept is not None
+        else f"no checkpoint in {trainer.workdir} yet (only skipped non-finite updates so far)"
+    )
+
+    def message(name: str) -> str:
+        interrupted = f"{name} received: the evaluation at step {step} was interrupted"
+        return f"{interrupted}; {kept_phrase}; {then}"
+
+    return shutdown.ending_at_once(message, training.preempted_exit_code)

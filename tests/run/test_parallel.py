@@ -170,6 +170,17 @@ config.training.eval_every = 1000
 config.eval.num_grid_samples = 0
 config = config_lib.parse(config)
 train.train_and_evaluate(config, counted_workdir, dataset=network.load_data(config))
+import jax
+from blackout_jax.run import parallel, safety
+flag = safety.ShutdownFlag()
+flag.requested = jax.process_index() == 1  # a signal seen by process 1 alone
+try:
+    with flag.interrupting(parallel.any_process):
+        interrupt = "went on"
+except safety.Interrupted:
+    interrupt = "stopped"
+told = parallel.primary_text(f"found by process {jax.process_index()}")
+print(json.dumps({"interrupt": interrupt, "primary_text": told}))
 print(json.dumps(counts))
 """
 
@@ -239,3 +250,12 @@ def test_two_processes_cross_hosts_only_where_something_is_logged_or_saved(two_p
         twenty, forty = json.loads(stdout.strip().splitlines()[-1])
         assert twenty > 0  # the log rows, the evaluation and the saves do cross hosts
         assert forty == twenty
+
+
+@pytest.mark.slow
+def test_two_processes_agree_on_a_signal_and_on_what_process_0_found(two_processes):
+    """A signal seen by process 1 alone stops both at the start of an evaluation (a
+    collective), and both act on process 0's finding."""
+    for stdout in two_processes["stdout"]:
+        agreed = json.loads(stdout.strip().splitlines()[-2])
+        assert agreed == {"interrupt": "stopped", "primary_text": "found by process 0"}

@@ -1,0 +1,106 @@
+"""The compilation cache's size bound: set by default, taken from the environment, kept by JAX's
+eviction, and safe for processes that share the folder."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import jax
+import pytest
+
+from blackout_jax.run import compilation_cache
+from tests.cli import REPO_ROOT, cpu_environment
+from tests.conftest import jax_settings
+
+COMPILE_PROGRAMS = textwrap.dedent(
+    """
+    import sys
+    import jax, jax.numpy as jnp
+    from blackout_jax.run import compilation_cache
+    print(compilation_cache.enable_persistent_cache(), jax.config.jax_compilation_cache_max_size)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    for k in range(int(sys.argv[1])):
+        program = jax.jit(lambda x, k=k: jnp.sin(x) * (k + 1.5) + jnp.cos(x) ** k)
+        assert float(program(jnp.ones(7 + k)).sum()) == float(program(jnp.ones(7 + k)).sum())
+    """
+)
+
+
+def _compile_into(folder, num_programs, max_size=None):
+    env = cpu_environment()
+    env["JAX_COMPILATION_CACHE_DIR"] = str(folder)
+    env.pop("JAX_COMPILATION_CACHE_MAX_SIZE", None)
+    if max_size is not None:
+        env["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(max_size)
+    return subprocess.Popen(
+        [sys.executable, "-c", COMPILE_PROGRAMS, str(num_programs)],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _finished(process) -> str:
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    return stdout
+
+
+def _entry_sizes(folder) -> list[int]:
+    return [path.stat().st_size for path in folder.iterdir() if path.name.endswith("-cache")]
+
+
+def test_the_bound_is_two_gib_unless_the_environment_says_otherwise():
+    assert compilation_cache.max_size_from_environment({}) == 2 * 2**30
+    variable = compilation_cache.MAX_SIZE_VARIABLE
+    assert compilation_cache.max_size_from_environment({variable: "4096"}) == 4096
+    assert compilation_cache.max_size_from_environment({variable: " -1 "}) == -1
+    assert compilation_cache.max_size_from_environment({variable: "0"}) == 0
+
+
+@pytest.mark.parametrize("value", ["2GB", "-2", "", "1.5"])
+def test_a_bound_that_is_not_a_number_of_bytes_is_named(value):
+    variable = compilation_cache.MAX_SIZE_VARIABLE
+    with pytest.raises(ValueError, match=f"{variable}={value!r} is not a number of bytes"):
+        compilation_cache.max_size_from_environment({variable: value})
+
+
+def test_enabling_the_cache_sets_the_bound(tmp_path):
+    with jax_settings(jax_compilation_cache_dir=None, jax_compilation_cache_max_size=-1):
+        folder = compilation_cache.enable_persistent_cache(
+            {"JAX_COMPILATION_CACHE_DIR": str(tmp_path)}
+        )
+        assert folder == str(tmp_path)
+        assert jax.config.jax_compilation_cache_max_size == compilation_cache.DEFAULT_MAX_SIZE
+        compilation_cache.enable_persistent_cache(
+            {"JAX_COMPILATION_CACHE_DIR": str(tmp_path), "JAX_COMPILATION_CACHE_MAX_SIZE": "77"}
+        )
+        assert jax.config.jax_compilation_cache_max_size == 77
+
+
+def test_the_folder_stays_under_a_small_bound(tmp_path):
+    """Entries of about 2.5 KB each (6 programs, their inputs, their sums): unbounded
+    all are kept; under an 8 KB bound the least recently used are evicted."""
+    unbounded, bounded, bound = tmp_path / "unbounded", tmp_path / "bounded", 8192
+    first, second = _compile_into(unbounded, 6, max_size=-1), _compile_into(bounded, 6, bound)
+    _finished(first)
+    assert _finished(second).split() == [str(bounded), str(bound)]
+    assert sum(_entry_sizes(unbounded)) > bound  # the case the bound is for
+    sizes = _entry_sizes(bounded)
+    assert 0 < len(sizes) < len(_entry_sizes(unbounded))
+    assert sum(sizes) <= bound, sizes
+    assert (bounded / ".lockfile").exists()  # JAX's file lock of the folder
+
+
+def test_two_processes_compiling_into_one_folder_both_succeed(tmp_path):
+    folder = tmp_path / "shared"
+    processes = [_compile_into(folder, 6) for _ in range(2)]  # the same programs, the default bound
+    for process in processes:
+        assert _finished(process).split() == [str(folder), str(compilation_cache.DEFAULT_MAX_SIZE)]
+    assert _entry_sizes(folder)
+    assert (folder / ".lockfile").exists()
