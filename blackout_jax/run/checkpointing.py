@@ -308,13 +308,13 @@ class CheckpointStore:
             folder = os.path.join(self.directory, str(step))
             try:
                 return restore(step)
-            except (CheckpointMismatchError, PermissionError):
-                raise
             except Exception as error:  # noqa: BLE001 - orbax, tensorstore, zstd, json, OS errors
-                if not os.path.isdir(folder):  # removed meanwhile by a trainer's keep policy
-                    self._manager.reload()
-                    steps = self.all_steps()  # it may have written a newer one: try that first
+                now = self._steps_if_raced(step, folder, tried)
+                if now is not None:  # removed meanwhile by a trainer's keep policy
+                    steps = now  # it may have written a newer one: try that first
                     continue
+                if isinstance(error, (CheckpointMismatchError, PermissionError)):
+                    raise
                 reason = failure_reason(error)
             if set_aside:
                 self._set_aside(folder)
@@ -330,6 +330,22 @@ class CheckpointStore:
                 "see the warnings above"
             )
         return None
+
+    def _steps_if_raced(self, step: int, folder: str, tried: set[int]) -> list[int] | None:
+        """The checkpoints now, if the failed read of ``step`` raced a trainer's keep policy
+        (which removes a checkpoint only after writing a newer one): its folder is gone, or a
+        step newer than it and not yet tried exists. ``None`` otherwise (a real failure)."""
+        for attempt in range(20):  # listing a folder while it is being removed can fail
+            try:
+                self._manager.reload()
+                steps = self.all_steps()
+                break
+            except FileNotFoundError:
+                time.sleep(0.05 * (attempt + 1))
+        else:
+            return None
+        newer = any(other > step and other not in tried for other in steps)
+        return steps if newer or not os.path.isdir(folder) else None
 
     def check_shapes(self, step: int, target: Any, prefix: str = "") -> None:
         """Raise :class:`CheckpointMismatchError` naming every array of ``target`` (abstract

@@ -102,13 +102,6 @@ def test_a_second_trainer_exits_2_naming_the_lock_and_the_first_trains_on(prunin
     assert process.poll() is None  # the first trainer still runs
 
 
-@pytest.mark.xfail(
-    reason="a read that races the keep policy's removal of the checkpoint can still fail: the "
-    "half-removed folder reads as another network (CheckpointMismatchError, exit 2), as damage "
-    "when no older step is left to try, or the re-listing of the checkpoints meets the folder "
-    "being removed (FileNotFoundError); about 1 in 9 commands in a 2-core run",
-    strict=False,
-)
 def test_sample_commands_beside_a_pruning_trainer_all_succeed(pruning_trainer):
     """Each reads the newest checkpoint while the trainer writes a new one every step and
     deletes the older: a checkpoint that vanishes mid-read is retried on the newest."""

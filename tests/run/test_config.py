@@ -91,7 +91,9 @@ def _attribute_names_read(root: pathlib.Path, skip: set[str]) -> set[str]:
 def test_every_config_field_is_read_by_the_code():
     """No field is defined that nothing reads: each name is read as an attribute somewhere in
     the package other than where it is declared."""
-    read = _attribute_names_read(REPO_ROOT / "blackout_jax", skip={"config.py", "config_sections.py"})
+    read = _attribute_names_read(
+        REPO_ROOT / "blackout_jax", skip={"config.py", "config_sections.py"}
+    )
     typed = config_lib.ExperimentConfig()
     sections = [
         (section.name, getattr(typed, section.name))
