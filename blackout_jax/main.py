@@ -37,11 +37,12 @@ process per host; under Slurm, Open MPI or on a multi-host TPU slice JAX finds t
 processes by itself, elsewhere pass ``--coordinator_address=host:port --num_processes=P
 --process_id=i`` to every process.
 
-Order of work: parse the flags, check the run folder's path, join the other processes (if any),
-take the stored settings of the run folder (all modes but ``train``), parse and check the
-config once (:func:`blackout_jax.run.config.parse`), load the data, say its split and max
-count in one line (:func:`blackout_jax.run.network.split_summary`), build the network's
-shapes, and only then create the run folder and train. A problem found before training (a bad
+Order of work: parse the flags, join the other processes (if any), check the run folder's
+path (process 0's finding is every process's), take the stored settings of the run folder
+(all modes but ``train``), parse and check the config once
+(:func:`blackout_jax.run.config.parse`), load the data, say its split and max count in one line
+(:func:`blackout_jax.run.network.split_summary`), build the network's shapes, and only then
+create the run folder and train. A problem found before training (a bad
 flag, an unknown config field, a missing config file, a run folder below a file or with a part
 of the wrong kind, unreadable data, more than half of the examples held out without
 ``data.allow_large_test_share``, an impossible value) prints one line ``error: ...`` naming it
@@ -151,10 +152,6 @@ def _run_mode() -> None:
     workdir = _WORKDIR.value
     if not workdir:
         cli.fail(f"--workdir is required for --mode={mode}, e.g. --workdir=runs/digits")
-    problem = cli.workdir_problem(workdir)
-    if problem:
-        cli.fail(problem)
-
     from blackout_jax.run import compilation_cache, parallel
 
     compilation_cache.enable_persistent_cache()
@@ -166,6 +163,9 @@ def _run_mode() -> None:
         )
     except ValueError as error:
         cli.fail(str(error))
+    problem = parallel.primary_text(cli.workdir_problem(workdir) or "")  # every process alike
+    if problem:
+        cli.fail(problem)
 
     if mode == "train":
         _train(workdir)
