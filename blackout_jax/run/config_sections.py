@@ -107,8 +107,12 @@ class TrainingConfig:
         below=1.0,
     )
     log_every: int = setting(50, "steps between metrics rows", minimum=1)
-    eval_every: int = setting(500, "steps between evaluations (and at the end)", minimum=1)
-    checkpoint_every: int = setting(250, "steps between checkpoints (and at the end)", minimum=1)
+    eval_every: int = setting(
+        500, "steps between evaluations (and at the end); each is checkpointed first", minimum=1
+    )
+    checkpoint_every: int = setting(
+        250, "steps between checkpoints (and at the end and every evaluation)", minimum=1
+    )
     keep_checkpoints: int = setting(3, "how many of the latest checkpoints to keep", minimum=1)
     keep_every: int = setting(0, "also keep every K-th step's checkpoint (0 = off)", minimum=0)
     max_consecutive_nonfinite: int = setting(
