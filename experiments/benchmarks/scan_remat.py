@@ -189,6 +189,19 @@ def make_blocks(
     return [layers.ResnetBlockDDPM(channels, channels, **shared) for _ in range(count)]
 
 
+def fill_zero_leaves(params: Any, seed: int) -> Any:
+    """``params`` with every all-zero leaf replaced by normal draws of standard deviation 0.02
+    (seeded): the zero-initialised last layers (``init_scale = 0``) would otherwise leave every
+    gradient before them exactly zero, and the equality check blind to them."""
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    filled = [
+        0.02 * jax.random.normal(key, leaf.shape, leaf.dtype) if not jnp.any(leaf) else leaf
+        for key, leaf in zip(keys, leaves, strict=True)
+    ]
+    return jax.tree.unflatten(treedef, filled)
+
+
 def stack_states(states: list[Any]) -> Any:
     """One state with every leaf of ``states`` stacked along a new leading axis ``(N, ...)``."""
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
@@ -249,7 +262,9 @@ def block_program(args: argparse.Namespace):
     height = CONFIGS[args.config][1][0] // 2**args.level
     blocks = make_blocks(model, args.level, args.blocks)
     graphdef = nnx.graphdef(blocks[0])
-    states = [nnx.state(block, nnx.Param) for block in blocks]
+    states = [
+        fill_zero_leaves(nnx.state(block, nnx.Param), seed) for seed, block in enumerate(blocks)
+    ]
     channels = model.nf * model.ch_mult[args.level]
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.standard_normal((args.batch, height, height, channels)), jnp.float32)
@@ -299,6 +314,7 @@ def network_program(args: argparse.Namespace):
         if changed != model.num_resnet_blocks:
             raise AssertionError(f"{changed} of {model.num_resnet_blocks} blocks rematerialised")
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    params = fill_zero_leaves(params, seed=0)
     counts = common.random_counts((args.batch, *image_shape), config.data.max_count)
     t = jnp.linspace(0.1, config.diffusion.t_end, args.batch, dtype=jnp.float32)
     dropout_key = jax.random.key(3)
