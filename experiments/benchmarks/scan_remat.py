@@ -355,7 +355,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "launches": launches,
         "lower_s": round(lower_s, 2),
         "compile_s": round(compile_s, 2),
-        "ms": round(1000 * statistics.median(times), 1),
+        "ms": round(1000 * statistics.median(times), 1) if times else float("nan"),
         "bytes": common.program_bytes(compiled),
     }
 
@@ -524,7 +524,9 @@ def main() -> None:
     parser.add_argument("--level", type=int, default=0, help="level whose blocks are measured")
     parser.add_argument("--blocks", type=int, default=0, help="0: max(2, num_res_blocks)")
     parser.add_argument("--variants", default=",".join(BLOCK_VARIANTS + NETWORK_VARIANTS))
-    parser.add_argument("--calls", type=int, default=5, help="timed calls per variant")
+    parser.add_argument(
+        "--calls", type=int, default=5, help="timed calls per variant (0: compile only)"
+    )
     parser.add_argument("--json", action="store_true", help="also print one JSON line")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--variant", default="", help=argparse.SUPPRESS)
