@@ -25,9 +25,11 @@ the ``while`` bodies it runs that launches work, :func:`program_kernels`), the l
 (a loop body counted once per trip), trace+lower and compile seconds, and the median of
 ``--calls`` calls after a warm-up. Loss, outputs and gradients of ``scanned`` and ``remat`` are
 checked against ``unrolled`` (``network_remat`` against ``network``) with ``np.allclose`` and
-their largest absolute difference printed. Then the projection: which residual blocks of the
-whole network form runs of identical consecutive blocks that one scan could apply, and what
-scanning them all would save at the measured per-block figures.
+their largest absolute difference printed; zero-initialised layers get small random weights
+first (:func:`fill_zero_leaves`) so that no gradient is zero by construction. Then the
+projection: which residual blocks of the whole network form runs of identical consecutive
+blocks that one scan could apply, and what scanning them all would save at the measured
+per-block figures.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -207,8 +210,17 @@ def stack_states(states: list[Any]) -> Any:
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
 
 
-def apply_unrolled(graphdef, states, x, temb, keys, *, remat: bool = False) -> jax.Array:
-    """``h <- block_i(h, temb, keys[i])`` for each block state in turn (a Python loop)."""
+def apply_unrolled(
+    graphdef: Any,
+    states: list[Any],
+    x: jax.Array,
+    temb: jax.Array,
+    keys: jax.Array,
+    *,
+    remat: bool = False,
+) -> jax.Array:
+    """``h <- block_i(h, temb, keys[i])`` for each block state in turn (a Python loop); ``x``
+    ``(B, H, W, C)``, ``temb`` ``(B, 4 nf)``, ``keys`` ``(N,)``; returns ``(B, H, W, C)``."""
     h = x
     for index, state in enumerate(states):
         block = nnx.merge(graphdef, state)
@@ -219,7 +231,9 @@ def apply_unrolled(graphdef, states, x, temb, keys, *, remat: bool = False) -> j
     return h
 
 
-def apply_scanned(graphdef, stacked, x, temb, keys) -> jax.Array:
+def apply_scanned(
+    graphdef: Any, stacked: Any, x: jax.Array, temb: jax.Array, keys: jax.Array
+) -> jax.Array:
     """The same recursion as :func:`apply_unrolled` by ``jax.lax.scan`` over stacked states."""
 
     def body(h, inputs):
@@ -256,7 +270,7 @@ def rematerialise_blocks(model: nnx.Module) -> int:
     return changed
 
 
-def block_program(args: argparse.Namespace):
+def block_program(args: argparse.Namespace) -> tuple[Callable, tuple[Any, ...], Callable]:
     """``(function, arguments, gradients_as_stacked)`` for a block variant."""
     model = _model_config(args.config)[0].model
     height = CONFIGS[args.config][1][0] // 2**args.level
@@ -298,7 +312,7 @@ def block_program(args: argparse.Namespace):
     return loss_and_grad, (params,), stacked_gradients
 
 
-def network_program(args: argparse.Namespace):
+def network_program(args: argparse.Namespace) -> tuple[Callable, tuple[Any, ...], Callable]:
     """``(function, arguments, gradients_as_is)`` for a whole-network variant."""
     config, image_shape = _model_config(args.config)
     model = ncsnpp.create_model(
