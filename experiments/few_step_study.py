@@ -255,12 +255,6 @@ def _distill_part() -> None:
         k: distillation.student_times(configs[k], workdir, model, dataset) for k in calls
     }
     _share_teacher_states(base, workdir, model, student_grids)
-    students = {}
-    for k in calls:
-        started = time.perf_counter()
-        folder = distillation.distill_run(configs[k], workdir, dataset, model)
-        print(f"{k}-call student: {time.perf_counter() - started:.0f} s wall", flush=True)
-        students[k] = (distillation.load_student(workdir, k), _student_cpu_seconds(folder))
 
     def measure(samples: np.ndarray, seed: int) -> dict:
         quality = digits_features.digits_sample_metrics(samples, extractor=extractor, seed=seed)
@@ -287,8 +281,12 @@ def _distill_part() -> None:
     optimise = _optimiser("distill", model.predict_fn, _grid_examples(model), t_end)
     path = os.path.join(_OUT_DIR.value, "few_step_distill.jsonl")
     done = _done_rows(path)
-    for k in calls:
-        (student, times, student_step), cpu = students[k]
+    for k in calls:  # each student trained (or resumed) and measured before the next
+        started = time.perf_counter()
+        folder = distillation.distill_run(configs[k], workdir, dataset, model)
+        print(f"{k}-call student: {time.perf_counter() - started:.0f} s wall", flush=True)
+        student, times, student_step = distillation.load_student(workdir, k)
+        cpu = _student_cpu_seconds(folder)
         candidates = [("student", "student", k, times)]
         for method in _METHODS.value:
             num_steps = k // 2 if method.startswith("trapezoidal") else k
