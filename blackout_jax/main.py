@@ -105,6 +105,8 @@ MODES = {
     "impute": "complete the unobserved counts of --input into WORKDIR/imputed/",
     "unthin": "posterior samples of the counts behind thinned observations --input into "
     "WORKDIR/unthinned/",
+    "distill": "train the distill.num_calls-call student of the EMA teacher into "
+    "WORKDIR/students/<K>calls/ (resumes)",
     "show_config": "print every config field and its value (after overrides) and exit",
 }
 _MODE = flags.DEFINE_enum("mode", "train", list(MODES), "What to do; --help describes each mode.")
@@ -224,6 +226,10 @@ def _use_trained_run(mode: str, workdir: str) -> None:
             inference.evaluate_run(config, workdir, dataset, model)
         elif mode == "unthin":
             inference.unthin_run(config, workdir, model, _INPUT.value)
+        elif mode == "distill":
+            from blackout_jax.run import distillation
+
+            distillation.distill_run(config, workdir, dataset, model)
         else:
             inference.impute_run(config, workdir, dataset, model, _INPUT.value)
     except (ValueError, FileNotFoundError) as error:

@@ -3,6 +3,8 @@
     python -m experiments.few_step_study --part=oracle [--steps=5,10,20,50,100,1000]
     python -m experiments.few_step_study --part=digits --config=configs/digits.py \
         --workdir=runs/digits [--num_samples=256]
+    python -m experiments.few_step_study --part=distill --config=configs/digits.py \
+        --workdir=runs/digits --num_samples=1024 [--calls=1,2,4,8]
     python -m experiments.few_step_study --part=report
 
 Every (method, grid, K, seed) draws ``num_samples`` samples on a K-step grid:
@@ -23,6 +25,14 @@ Parts:
 * ``digits``: the EMA network of a trained digits run. Metrics: the classifier-feature Fréchet
   distance over its real-vs-real floor, and the entropy of the predicted class distribution
   (log 10 = 2.303 nats when balanced).
+* ``distill``: the mixture students of a trained digits run (:mod:`blackout_jax.run.distillation`,
+  one per count of ``--calls``) against the undistilled one-call and trapezoidal samplers on the
+  logit and optimised grids at the same network calls. The teacher's trajectories are drawn
+  once, on the union of the students' grids and the teacher's own, and given to every student;
+  each student is then trained by ``--mode=distill``'s :func:`distill_run` (resumed if there).
+  The digits classifier is fitted with ``num_test = num_samples`` held-out digits, so that the
+  real-vs-real floor has as many digits as each row has samples. Rows also carry the
+  students' CPU seconds (teacher trajectories and training).
 
 Rows are appended to ``<out_dir>/few_step_<part>.jsonl`` as they finish (a rerun skips rows
 already there). ``--part=report`` writes ``few_step_<part>.png`` (mean and 95% t-interval over
@@ -54,7 +64,10 @@ from blackout_jax.run import grid_files
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config of the trained run (digits).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run folder with checkpoints (digits).")
-_PART = flags.DEFINE_enum("part", "oracle", ["oracle", "digits", "report"], "What to run.")
+_PART = flags.DEFINE_enum(
+    "part", "oracle", ["oracle", "digits", "distill", "report"], "What to run."
+)
+_CALLS = flags.DEFINE_list("calls", ["1", "2", "4", "8"], "Network calls (distill part).")
 _STEPS = flags.DEFINE_list("steps", ["5", "10", "20", "50", "100", "1000"], "Step counts K.")
 _METHODS = flags.DEFINE_list("methods", list(METHODS), "Sampler methods.")
 _GRIDS = flags.DEFINE_list("grids", ["logit", "subgrid", "optimised"], "Grids.")
@@ -218,9 +231,181 @@ def _digits_part() -> None:
     _run("digits", model.predict_fn, draw, measure, optimise, t_end)
 
 
+def _distill_part() -> None:
+    import dataclasses
+
+    from blackout_jax import distill
+    from blackout_jax.metrics import digits_features
+    from blackout_jax.run import chunked, distillation, reporting, trained
+
+    if _CONFIG.value is None or _WORKDIR.value is None:
+        raise app.UsageError("--part=distill needs --config and --workdir of a trained run")
+    base, dataset, model = trained.open_trained_run(_CONFIG.value, _WORKDIR.value)
+    if dataset.name != "digits":
+        raise app.UsageError("the distill part needs a digits run")
+    workdir, t_end = _WORKDIR.value, base.diffusion.t_end
+    num_samples = _NUM_SAMPLES.value
+    extractor = digits_features.fitted_digits_extractor(num_test=num_samples)
+    calls = [int(c) for c in _CALLS.value]
+    configs = {
+        k: dataclasses.replace(base, distill=dataclasses.replace(base.distill, num_calls=k))
+        for k in calls
+    }
+    student_grids = {
+        k: distillation.student_times(configs[k], workdir, model, dataset) for k in calls
+    }
+    _share_teacher_states(base, workdir, model, student_grids)
+
+    def measure(samples: np.ndarray, seed: int) -> dict:
+        quality = digits_features.digits_sample_metrics(samples, extractor=extractor, seed=seed)
+        return {
+            "frechet_distance": quality["frechet_distance"],
+            "frechet_floor": quality["frechet_floor"],
+            "frechet_floor_num_examples": quality["frechet_floor_num_examples"],
+            "fd_over_floor": quality["frechet_distance"] / quality["frechet_floor"],
+            "checkpoint_step": int(model.step),
+        }
+
+    def undistilled(key: jax.Array, times: np.ndarray, method: str) -> np.ndarray:
+        return chunked.generate_samples(
+            key,
+            model.predict_for,
+            num_samples=num_samples,
+            example_shape=model.image_shape,
+            times=times,
+            max_count=model.max_count,
+            method=method,
+            chunk_size=min(num_samples, 1024),
+        )
+
+    optimise = _optimiser("distill", model.predict_fn, _grid_examples(model), t_end)
+    path = os.path.join(_OUT_DIR.value, "few_step_distill.jsonl")
+    done = _done_rows(path)
+    for k in calls:  # each student trained (or resumed) and measured before the next
+        started = time.perf_counter()
+        folder = distillation.distill_run(configs[k], workdir, dataset, model)
+        print(f"{k}-call student: {time.perf_counter() - started:.0f} s wall", flush=True)
+        student, times, student_step = distillation.load_student(workdir, k)
+        cpu = _student_cpu_seconds(folder)
+        candidates = [("student", "student", k, times)]
+        for method in _METHODS.value:
+            num_steps = k // 2 if method.startswith("trapezoidal") else k
+            if num_steps < 1 or _calls(method, num_steps) != k:
+                continue
+            for grid_name in ("logit", "optimised"):
+                candidates.append(
+                    (method, grid_name, num_steps, _grid(grid_name, num_steps, t_end, optimise))
+                )
+        for method, grid_name, num_steps, grid in candidates:
+            for seed in (int(s) for s in _SEEDS.value):
+                if (method, grid_name, num_steps, seed) in done:
+                    continue
+                started = time.perf_counter()
+                key = jax.random.key(1000 * seed + k)
+                if method == "student":
+                    shape = (num_samples, *model.image_shape)
+                    samples = np.asarray(
+                        distill.sample_student(key, student, shape, grid, max_count=model.max_count)
+                    )
+                else:
+                    samples = undistilled(key, grid, method)
+                row = {
+                    "method": method,
+                    "grid": grid_name,
+                    "num_steps": num_steps,
+                    "calls": k,
+                    "seed": seed,
+                    "num_samples": int(len(samples)),
+                    **measure(samples, seed),
+                    "seconds": time.perf_counter() - started,
+                }
+                if method == "student":
+                    row.update(student_step=student_step, **cpu)
+                with open(path, "a", encoding="utf-8") as file:
+                    file.write(json.dumps(row) + "\n")
+                print(row, flush=True)
+                if seed == 0 and method == "student":
+                    image = os.path.join(_OUT_DIR.value, f"few_step_distill_student_{k}.png")
+                    reporting.save_sample_grid(samples[:100], model.max_count, image)
+
+
+def _grid_examples(model) -> np.ndarray:
+    from blackout_jax.metrics import digits_features
+
+    train = np.asarray(digits_features.digits_train_test_split()[0])
+    return train[: _GRID_EXAMPLES.value].reshape(-1, *model.image_shape)
+
+
+def _share_teacher_states(config, workdir: str, model, student_grids: dict) -> None:
+    """One set of teacher trajectories on the union of the students' grids and the teacher's
+    logit grid, written as each student's ``teacher_states.npz`` (students that have one keep
+    it)."""
+    from blackout_jax import distill
+    from blackout_jax.run import chunked, distillation, reporting
+
+    settings = config.distill
+    missing = {
+        k: times
+        for k, times in student_grids.items()
+        if not (distillation.student_dir(workdir, k) / distillation.TEACHER_STATES_FILE).exists()
+    }
+    if not missing:
+        return
+    fine = np.asarray(observation_times(settings.teacher_steps, config.diffusion.t_end))
+    for times in missing.values():
+        fine = distill.refined_grid(times, fine)
+    batch = config.sampling.batch_size
+    started = time.process_time()
+
+    def trajectories(key: jax.Array) -> jax.Array:
+        states = distill.teacher_trajectories(
+            key,
+            model.predict_fn,
+            (batch, *model.image_shape),
+            fine,
+            max_count=model.max_count,
+            method=settings.teacher_method,
+            start=config.sampling.start,
+        )
+        return np.moveaxis(np.asarray(states), 0, 1).astype(np.int8)
+
+    drawn = chunked.run_in_chunks(
+        distillation._distill_keys(config.seed)[1],
+        trajectories,
+        num_examples=settings.num_trajectories,
+        chunk_size=batch,
+        progress=True,
+        description="teacher trajectories",
+    )
+    seconds = time.process_time() - started
+    print(f"teacher trajectories: {seconds:.0f} CPU-s on {len(fine) - 1} steps", flush=True)
+    for k, times in missing.items():
+        folder = distillation.student_dir(workdir, k)
+        folder.mkdir(parents=True, exist_ok=True)
+        states = np.moveaxis(drawn[:, distill.grid_positions(fine, times)], 1, 0)
+        reporting.write_npz(
+            folder / distillation.TEACHER_STATES_FILE,
+            states=states,
+            times=np.asarray(times, np.float32),
+            cpu_seconds=np.asarray(seconds),
+        )
+
+
+def _student_cpu_seconds(folder) -> dict[str, float]:
+    """The CPU seconds of a student: its teacher trajectories and its training updates."""
+    from blackout_jax.run import distillation
+
+    with np.load(folder / distillation.TEACHER_STATES_FILE) as stored:
+        teacher = float(stored["cpu_seconds"])
+    with open(folder / distillation.METRICS_FILE, encoding="utf-8") as file:
+        rows = [json.loads(line) for line in file if line.strip()]
+    return {"teacher_cpu_seconds": teacher, "training_cpu_seconds": rows[-1]["cpu_seconds"]}
+
+
 _REPORTED = {
     "oracle": (("member_fraction", "member fraction"), ("total_variation", "TV to uniform")),
     "digits": (("fd_over_floor", "Fréchet distance / floor"), ("class_entropy", "class entropy")),
+    "distill": (("fd_over_floor", "Fréchet distance / floor"),),
 }
 
 
@@ -264,6 +449,14 @@ def _plot(part: str, rows: list[dict], path: str) -> None:
                 x, y, err = (np.asarray(v) for v in zip(*points, strict=True))
                 name = f"{method}/{grid_name}"
                 axis.errorbar(x, y, yerr=err, fmt=style, color=color, ms=3, capsize=2, label=name)
+        students = sorted(
+            (calls, mean, half)
+            for (m, _, _), (calls, mean, half, _) in summary.items()
+            if m == "student"
+        )
+        if students:
+            x, y, err = (np.asarray(v) for v in zip(*students, strict=True))
+            axis.errorbar(x, y, yerr=err, fmt="D-", color="k", ms=4, capsize=2, label="student")
         axis.set_xscale("log")
         if metric == "fd_over_floor":
             axis.set_yscale("log")
@@ -283,7 +476,7 @@ def _plot(part: str, rows: list[dict], path: str) -> None:
 
 
 def _report() -> None:
-    for part in ("oracle", "digits"):
+    for part in ("oracle", "digits", "distill"):
         path = os.path.join(_OUT_DIR.value, f"few_step_{part}.jsonl")
         if not os.path.exists(path):
             continue
@@ -309,7 +502,8 @@ def main(argv: list[str]) -> None:
     del argv
     logging.set_verbosity(logging.WARNING)
     os.makedirs(_OUT_DIR.value, exist_ok=True)
-    {"oracle": _oracle_part, "digits": _digits_part, "report": _report}[_PART.value]()
+    parts = {"oracle": _oracle_part, "digits": _digits_part, "distill": _distill_part}
+    parts.get(_PART.value, _report)()
 
 
 if __name__ == "__main__":

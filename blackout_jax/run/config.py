@@ -13,7 +13,8 @@ Sections: ``data`` (:class:`DataConfig`), ``diffusion`` (:class:`DiffusionConfig
 (the network named by ``model.name``: :class:`blackout_jax.models.NCSNppConfig` for images,
 :class:`blackout_jax.models.CountMLPConfig` for count vectors; :data:`MODEL_CONFIGS`),
 ``training`` (:class:`TrainingConfig`), ``eval``
-(:class:`EvalConfig`), ``sampling`` (:class:`SamplingConfig`) and the top-level ``seed``.
+(:class:`EvalConfig`), ``sampling`` (:class:`SamplingConfig`), ``distill``
+(:class:`DistillConfig`) and the top-level ``seed``.
 :func:`describe` prints every field with its value and meaning (``--mode=show_config``).
 """
 
@@ -34,6 +35,7 @@ from blackout_jax.run.config_sections import (
     SAMPLE_METRICS,
     DataConfig,
     DiffusionConfig,
+    DistillConfig,
     EvalConfig,
     ModelConfig,
     SamplingConfig,
@@ -50,6 +52,7 @@ __all__ = [
     "SAMPLE_METRICS",
     "DataConfig",
     "DiffusionConfig",
+    "DistillConfig",
     "EvalConfig",
     "ExperimentConfig",
     "ModelConfig",
@@ -76,6 +79,7 @@ class ExperimentConfig:
     training: TrainingConfig = dataclasses.field(default_factory=TrainingConfig)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
+    distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Nested plain dict (JSON-ready; tuples become lists in JSON)."""

@@ -223,6 +223,45 @@ class SamplingConfig:
         "(0 = the conditional model)",
         minimum=0.0,
     )
+    student_calls: int = setting(
+        0,
+        "--mode=sample: draw with the distilled student of this many network calls "
+        "(WORKDIR/students/<K>calls, made by --mode=distill); 0 = the teacher's sampler",
+        minimum=0,
+    )
+
+
+DISTILL_GRIDS = ("logit", OPTIMISED_GRID)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """--mode=distill: a few-call mixture student (blackout_jax.distill) fitted to the EMA
+    teacher's trajectories."""
+
+    num_calls: int = setting(4, "network calls (steps) of the student", minimum=1)
+    grid: str = setting(
+        OPTIMISED_GRID,
+        "the student's times: 'logit' = observation_times(num_calls, t_end), 'optimised' = "
+        "the grid fitted to the teacher (as sampling.grid)",
+        choices=DISTILL_GRIDS,
+    )
+    teacher_method: str = setting(
+        "trapezoidal_bridge", "the sampler whose trajectories the student fits", choices=METHODS
+    )
+    teacher_steps: int = setting(
+        50, "steps of the teacher's logit grid (merged with the student's times)", minimum=1
+    )
+    num_trajectories: int = setting(
+        4096, "teacher trajectories drawn once and kept (teacher_states.npz)", minimum=1
+    )
+    num_components: int = setting(128, "J, the mixture components of each student step", minimum=1)
+    hidden: int = setting(512, "units of each of the student's two hidden layers", minimum=1)
+    num_steps: int = setting(3000, "Adam updates of the student", minimum=1)
+    batch_size: int = setting(128, "trajectories per update (every step of each)", minimum=1)
+    learning_rate: float = setting(1e-3, "Adam learning rate", strictly_above=0.0)
+    log_every: int = setting(100, "updates between metrics rows", minimum=1)
+    checkpoint_every: int = setting(500, "updates between checkpoints (and at the end)", minimum=1)
 
 
 DIGITS_MODEL = dataclasses.replace(

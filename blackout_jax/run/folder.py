@@ -211,6 +211,7 @@ RESUMABLE_FIELDS = (
     "data.allow_large_test_share",
     "eval.*",
     "sampling.*",
+    "distill.*",
 )
 """Fields that may differ between a run folder's stored config and a run resuming it."""
 
@@ -222,6 +223,7 @@ INFERENCE_FIELDS = (
     "training.*",
     "eval.*",
     "sampling.*",
+    "distill.*",
 )
 """Fields that the inference modes (every mode but train) take from the command line; the others
 (the network, the data, the diffusion) come from the config stored in the run folder."""

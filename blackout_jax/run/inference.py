@@ -63,6 +63,8 @@ def sample_run(
     count vectors whose data name their features also store the ``feature_names`` in the npz
     and, with anndata installed (``pip install -e ".[cells]"``), write the samples as an
     ``.h5ad`` beside it."""
+    if config.sampling.student_calls:
+        return _sample_with_student(config, workdir, model)
     times = trained.model_sampling_times(config, workdir, model, dataset)
     draws = trained.sample_draws(config, model, times)
     path = _output_path(workdir, "sample", model.step, draws)
@@ -93,6 +95,47 @@ def sample_run(
         reporting.save_sample_grid(grid, model.max_count, path.with_suffix(".png"), columns=columns)
         shutil.rmtree(folder.sample_chunks_dir(workdir, model.step, draws), ignore_errors=True)
     print(f"wrote {len(samples)} samples of step {model.step} to {path}")
+    return path
+
+
+def _sample_with_student(
+    config: ExperimentConfig, workdir: str | os.PathLike[str], model: TrainedModel
+) -> Path:
+    """``sampling.num_samples`` samples of the ``sampling.student_calls``-call student
+    (:mod:`blackout_jax.run.distillation`) → ``samples/samples_<step>_student_<K>steps_...npz``
+    (``method`` = ``"student"``, ``student_step`` the student's checkpoint) + PNG."""
+    from blackout_jax.run import distillation
+
+    sampler = config.sampling
+    samples, times, student_step = distillation.draw_student_samples(config, workdir, model)
+    draws = folder.draws_name(
+        method="student",
+        num_steps=sampler.student_calls,
+        grid=None,
+        seed=config.seed,
+        settings={
+            "times": np.asarray(times, np.float32),
+            "student_step": student_step,
+            "start": sampler.start,
+            "chunk_size": sampler.batch_size,
+            "num_samples": sampler.num_samples,
+        },
+    )
+    path = _output_path(workdir, "sample", model.step, draws)
+    if parallel.is_primary():
+        reporting.write_npz(
+            path,
+            samples=samples,
+            method=np.asarray("student"),
+            num_steps=np.asarray(sampler.student_calls),
+            grid=np.asarray(times, np.float32),
+            seed=np.asarray(config.seed),
+            checkpoint_step=np.asarray(model.step),
+            student_step=np.asarray(student_step),
+            start=np.asarray(sampler.start),
+        )
+        reporting.save_sample_grid(samples[:100], model.max_count, path.with_suffix(".png"))
+    print(f"wrote {len(samples)} samples of the {sampler.student_calls}-call student to {path}")
     return path
 
 
