@@ -236,7 +236,7 @@ def _distill_part() -> None:
 
     from blackout_jax import distill
     from blackout_jax.metrics import digits_features
-    from blackout_jax.run import chunked, distillation, reporting, trained
+    from blackout_jax.run import chunked, distillation, reporting, students, trained
 
     if _CONFIG.value is None or _WORKDIR.value is None:
         raise app.UsageError("--part=distill needs --config and --workdir of a trained run")
@@ -285,7 +285,7 @@ def _distill_part() -> None:
         started = time.perf_counter()
         folder = distillation.distill_run(configs[k], workdir, dataset, model)
         print(f"{k}-call student: {time.perf_counter() - started:.0f} s wall", flush=True)
-        student, times, student_step = distillation.load_student(workdir, k)
+        student, times, student_step = students.load_student(workdir, k)
         cpu = _student_cpu_seconds(folder)
         candidates = [("student", "student", k, times)]
         for method in _METHODS.value:
@@ -341,13 +341,13 @@ def _share_teacher_states(config, workdir: str, model, student_grids: dict) -> N
     logit grid, written as each student's ``teacher_states.npz`` (students that have one keep
     it)."""
     from blackout_jax import distill
-    from blackout_jax.run import chunked, distillation, reporting
+    from blackout_jax.run import chunked, distillation, reporting, students
 
     settings = config.distill
     missing = {
         k: times
         for k, times in student_grids.items()
-        if not (distillation.student_dir(workdir, k) / distillation.TEACHER_STATES_FILE).exists()
+        if not (students.student_dir(workdir, k) / distillation.TEACHER_STATES_FILE).exists()
     }
     if not missing:
         return
@@ -380,7 +380,7 @@ def _share_teacher_states(config, workdir: str, model, student_grids: dict) -> N
     seconds = time.process_time() - started
     print(f"teacher trajectories: {seconds:.0f} CPU-s on {len(fine) - 1} steps", flush=True)
     for k, times in missing.items():
-        folder = distillation.student_dir(workdir, k)
+        folder = students.student_dir(workdir, k)
         folder.mkdir(parents=True, exist_ok=True)
         states = np.moveaxis(drawn[:, distill.grid_positions(fine, times)], 1, 0)
         reporting.write_npz(

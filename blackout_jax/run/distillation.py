@@ -1,9 +1,7 @@
 """``--mode=distill``: train the K-call mixture student of a trained run from its EMA teacher.
 
-The student (:mod:`blackout_jax.distill`) is a small MLP on the flattened counts and the step's
-times ``(log t, log max(s, 1e-4), [s = 0])``: two hidden SiLU layers of ``distill.hidden``
-units output ``J = distill.num_components`` rate maps ``yhat_j = (N - n_t) sigmoid(z_j)`` and
-``J`` mixture logits. Everything lives under ``WORKDIR/students/<K>calls/``:
+The student is the mixture MLP of :mod:`blackout_jax.run.students` (its step and law:
+:mod:`blackout_jax.distill`). Everything lives under ``WORKDIR/students/<K>calls/``:
 
 * ``teacher_states.npz``: the teacher's states at the student's times, ``states`` int8/int32
   ``(K + 1, M, ...)`` for ``M = distill.num_trajectories`` trajectories of
@@ -36,73 +34,13 @@ import optax
 
 from blackout_jax import distill, observation_times
 from blackout_jax.data import CountDataset
-from blackout_jax.run import checkpointing, chunked, parallel, reporting, trained
+from blackout_jax.run import checkpointing, chunked, parallel, reporting, students, trained
 from blackout_jax.run.config import ExperimentConfig
-from blackout_jax.run.streams import Stream, stream_key
+from blackout_jax.run.streams import DISTILL_STREAM
 from blackout_jax.run.trained import TrainedModel
 
-DISTILL_STREAM = 0x64697374
-"""Folded into ``key(seed)`` for every draw of ``--mode=distill`` (split in three: the
-student's initialisation, the teacher's trajectories, the minibatches)."""
-
-STUDENTS_DIR = "students"
 TEACHER_STATES_FILE = "teacher_states.npz"
 METRICS_FILE = "metrics.jsonl"
-_INITIAL_RATE_LOGIT = 2.0  # rates start at 0.88 of the room: they cover most teacher births
-_SMALLEST_S = 1e-4  # floor of s in the student's log-time feature (s = 0 at the last step)
-
-
-def student_dir(workdir: str | os.PathLike[str], num_calls: int) -> Path:
-    """``WORKDIR/students/<K>calls``: everything of the K-call student."""
-    return Path(workdir, STUDENTS_DIR, f"{num_calls}calls")
-
-
-def init_student(key: jax.Array, dim: int, num_components: int, hidden: int) -> dict[str, Any]:
-    """The MLP's parameters: ``(3 + D) -> hidden -> hidden -> J (D + 1)``, LeCun-normal weights,
-    the output layer scaled by 0.1 and its rate biases 2 (rates start near 0.88 of the room, so
-    that they cover most of the teacher's births, mixture weights near uniform)."""
-    sizes = (dim + 3, hidden, hidden, num_components * (dim + 1))
-    keys = jax.random.split(key, len(sizes) - 1)
-    params = {}
-    for index, (key, fan_in, fan_out) in enumerate(zip(keys, sizes[:-1], sizes[1:], strict=True)):
-        scale = (0.1 if index == len(sizes) - 2 else 1.0) / np.sqrt(fan_in)
-        params[f"w{index}"] = scale * jax.random.normal(key, (fan_in, fan_out), jnp.float32)
-        params[f"b{index}"] = jnp.zeros((fan_out,), jnp.float32)
-    last = f"b{len(sizes) - 2}"
-    params[last] = params[last].at[: num_components * dim].set(_INITIAL_RATE_LOGIT)
-    return params
-
-
-def apply_student(
-    params: dict[str, Any], counts: jax.Array, t: jax.Array, s: jax.Array, *, max_count: int
-) -> tuple[jax.Array, jax.Array]:
-    """``(rates (B, J, ...), logits (B, J))`` of the MLP for ``counts (B, ...)`` at ``t``,
-    ``s`` ``(B,)``: ``rates = (N - n_t) sigmoid(z)``."""
-    batch, shape = counts.shape[0], counts.shape[1:]
-    flat = counts.reshape(batch, -1).astype(jnp.float32)
-    dim = flat.shape[1]
-    t = jnp.asarray(t, jnp.float32)
-    s = jnp.asarray(s, jnp.float32)
-    times = jnp.stack([jnp.log(t), jnp.log(jnp.maximum(s, _SMALLEST_S)), (s <= 0.0) * 1.0], 1)
-    hidden = jnp.concatenate([flat / max_count, times], axis=1)
-    layers = len(params) // 2
-    for index in range(layers):
-        hidden = hidden @ params[f"w{index}"] + params[f"b{index}"]
-        if index < layers - 1:
-            hidden = jax.nn.silu(hidden)
-    num_components = hidden.shape[1] // (dim + 1)
-    rates = jax.nn.sigmoid(hidden[:, : num_components * dim].reshape(batch, num_components, dim))
-    rates = (max_count - flat)[:, None, :] * rates
-    return rates.reshape(batch, num_components, *shape), hidden[:, num_components * dim :]
-
-
-def student_fn(params: dict[str, Any], max_count: int) -> jax.tree_util.Partial:
-    """:func:`apply_student` as a ``distill.StudentFn``, the parameters traced arguments."""
-    return jax.tree_util.Partial(_apply_with_count, params, jnp.asarray(max_count, jnp.float32))
-
-
-def _apply_with_count(params, max_count, counts, t, s):
-    return apply_student(params, counts, t, s, max_count=max_count)
 
 
 def student_times(
@@ -128,7 +66,7 @@ def teacher_states(
     """The teacher's states at ``times``, ``(K + 1, M, ...)``: read from
     ``teacher_states.npz`` or drawn and written there (see the module's docstring)."""
     settings = config.distill
-    path = student_dir(workdir, settings.num_calls) / TEACHER_STATES_FILE
+    path = students.student_dir(workdir, settings.num_calls) / TEACHER_STATES_FILE
     if path.exists():
         with np.load(path) as stored:
             if np.allclose(stored["times"], times) and stored["states"].shape[1] == (
@@ -174,7 +112,7 @@ def teacher_states(
 def _train_step(optimizer, max_count: int):
     def loss(params, states, times):
         return distill.distillation_loss(
-            student_fn(params, max_count), states, times, max_count=max_count
+            students.student_fn(params, max_count), states, times, max_count=max_count
         )
 
     @jax.jit
@@ -205,13 +143,13 @@ def distill_run(
             f"config field distill.num_calls must be >= 1 for --mode=distill, got "
             f"{settings.num_calls}"
         )
-    folder = student_dir(workdir, settings.num_calls)
+    folder = students.student_dir(workdir, settings.num_calls)
     times = student_times(config, workdir, model, dataset)
     states = teacher_states(config, workdir, model, times)
     dim = int(np.prod(model.image_shape))
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(settings.learning_rate))
     init_key, _, key = _distill_keys(config.seed)
-    params = init_student(init_key, dim, settings.num_components, settings.hidden)
+    params = students.init_student(init_key, dim, settings.num_components, settings.hidden)
     state = {"params": params, "opt_state": optimizer.init(params)}
     store = checkpointing.CheckpointStore(
         folder / "checkpoints",
@@ -228,14 +166,69 @@ def distill_run(
         "max_count": model.max_count,
         "image_shape": list(model.image_shape),
     }
-    start, cpu_seconds = 0, 0.0
-    if store.latest_step() is not None:
-        restored = store.restore(None, jax.tree.map(_abstract, state))
-        start, state = restored.step, restored.state
-        cpu_seconds = float(restored.data_iterator.get("cpu_seconds", 0.0))
-        print(f"resuming the {settings.num_calls}-call student at step {start}", flush=True)
-    step = _train_step(optimizer, model.max_count)
-    device_times = jnp.asarray(times)
+    start, state, cpu_seconds = _restore_student(store, state, metadata)
+    _fit_student(
+        folder,
+        store,
+        optimizer,
+        state,
+        (states, jnp.asarray(times)),
+        key,
+        start,
+        config.distill,
+        model.max_count,
+        cpu_seconds,
+        metadata,
+    )
+    print(f"the {settings.num_calls}-call student is in {folder}", flush=True)
+    return folder
+
+
+def _restore_student(
+    store: checkpointing.CheckpointStore, state: dict[str, Any], metadata: dict[str, Any]
+) -> tuple[int, dict[str, Any], float]:
+    """``(step, state, CPU seconds)`` of the newest student checkpoint, or of a fresh start.
+
+    Raises:
+      CheckpointMismatchError: the stored student has other settings (named field by field).
+    """
+    step = store.latest_step()
+    if step is None:
+        return 0, state, 0.0
+    stored = store.read_json(step, "metadata")
+    changed = [
+        f"{name}: {stored.get(name)} -> {value}"
+        for name, value in metadata.items()
+        if stored.get(name) != value
+    ]
+    if changed:
+        raise checkpointing.CheckpointMismatchError(
+            f"the student in {store.directory} was trained with other settings "
+            f"({'; '.join(changed)}): use the settings it was trained with, or remove that folder"
+        )
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    restored = store.restore(step, checkpointing.abstract_like(state, sharding))
+    print(f"resuming the {metadata['num_calls']}-call student at step {step}", flush=True)
+    return step, restored.state, float(restored.data_iterator.get("cpu_seconds", 0.0))
+
+
+def _fit_student(
+    folder: Path,
+    store: checkpointing.CheckpointStore,
+    optimizer: optax.GradientTransformation,
+    state: dict[str, Any],
+    trajectories: tuple[np.ndarray, jax.Array],
+    key: jax.Array,
+    start: int,
+    settings: Any,
+    max_count: int,
+    cpu_seconds: float,
+    metadata: dict[str, Any],
+) -> None:
+    """Updates ``start + 1 .. distill.num_steps`` on minibatches of the teacher's
+    ``trajectories`` (states ``(K + 1, M, ...)``, times ``(K + 1,)``); logged and checkpointed."""
+    states, times = trajectories
+    step = _train_step(optimizer, max_count)
     params, opt_state = state["params"], state["opt_state"]
     for update in range(start + 1, settings.num_steps + 1):
         started = time.process_time()
@@ -243,13 +236,13 @@ def distill_run(
             jax.random.fold_in(key, update), states.shape[1], (settings.batch_size,)
         )
         batch = jnp.asarray(states[:, np.asarray(rows)]).astype(jnp.int32)
-        params, opt_state, loss = step(params, opt_state, batch, device_times)
-        if update % settings.log_every == 0 or update == settings.num_steps:
+        params, opt_state, loss = step(params, opt_state, batch, times)
+        last = update == settings.num_steps
+        if update % settings.log_every == 0 or last:
             loss = float(loss)
         cpu_seconds += time.process_time() - started
-        if update % settings.log_every == 0 or update == settings.num_steps:
+        if update % settings.log_every == 0 or last:
             _log(folder, update, loss, cpu_seconds)
-        last = update == settings.num_steps
         if update % settings.checkpoint_every == 0 or last:
             store.save(
                 update,
@@ -260,17 +253,11 @@ def distill_run(
             )
     store.wait()
     store.close()
-    print(f"the {settings.num_calls}-call student is in {folder}", flush=True)
-    return folder
 
 
 def _distill_keys(seed: int) -> jax.Array:
     """The keys of the initialisation, the teacher's trajectories and the minibatches."""
     return jax.random.split(jax.random.fold_in(jax.random.key(seed), DISTILL_STREAM), 3)
-
-
-def _abstract(leaf: Any) -> Any:
-    return jax.ShapeDtypeStruct(np.shape(leaf), jnp.asarray(leaf).dtype)
 
 
 def _log(folder: Path, update: int, loss: float, cpu_seconds: float) -> None:
@@ -282,67 +269,3 @@ def _log(folder: Path, update: int, loss: float, cpu_seconds: float) -> None:
     if parallel.is_primary():
         with open(folder / METRICS_FILE, "a", encoding="utf-8") as file:
             file.write(json.dumps(row) + "\n")
-
-
-def load_student(
-    workdir: str | os.PathLike[str], num_calls: int
-) -> tuple[jax.tree_util.Partial, np.ndarray, int]:
-    """``(student_fn, times, step)`` of the newest checkpoint of the ``num_calls``-call student.
-
-    Raises:
-      FileNotFoundError: no such student (train it with ``--mode=distill``).
-    """
-    folder = student_dir(workdir, num_calls)
-    store = checkpointing.CheckpointStore(
-        folder / "checkpoints", checkpoint_every=1, keep_checkpoints=2**31 - 1, async_save=False
-    )
-    try:
-        step = store.latest_step()
-        if step is None:
-            raise FileNotFoundError(
-                f"no {num_calls}-call student in {folder}: train it with --mode=distill "
-                f"--config.distill.num_calls={num_calls}"
-            )
-        metadata = store.read_json(step, "metadata")
-        dim = int(np.prod(metadata["image_shape"]))
-        template = init_student(
-            jax.random.key(0), dim, metadata["num_components"], metadata["hidden"]
-        )
-        _, tree = store.restore_part(step, {"params": jax.tree.map(_abstract_here, template)})
-    finally:
-        store.close()
-    fn = student_fn(tree["params"], metadata["max_count"])
-    return fn, np.asarray(metadata["times"], np.float32), int(step)
-
-
-def _abstract_here(leaf: Any) -> Any:
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    return jax.ShapeDtypeStruct(np.shape(leaf), jnp.asarray(leaf).dtype, sharding=sharding)
-
-
-def draw_student_samples(
-    config: ExperimentConfig, workdir: str | os.PathLike[str], model: TrainedModel
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """``(samples (num_samples, ...), times, student step)`` of the ``sampling.student_calls``
-    student, in chunks of ``sampling.batch_size`` (chunk ``i`` with ``fold_in(key, i)``)."""
-    sampler = config.sampling
-    fn, times, step = load_student(workdir, sampler.student_calls)
-
-    def draw(key: jax.Array) -> jax.Array:
-        return distill.sample_student(
-            key,
-            fn,
-            (sampler.batch_size, *model.image_shape),
-            times,
-            max_count=model.max_count,
-            start=sampler.start,
-        )
-
-    samples = chunked.run_in_chunks(
-        jax.random.fold_in(stream_key(config.seed, Stream.SAMPLE), model.step),
-        draw,
-        num_examples=sampler.num_samples,
-        chunk_size=sampler.batch_size,
-        description="student samples",
-    )
-    return np.asarray(samples, np.int32), times, step

@@ -18,6 +18,7 @@ A run folder (``--workdir``) holds::
     imputed/               imputed_<step>_<draws>.npz + .png of --mode=impute
     unthinned/             unthinned_<step>_<draws>.npz + .png of --mode=unthin
     grids/                 optimised_<step>_<K>.json, fitted sampler grids
+    students/<K>calls/     the K-call students of --mode=distill (checkpoints, metrics.jsonl)
 
 ``<step>`` is the checkpoint's step and ``<draws>`` (:func:`draws_name`) names what the draws
 came from: ``<method>_<K>steps_<grid>_seed<seed>_<digest>``, e.g.
@@ -57,6 +58,7 @@ LOSS_CURVE_FILE = "loss_curve.png"
 CHECKPOINTS_DIR = "checkpoints"
 SAMPLES_DIR = "samples"
 GRIDS_DIR = "grids"
+STUDENTS_DIR = "students"
 
 COMMAND_OUTPUTS = {
     "sample": (SAMPLES_DIR, "samples_{step}_{draws}.npz"),
@@ -73,6 +75,7 @@ FOLDERS = (
     CHECKPOINTS_DIR,
     TENSORBOARD_DIR,
     GRIDS_DIR,
+    STUDENTS_DIR,
     *dict.fromkeys(folder for folder, _ in COMMAND_OUTPUTS.values()),
 )
 """The run folder's folders."""

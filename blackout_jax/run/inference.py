@@ -32,7 +32,6 @@ takes files before any work (a read-only run folder is named at once, not after 
 
 from __future__ import annotations
 
-import errno
 import importlib.util
 import os
 import shutil
@@ -45,7 +44,7 @@ import numpy as np
 
 from blackout_jax import sampling
 from blackout_jax.data import CountDataset, inputs, write_count_matrix
-from blackout_jax.run import chunked, evaluation, folder, parallel, reporting, trained
+from blackout_jax.run import chunked, evaluation, folder, outputs, parallel, reporting, trained
 from blackout_jax.run import config as config_lib
 from blackout_jax.run.config import ExperimentConfig
 from blackout_jax.run.progress import sampler_progress
@@ -64,10 +63,12 @@ def sample_run(
     and, with anndata installed (``pip install -e ".[cells]"``), write the samples as an
     ``.h5ad`` beside it."""
     if config.sampling.student_calls:
-        return _sample_with_student(config, workdir, model)
+        from blackout_jax.run import students
+
+        return students.student_sample_run(config, workdir, model)
     times = trained.model_sampling_times(config, workdir, model, dataset)
     draws = trained.sample_draws(config, model, times)
-    path = _output_path(workdir, "sample", model.step, draws)
+    path = outputs.writable_output(workdir, "sample", model.step, draws)
     samples = trained.draw_samples(config, workdir, model, times)
     if parallel.is_primary():
         sampler = config.sampling
@@ -98,47 +99,6 @@ def sample_run(
     return path
 
 
-def _sample_with_student(
-    config: ExperimentConfig, workdir: str | os.PathLike[str], model: TrainedModel
-) -> Path:
-    """``sampling.num_samples`` samples of the ``sampling.student_calls``-call student
-    (:mod:`blackout_jax.run.distillation`) → ``samples/samples_<step>_student_<K>steps_...npz``
-    (``method`` = ``"student"``, ``student_step`` the student's checkpoint) + PNG."""
-    from blackout_jax.run import distillation
-
-    sampler = config.sampling
-    samples, times, student_step = distillation.draw_student_samples(config, workdir, model)
-    draws = folder.draws_name(
-        method="student",
-        num_steps=sampler.student_calls,
-        grid=None,
-        seed=config.seed,
-        settings={
-            "times": np.asarray(times, np.float32),
-            "student_step": student_step,
-            "start": sampler.start,
-            "chunk_size": sampler.batch_size,
-            "num_samples": sampler.num_samples,
-        },
-    )
-    path = _output_path(workdir, "sample", model.step, draws)
-    if parallel.is_primary():
-        reporting.write_npz(
-            path,
-            samples=samples,
-            method=np.asarray("student"),
-            num_steps=np.asarray(sampler.student_calls),
-            grid=np.asarray(times, np.float32),
-            seed=np.asarray(config.seed),
-            checkpoint_step=np.asarray(model.step),
-            student_step=np.asarray(student_step),
-            start=np.asarray(sampler.start),
-        )
-        reporting.save_sample_grid(samples[:100], model.max_count, path.with_suffix(".png"))
-    print(f"wrote {len(samples)} samples of the {sampler.student_calls}-call student to {path}")
-    return path
-
-
 def evaluate_run(
     config: ExperimentConfig,
     workdir: str | os.PathLike[str],
@@ -149,7 +109,7 @@ def evaluate_run(
     ``eval/metrics_<step>_<draws>.json`` (:func:`blackout_jax.run.evaluation.evaluate_model`;
     ``<draws>``: :func:`blackout_jax.run.evaluation.evaluation_draws`) and the same results
     in ``eval/metrics_<step>.json``, the latest evaluation of that step. Returns the first."""
-    latest = _output_path(workdir, "evaluate", model.step)
+    latest = outputs.writable_output(workdir, "evaluate", model.step)
     results = evaluation.evaluate_model(config, workdir, dataset, model)
     draws = evaluation.evaluation_draws(config, results)
     path, latest = folder.evaluation_outputs(workdir, model.step, draws)
@@ -209,7 +169,7 @@ def impute_run(
             "mask": mask,
         },
     )
-    path = _output_path(workdir, "impute", model.step, draws)
+    path = outputs.writable_output(workdir, "impute", model.step, draws)
 
     def complete(key: jax.Array, observed_counts: jax.Array, observed: jax.Array) -> jax.Array:
         return sampling.impute(
@@ -289,7 +249,7 @@ def unthin_run(
     )
     per_sample = sampler.num_posterior_samples
     sharding = parallel.batch_sharding_for(sampler.batch_size)
-    path = _output_path(
+    path = outputs.writable_output(
         workdir, "unthin", model.step, _unthinning_draws(config, model, counts, survival)
     )
 
@@ -398,42 +358,3 @@ def _sampler_record(config: ExperimentConfig, times: jax.Array, step: int) -> di
         "seed": np.asarray(config.seed),
         "checkpoint_step": np.asarray(step),
     }
-
-
-def _output_path(workdir: str | os.PathLike[str], mode: str, step: int, draws: str = "") -> Path:
-    """:func:`~blackout_jax.run.folder.command_output`, its folder checked for writing by the
-    primary host before any work, the outcome passed to every process
-    (:func:`~blackout_jax.run.parallel.primary_text`): a read-only run folder is named now,
-    not after the draws, by every process alike.
-    A file is created and removed in the folder, or in the nearest one above it that exists;
-    nothing is left behind, not even the folder.
-
-    Raises:
-      OSError: with ``filename`` the output's folder.
-    """
-    path = folder.command_output(workdir, mode, step, draws)
-    problem, error = "", None
-    if parallel.is_primary():
-        try:
-            _check_writable(path.parent)
-        except OSError as found:
-            problem, error = str(found.errno or errno.EIO), found
-    problem = parallel.primary_text(problem)  # every process stops alike
-    if error is not None:
-        raise error
-    if problem:
-        raise OSError(int(problem), os.strerror(int(problem)), os.fspath(path.parent))
-    return path
-
-
-def _check_writable(directory: Path) -> None:
-    existing = directory
-    while not existing.is_dir() and existing != existing.parent:
-        existing = existing.parent
-    probe = existing / ".writable"
-    try:
-        reporting.write_atomically(probe, lambda file: None)
-        probe.unlink()
-    except OSError as error:
-        error.filename = os.fspath(directory)
-        raise

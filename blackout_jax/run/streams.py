@@ -35,3 +35,8 @@ def stream_key(seed: int, stream: Stream) -> jax.Array:
 
 LABEL_DROPOUT_STREAM = 0x6C61626C
 """Folded into a training step's key for the label dropout of conditional models."""
+
+
+DISTILL_STREAM = 0x64697374
+"""Folded into ``key(seed)`` for every draw of ``--mode=distill`` (split in three: the
+student's initialisation, the teacher's trajectories, the minibatches)."""

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from blackout_jax.run import chunked, cli, inference, parallel, safety, train
+from blackout_jax.run import chunked, cli, outputs, parallel, safety, train
 from blackout_jax.run.lock import RunFolderInUseError, RunFolderLock
 
 
@@ -75,7 +75,7 @@ def test_a_folder_process_0_cannot_write_is_the_same_line_on_every_process(tmp_p
     monkeypatch.setattr(parallel, "is_primary", lambda: False)
     monkeypatch.setattr(parallel, "primary_text", lambda text: str(errno.EROFS))
     with pytest.raises(OSError) as raised:
-        inference._output_path(tmp_path, "evaluate", 6)
+        outputs.writable_output(tmp_path, "evaluate", 6)
     assert raised.value.errno == errno.EROFS
     primary = OSError(errno.EROFS, os.strerror(errno.EROFS), os.fspath(tmp_path / "eval"))
     assert cli.write_problem(raised.value) == cli.write_problem(primary)
@@ -87,7 +87,7 @@ def test_a_folder_process_0_cannot_write_is_the_same_line_on_every_process(tmp_p
 def test_a_writable_folder_passes_on_every_process(tmp_path, monkeypatch):
     monkeypatch.setattr(parallel, "is_primary", lambda: False)
     monkeypatch.setattr(parallel, "primary_text", lambda text: "")
-    assert inference._output_path(tmp_path, "evaluate", 6) == tmp_path / "eval" / "metrics_6.json"
+    assert outputs.writable_output(tmp_path, "evaluate", 6) == tmp_path / "eval" / "metrics_6.json"
 
 
 def test_a_run_folder_held_by_another_trainer_stops_every_process_alike(tmp_path, monkeypatch):
