@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from blackout_jax import argument_checks, functional, likelihood, process, sampling
+from blackout_jax import argument_checks, functional, process, sampling
 
 Array = jax.Array
 StudentFn = Callable[[Array, Array, Array], tuple[Array, Array]]
@@ -49,7 +49,7 @@ _LEAK_RATE_FLOOR = 0.01  # keeps the leak's Poisson mean positive
 def _log_bridge_terms(s: Array, t: Array, ndim: int) -> tuple[Array, Array]:
     """``(log r, log(1 - r))`` of the step ``t -> s`` broadcast against ``ndim``-axis counts
     (``t``, ``s``: scalars or ``(B,)``)."""
-    log_r, log_one_minus_r = process._bridge_log_probabilities(s, t)
+    log_r, log_one_minus_r = process.bridge_log_probabilities(s, t)
 
     def per_example(value: Array) -> Array:
         return value if value.ndim == 0 else value.reshape(value.shape + (1,) * (ndim - 1))
@@ -232,10 +232,7 @@ def _run_student(
     start: str,
 ) -> Array:
     prior_key, loop_key = jax.random.split(key)
-    if start == "zeros":
-        state = jnp.zeros(shape, jnp.int32)
-    else:
-        state = likelihood.prior_sample(prior_key, shape, t_end=times[-1], max_count=max_count)
+    state = sampling.initial_state(prior_key, shape, times[-1], start, None, None, max_count)
     num_steps = times.shape[0] - 1
     batch = jnp.ones((shape[0],), jnp.float32)
 
@@ -295,10 +292,7 @@ def _run_teacher(
     start: str,
 ) -> Array:
     prior_key, loop_key = jax.random.split(key)
-    if start == "zeros":
-        state = jnp.zeros(shape, jnp.int32)
-    else:
-        state = likelihood.prior_sample(prior_key, shape, t_end=times[-1], max_count=max_count)
+    state = sampling.initial_state(prior_key, shape, times[-1], start, None, None, max_count)
     batch = shape[0]
 
     def predict(counts: Array, t: Array) -> Array:

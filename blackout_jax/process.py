@@ -109,7 +109,7 @@ def bridge_probability(s: Array, t: Array) -> Array:
     return jnp.exp(-s) * jnp.expm1(-(t - s)) / jnp.expm1(-t)
 
 
-def _bridge_log_probabilities(s: Array, t: Array) -> tuple[Array, Array]:
+def bridge_log_probabilities(s: Array, t: Array) -> tuple[Array, Array]:
     """``(log r, log(1 - r))`` to float32 relative precision (no cancellation near 0 or 1).
 
     Both ``r = exp(-s) expm1(-(t - s)) / expm1(-t)`` and ``1 - r = expm1(-s) / expm1(-t)`` are
@@ -139,7 +139,7 @@ def bridge_log_prob(ns: Array, nt: Array, n0: Array, s: Array, t: Array) -> Arra
         argument_checks.check_counts(name, counts)
     argument_checks.check_times("s", s)
     argument_checks.check_earlier(s, t)
-    log_r, log_one_minus_r = _bridge_log_probabilities(s, t)
+    log_r, log_one_minus_r = bridge_log_probabilities(s, t)
     ns = jnp.asarray(ns, jnp.float32)
     nt = jnp.asarray(nt, jnp.float32)
     n0 = jnp.asarray(n0, jnp.float32)

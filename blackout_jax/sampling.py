@@ -588,7 +588,7 @@ def _pick_particle(key: Array, state: ParticleState) -> Array:
     ]
 
 
-def _initial_state(
+def initial_state(
     key: Array,
     shape: tuple[int, ...],
     t_end: Array,
@@ -656,7 +656,7 @@ def _run_sampler(
         constrain=functools.partial(_constrain, sharding=sharding),
     )
     t_end = _per_example(times[..., -1], len(shape))
-    state = _initial_state(prior_key, shape, t_end, start, initial_counts, observations, max_count)
+    state = initial_state(prior_key, shape, t_end, start, initial_counts, observations, max_count)
     state = context.constrain(state)
     step = STEPS[method]
     num_steps = times.shape[-1] - 1
