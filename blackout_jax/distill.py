@@ -207,10 +207,7 @@ def sample_student(
     ``(K + 1,)`` (``times[0] = 0``): from the start of :func:`blackout_jax.sample` at
     ``times[-1]``, step ``k`` (``t_k -> t_{k-1}``) draws :func:`student_step` with key
     ``fold_in(loop_key, k)``. Returns int32 counts of ``shape`` in ``0..max_count``."""
-    if start not in sampling.STARTS:
-        raise ValueError(f"start must be one of {sampling.STARTS}, got {start!r}")
-    argument_checks.check_max_count(max_count)
-    argument_checks.check_time_grid(times)
+    _check_loop_arguments(start, max_count, times)
     return _run_student(
         key,
         functional.as_partial(student_fn),
@@ -219,6 +216,15 @@ def sample_student(
         max_count=int(max_count),
         start=start,
     )
+
+
+def _check_loop_arguments(start: str, max_count: int, times: Array) -> None:
+    """``start`` one of :data:`blackout_jax.sampling.STARTS`, ``max_count`` an int >= 1 and
+    ``times`` an increasing grid from 0 (``ValueError`` naming the argument otherwise)."""
+    if start not in sampling.STARTS:
+        raise ValueError(f"start must be one of {sampling.STARTS}, got {start!r}")
+    argument_checks.check_max_count(max_count)
+    argument_checks.check_time_grid(times)
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "max_count", "start"))
@@ -265,10 +271,7 @@ def teacher_trajectories(
     """
     if method not in sampling.METHODS:
         raise ValueError(f"method must be one of {sampling.METHODS}, got {method!r}")
-    if start not in sampling.STARTS:
-        raise ValueError(f"start must be one of {sampling.STARTS}, got {start!r}")
-    argument_checks.check_max_count(max_count)
-    argument_checks.check_time_grid(times)
+    _check_loop_arguments(start, max_count, times)
     return _run_teacher(
         key,
         functional.as_partial(predict_fn),
