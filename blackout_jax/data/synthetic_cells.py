@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from scipy import special, stats
+from scipy import special
 
 NUM_CELLS = 1200
 NUM_GENES = 64
@@ -68,6 +68,14 @@ def log_prob(counts: np.ndarray) -> np.ndarray:
     (the type summed out: ``log sum_c (1/K) prod_g NB(n_g; mu_{c,g}, r_g)``)."""
     means, shapes = parameters()
     counts = np.asarray(counts, np.float64)[:, None, :]
-    success = shapes / (shapes + means)  # scipy's nbinom(n=r, p=r / (r + mu))
-    per_type = stats.nbinom.logpmf(counts, shapes, success).sum(axis=-1)
+    # log NB(n; mu, r) = log G(n + r) - log G(r) - log n! + r log(r / (r + mu))
+    #                    + n log(mu / (r + mu))
+    per_entry = (
+        special.gammaln(counts + shapes)
+        - special.gammaln(shapes)
+        - special.gammaln(counts + 1.0)
+        + shapes * np.log(shapes / (shapes + means))
+        + special.xlogy(counts, means / (shapes + means))
+    )
+    per_type = per_entry.sum(axis=-1)
     return special.logsumexp(per_type, axis=1) - np.log(NUM_TYPES)

@@ -11,7 +11,8 @@ log`. The same object serves three uses:
 * the compiled samplers of :mod:`blackout_jax.sampling`, whose ``progress`` argument is a
   callable ``(steps_done, total)``: the reporter itself (:meth:`~ProgressReporter.__call__`),
   one object for every run of the process (:func:`sampler_progress`), since the samplers are
-  compiled once per progress callback.
+  compiled once per progress callback; on a terminal only, so that elsewhere the sampler's
+  program comes from the persistent compilation cache.
 """
 
 from __future__ import annotations
@@ -188,8 +189,16 @@ def _sampler_reporter() -> ProgressReporter:
     return ProgressReporter(0, description="sampling")
 
 
-def sampler_progress(show: bool = True) -> ProgressReporter | None:
+def sampler_progress(show: bool = True, *, terminal: bool | None = None) -> ProgressReporter | None:
     """The ``progress`` argument of :func:`blackout_jax.sample`, :func:`~blackout_jax.impute`
     and :func:`~blackout_jax.unthin`: one reporter for every sampler run of this process (so
-    one compilation serves them all) when ``show`` (the primary host), else ``None``."""
-    return _sampler_reporter() if show else None
+    one compilation serves them all) when ``show`` (the primary host) and stderr is a terminal
+    (``terminal``, default ``sys.stderr.isatty()``), else ``None``.
+
+    Without a terminal (logs, batch jobs) the sampler runs without a progress callback, so its
+    program is loaded from the persistent compilation cache: JAX keeps programs with host
+    callbacks out of that cache, and the sampler, network included, would be compiled again by
+    every command (about 3 s for configs/tiny.py, far more for the reference networks). The
+    chunks of a command still report there (:meth:`ProgressReporter.track`)."""
+    terminal = sys.stderr.isatty() if terminal is None else terminal
+    return _sampler_reporter() if show and terminal else None

@@ -80,7 +80,7 @@ def main() -> None:
                     (args.chunk_size, *IMAGE_SHAPE),
                     times,
                     max_count=MAX_COUNT,
-                    progress=sampler_progress(progress),
+                    progress=sampler_progress(progress, terminal=True),
                 )
                 if progress:
                     jax.effects_barrier()  # every progress line has been written

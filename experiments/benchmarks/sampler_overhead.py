@@ -121,7 +121,7 @@ def main() -> None:
                 times,
                 max_count=MAX_COUNT,
                 method=method,
-                progress=sampler_progress(progress),
+                progress=sampler_progress(progress, terminal=True),
             )
             draws.block_until_ready()
             if progress:

@@ -9,9 +9,7 @@ from blackout_jax.run import reporting
 from tests.cli import run_main
 
 NO_GRID = "--config.eval.num_grid_samples=0"
-"""Evaluations without the sample grid, for training runs whose grid nothing checks: the
-sampler is compiled again in every process (its progress callback keeps it out of the
-persistent compilation cache), the other evaluation programs load from the cache."""
+"""Evaluations without the sample grid, for training runs whose grid nothing checks."""
 
 
 def run_tiny(workdir, *flags):

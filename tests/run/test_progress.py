@@ -59,9 +59,12 @@ def test_the_callback_form_starts_a_new_loop_when_the_count_falls(capsys):
     assert reporter.total == 4
 
 
-def test_the_sampler_reporter_is_one_object_on_the_primary_host_only():
-    assert progress.sampler_progress() is progress.sampler_progress(True)
-    assert progress.sampler_progress(False) is None
+def test_the_sampler_reporter_is_one_object_on_the_primary_host_of_a_terminal_only():
+    reporter = progress.sampler_progress(terminal=True)
+    assert reporter is not None
+    assert progress.sampler_progress(True, terminal=True) is reporter
+    assert progress.sampler_progress(False, terminal=True) is None
+    assert progress.sampler_progress(True, terminal=False) is None
 
 
 def test_the_sampler_reports_its_steps(capsys):
@@ -76,7 +79,7 @@ def test_the_sampler_reports_its_steps(capsys):
         (2, 3),
         times,
         max_count=4,
-        progress=progress.sampler_progress(),
+        progress=progress.sampler_progress(terminal=True),
     ).block_until_ready()
     jax.effects_barrier()
     lines = capsys.readouterr().err.splitlines()
