@@ -136,8 +136,15 @@ def main(argv: list[str]) -> None:
         logging.set_verbosity(logging.WARNING)  # keep the console for progress lines
     from blackout_jax.run import safety
 
-    with safety.StopAtOnce(lambda name: f"{name} received: stopped at once, with nothing unsaved"):
-        _run_mode()
+    try:
+        with safety.StopAtOnce(
+            lambda name: f"{name} received: stopped at once, with nothing unsaved"
+        ):
+            _run_mode()
+    finally:  # the work is over: a signal while exiting acts as usual, not "while starting"
+        if _started_as_command():
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _run_mode() -> None:
@@ -240,6 +247,12 @@ def _use_trained_run(mode: str, workdir: str) -> None:
 
 def run() -> None:
     """The ``blackout-jax`` console command: ``main`` under absl with this module's parsing."""
+    from blackout_jax.run import compilation_cache
+
+    try:  # before anything imports JAX, which refuses a bad value with a traceback
+        compilation_cache.max_size_from_environment()
+    except ValueError as error:
+        cli.fail(str(error))
     parse = functools.partial(
         cli.parse_flags, config_flag=_CONFIG, help_text=lambda: cli.help_text(MODES, _OWN_FLAGS)
     )

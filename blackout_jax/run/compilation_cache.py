@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import os
 
-import jax
-
 ENVIRONMENT_VARIABLE = "JAX_COMPILATION_CACHE_DIR"
 OFF_VALUES = ("", "off", "none", "0")
 MAX_SIZE_VARIABLE = "JAX_COMPILATION_CACHE_MAX_SIZE"
@@ -87,6 +85,8 @@ def enable_persistent_cache(environ: dict[str, str] | None = None) -> str | None
     Raises:
       ValueError: ``JAX_COMPILATION_CACHE_MAX_SIZE`` is not an integer >= -1.
     """
+    import jax  # here, so that the command can check the variables before JAX reads them
+
     path = cache_dir_from_environment(environ)
     if path is not None:
         jax.config.update("jax_compilation_cache_max_size", max_size_from_environment(environ))

@@ -70,6 +70,29 @@ def test_a_bound_that_is_not_a_number_of_bytes_is_named(value):
         compilation_cache.max_size_from_environment({variable: value})
 
 
+def test_the_command_names_a_bad_bound_before_jax_reads_it():
+    env = dict(cpu_environment(), JAX_COMPILATION_CACHE_MAX_SIZE="2G")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "blackout_jax.main",
+            "--config=configs/tiny.py",
+            "--mode=show_config",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "error: JAX_COMPILATION_CACHE_MAX_SIZE='2G' is not a number of bytes (an integer >= 0, "
+        "or -1 for no bound)"
+    ]
+
+
 def test_enabling_the_cache_sets_the_bound(tmp_path):
     with jax_settings(jax_compilation_cache_dir=None, jax_compilation_cache_max_size=-1):
         folder = compilation_cache.enable_persistent_cache(
