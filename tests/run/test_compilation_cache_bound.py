@@ -11,7 +11,7 @@ import jax
 import pytest
 
 from blackout_jax.run import compilation_cache
-from tests.cli import REPO_ROOT, cpu_environment
+from tests.cli import REPO_ROOT, cpu_environment, run_main
 from tests.conftest import jax_settings
 
 COMPILE_PROGRAMS = textwrap.dedent(
@@ -70,22 +70,9 @@ def test_a_bound_that_is_not_a_number_of_bytes_is_named(value):
         compilation_cache.max_size_from_environment({variable: value})
 
 
-def test_the_command_names_a_bad_bound_before_jax_reads_it():
-    env = dict(cpu_environment(), JAX_COMPILATION_CACHE_MAX_SIZE="2G")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "blackout_jax.main",
-            "--config=configs/tiny.py",
-            "--mode=show_config",
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def test_the_command_names_a_bad_bound_before_jax_reads_it(monkeypatch):
+    monkeypatch.setenv("JAX_COMPILATION_CACHE_MAX_SIZE", "2G")
+    result = run_main("--config=configs/tiny.py", "--mode=show_config")
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         "error: JAX_COMPILATION_CACHE_MAX_SIZE='2G' is not a number of bytes (an integer >= 0, "
