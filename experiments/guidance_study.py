@@ -41,13 +41,20 @@ from ml_collections import config_flags
 
 from blackout_jax.run.config import balanced_labels
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config of the trained run.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run folder with checkpoints.")
-_SCALES = flags.DEFINE_list("scales", ["0", "0.5", "1", "2", "4"], "Guidance scales w.")
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
-_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 300, "Samples per (scale, seed).")
-_GRID_PER_CLASS = flags.DEFINE_integer("grid_per_class", 6, "Samples per class and scale (PNG).")
-_OUT_DIR = flags.DEFINE_string("out_dir", "experiments/results", "Where results go.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The study's flags, defined only when it runs as a program: importing its helpers (the
+    tests do) defines no flag that another absl program, such as the command line, also has."""
+    config_flags.DEFINE_config_file("config", None, "Config of the trained run.")
+    flags.DEFINE_string("workdir", None, "Run folder with checkpoints.")
+    flags.DEFINE_list("scales", ["0", "0.5", "1", "2", "4"], "Guidance scales w.")
+    flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
+    flags.DEFINE_integer("num_samples", 300, "Samples per (scale, seed).")
+    flags.DEFINE_integer("grid_per_class", 6, "Samples per class and scale (PNG).")
+    flags.DEFINE_string("out_dir", "experiments/results", "Where results go.")
+
 
 NULL_ROW = "null"
 METRICS = ("label_accuracy", "fd_over_floor", "class_entropy")
@@ -111,16 +118,16 @@ def main(argv: list[str]) -> None:
     from blackout_jax.run import chunked, reporting, trained
     from blackout_jax.run import config as config_lib
 
-    if _CONFIG.value is None or _WORKDIR.value is None:
+    if FLAGS.config is None or FLAGS.workdir is None:
         raise app.UsageError("needs --config and --workdir of a trained conditional digits run")
-    config, dataset, model = trained.open_trained_run(_CONFIG.value, _WORKDIR.value)
+    config, dataset, model = trained.open_trained_run(FLAGS.config, FLAGS.workdir)
     num_classes = config.model.num_classes
     if config.data.name != "digits" or not num_classes:
         raise app.UsageError("the study needs a class-conditional digits run")
     times = config_lib.fixed_sampling_times(config)
-    num_samples = _NUM_SAMPLES.value
+    num_samples = FLAGS.num_samples
     labels = balanced_labels(num_samples, num_classes)
-    scales = [float(s) for s in _SCALES.value]
+    scales = [float(s) for s in FLAGS.scales]
 
     def draw(seed: int, guidance_scale: float | None) -> np.ndarray:
         """Samples of the balanced labels with ``guidance_scale``; ``None``: the null label."""
@@ -138,19 +145,19 @@ def main(argv: list[str]) -> None:
         )
 
     rows, grid_samples = [], []
-    for seed in (int(s) for s in _SEEDS.value):
+    for seed in (int(s) for s in FLAGS.seeds):
         for scale in scales:
             samples = draw(seed, scale)
             rows.append({"guidance_scale": scale, "seed": seed, **measure(samples, labels)})
             print(json.dumps(rows[-1]), flush=True)
-            if seed == int(_SEEDS.value[0]):
+            if seed == int(FLAGS.seeds[0]):
                 grid_samples.append(samples)
         samples = draw(seed, None)
         rows.append({"guidance_scale": NULL_ROW, "seed": seed, **measure(samples, None)})
         print(json.dumps(rows[-1]), flush=True)
 
     summary = summarise(rows)
-    os.makedirs(_OUT_DIR.value, exist_ok=True)
+    os.makedirs(FLAGS.out_dir, exist_ok=True)
     result = {
         "command": "python -m experiments.guidance_study " + " ".join(sys.argv[1:]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -166,16 +173,17 @@ def main(argv: list[str]) -> None:
         "rows": rows,
         "summary": summary,
     }
-    reporting.write_json(os.path.join(_OUT_DIR.value, "guidance_digits.json"), result)
-    per_class = _GRID_PER_CLASS.value
+    reporting.write_json(os.path.join(FLAGS.out_dir, "guidance_digits.json"), result)
+    per_class = FLAGS.grid_per_class
     reporting.save_sample_grid(
         grid_order(grid_samples, labels, per_class),
         model.max_count,
-        os.path.join(_OUT_DIR.value, "guidance_digits.png"),
+        os.path.join(FLAGS.out_dir, "guidance_digits.png"),
         columns=per_class * len(scales),
     )
     print(markdown(summary))
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
