@@ -53,14 +53,15 @@ class StopAtOnce:
         self._active = False
         self._previous: dict[int, Any] = {}
         self._wakeup_fd = -1
+        self._write_end = -1
 
     def __enter__(self) -> StopAtOnce:
         global _stop_at_once
         if threading.current_thread() is not threading.main_thread():
             return self
-        read_end, write_end = os.pipe()
-        os.set_blocking(write_end, False)
-        self._wakeup_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        read_end, self._write_end = os.pipe()
+        os.set_blocking(self._write_end, False)
+        self._wakeup_fd = signal.set_wakeup_fd(self._write_end, warn_on_full_buffer=False)
         for signum in (signal.SIGINT, signal.SIGTERM):
             self._previous[signum] = signal.signal(signum, _no_python_action)
         threading.Thread(target=self._watch, args=(read_end,), daemon=True).start()
@@ -71,7 +72,8 @@ class StopAtOnce:
     def _watch(self, read_end: int) -> None:
         while True:
             received = os.read(read_end, 1)
-            if not received:
+            if not received:  # __exit__ closed the write end
+                os.close(read_end)
                 return
             if self._active:
                 name = signal.Signals(received[0]).name
@@ -111,6 +113,7 @@ class StopAtOnce:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous.clear()
+        os.close(self._write_end)  # the watcher thread reads the end of the pipe and ends
 
 
 def _no_python_action(signum: int, frame: Any) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import pytest
 
@@ -54,3 +57,17 @@ def test_without_stop_at_once_it_stops_at_the_next_chunk_boundary():
             safety.stop_if_interrupted()
     with pytest.raises(safety.Interrupted), flag.ending_at_once(lambda name: name, 75):
         pass  # a signal that arrived before: raised on entry
+
+
+def test_leaving_ends_the_watcher_thread_and_closes_its_pipe():
+    """A process that runs the command several times (a notebook, the tests) keeps no thread or
+    file descriptor of an earlier run's signal watcher."""
+    threads, descriptors = threading.active_count(), len(os.listdir("/proc/self/fd"))
+    for _ in range(3):
+        with safety.StopAtOnce(lambda name: f"{name}: stopped at once"):
+            assert threading.active_count() == threads + 1
+    deadline = time.monotonic() + 10
+    while threading.active_count() > threads and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert threading.active_count() == threads
+    assert len(os.listdir("/proc/self/fd")) == descriptors
