@@ -29,17 +29,22 @@ def cpu_environment(num_devices: int | None = None) -> dict[str, str]:
 
 
 def run_main(
-    *arguments: str, num_devices: int | None = None, own_process: bool = False
+    *arguments: str, num_devices: int | None = None, in_process: bool = False
 ) -> subprocess.CompletedProcess:
-    """Run the command line from the repository root on the CPU; output captured as text.
+    """Run the command line from the repository root; output captured as text.
 
-    It runs in this process, through :func:`blackout_jax.main.run` as the console command
-    calls it (exit status from its ``SystemExit``; an escaping exception is status 1 with its
-    traceback on stderr), which spares each call the seconds of starting Python and importing
-    JAX. ``own_process=True``, or forcing ``num_devices`` host devices, runs
-    ``python -m blackout_jax.main`` in a child process instead.
+    By default ``python -m blackout_jax.main`` runs in a child process on the CPU
+    (:func:`cpu_environment`, ``num_devices`` forced host devices). ``in_process=True`` runs it
+    in this process instead, through :func:`blackout_jax.main.run` as the console command calls
+    it (exit status from its ``SystemExit``; an escaping exception is status 1 with its
+    traceback on stderr), sparing the seconds of starting Python and importing JAX: for
+    commands that stop before compiling anything (usage errors, ``--help``, ``show_config``).
+    Commands that compile stay in children: a long-lived test process that writes many
+    programs to the persistent compilation cache crashed in JAX 0.10.2's
+    ``executable.serialize`` (experiments/RESULTS.md, "CI steps").
     """
-    if num_devices is None and not own_process:
+    if in_process:
+        assert num_devices is None, "forced host devices need a process of their own"
         return _run_main_here(arguments)
     return subprocess.run(
         [sys.executable, "-m", "blackout_jax.main", *arguments],

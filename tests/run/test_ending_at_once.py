@@ -7,7 +7,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import pytest
 
@@ -62,12 +61,16 @@ def test_without_stop_at_once_it_stops_at_the_next_chunk_boundary():
 def test_leaving_ends_the_watcher_thread_and_closes_its_pipe():
     """A process that runs the command several times (a notebook, the tests) keeps no thread or
     file descriptor of an earlier run's signal watcher."""
-    threads, descriptors = threading.active_count(), len(os.listdir("/proc/self/fd"))
+    watchers = []
+    descriptors = set(os.listdir("/proc/self/fd"))
     for _ in range(3):
         with safety.StopAtOnce(lambda name: f"{name}: stopped at once"):
-            assert threading.active_count() == threads + 1
-    deadline = time.monotonic() + 10
-    while threading.active_count() > threads and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert threading.active_count() == threads
-    assert len(os.listdir("/proc/self/fd")) == descriptors
+            started = [t for t in threading.enumerate() if t.name.endswith("(_watch)")]
+            assert len(started) == 1 and started[0] not in watchers
+            watchers += started
+            pipe = set(os.listdir("/proc/self/fd")) - descriptors
+            assert len(pipe) >= 2  # the watcher's two ends
+        for thread in watchers:
+            thread.join(timeout=10)
+        assert not any(thread.is_alive() for thread in watchers)
+        assert not pipe & set(os.listdir("/proc/self/fd"))
