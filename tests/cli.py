@@ -1,5 +1,5 @@
-"""Running the command line (``blackout_jax.main``) for the end-to-end tests: in this process,
-or in a child process where the test needs one of its own."""
+"""Running the command line (``blackout_jax.main``) for the end-to-end tests: in a child
+process, or in this process for commands that stop before compiling anything."""
 
 from __future__ import annotations
 
@@ -39,9 +39,8 @@ def run_main(
     it (exit status from its ``SystemExit``; an escaping exception is status 1 with its
     traceback on stderr), sparing the seconds of starting Python and importing JAX: for
     commands that stop before compiling anything (usage errors, ``--help``, ``show_config``).
-    Commands that compile stay in children: a long-lived test process that writes many
-    programs to the persistent compilation cache crashed in JAX 0.10.2's
-    ``executable.serialize`` (experiments/RESULTS.md, "CI steps").
+    Commands that compile run in children, which write their programs to the shared
+    compilation cache; the test processes write none (:mod:`tests.conftest`).
     """
     if in_process:
         assert num_devices is None, "forced host devices need a process of their own"

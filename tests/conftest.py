@@ -63,9 +63,9 @@ NEVER_WRITTEN = 1e9
 def shared_compilation_cache(tmp_path_factory):
     """One persistent XLA compilation cache for every child process the tests start.
 
-    Tests that need the command line in a process of its own (signals, forced device counts,
-    several processes, the studies) start children that compile the same small programs; with
-    the cache, set in the environment that the children inherit, only the first compiles them.
+    The end-to-end tests run the command line in child processes that compile the same small
+    programs; with the cache, set in the environment that the children inherit, only the first
+    compiles them.
     Under pytest-xdist the workers share one folder (the parent of their base temporary
     folders); the size limit makes JAX lock it (with ``filelock``), so that no child reads an
     entry that another is still writing.
