@@ -1,15 +1,11 @@
-"""Running the command line (``blackout_jax.main``) for the end-to-end tests: in a child
-process, or in this process for commands that stop before compiling anything."""
+"""Running ``python -m blackout_jax.main`` in a subprocess, for the end-to-end tests."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import pathlib
 import subprocess
 import sys
-import traceback
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -28,23 +24,8 @@ def cpu_environment(num_devices: int | None = None) -> dict[str, str]:
     return env
 
 
-def run_main(
-    *arguments: str, num_devices: int | None = None, in_process: bool = False
-) -> subprocess.CompletedProcess:
-    """Run the command line from the repository root; output captured as text.
-
-    By default ``python -m blackout_jax.main`` runs in a child process on the CPU
-    (:func:`cpu_environment`, ``num_devices`` forced host devices). ``in_process=True`` runs it
-    in this process instead, through :func:`blackout_jax.main.run` as the console command calls
-    it (exit status from its ``SystemExit``; an escaping exception is status 1 with its
-    traceback on stderr), sparing the seconds of starting Python and importing JAX: for
-    commands that stop before compiling anything (usage errors, ``--help``, ``show_config``).
-    Commands that compile run in children, which write their programs to the shared
-    compilation cache; the test processes write none (:mod:`tests.conftest`).
-    """
-    if in_process:
-        assert num_devices is None, "forced host devices need a process of their own"
-        return _run_main_here(arguments)
+def run_main(*arguments: str, num_devices: int | None = None) -> subprocess.CompletedProcess:
+    """Run the command line from the repository root on the CPU; output captured as text."""
     return subprocess.run(
         [sys.executable, "-m", "blackout_jax.main", *arguments],
         cwd=REPO_ROOT,
@@ -53,40 +34,6 @@ def run_main(
         text=True,
         timeout=600,
     )
-
-
-def _run_main_here(arguments: tuple[str, ...]) -> subprocess.CompletedProcess:
-    from absl import flags
-
-    from blackout_jax import main
-
-    stdout, stderr = io.StringIO(), io.StringIO()
-    status = 0
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(contextlib.chdir(REPO_ROOT))
-        stack.enter_context(contextlib.redirect_stdout(stdout))
-        stack.enter_context(contextlib.redirect_stderr(stderr))
-        stack.callback(_forget_flags, flags.FLAGS)
-        saved_argv, sys.argv = sys.argv, ["blackout_jax.main", *arguments]
-        stack.callback(setattr, sys, "argv", saved_argv)
-        try:
-            main.run()
-        except SystemExit as stop:
-            status = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
-        except Exception:  # noqa: BLE001 (as a child process would: status 1, the traceback)
-            traceback.print_exc()
-            status = 1
-    return subprocess.CompletedProcess(
-        ["blackout_jax.main", *arguments], status, stdout.getvalue(), stderr.getvalue()
-    )
-
-
-def _forget_flags(flag_values) -> None:
-    """Flags back to their defaults, without the ``--config.<field>`` override flags that
-    parsing a config file defines (the next command's config defines its own)."""
-    flag_values.unparse_flags()
-    for name in [name for name in flag_values if name.startswith("config.")]:
-        delattr(flag_values, name)
 
 
 def only_output(folder: pathlib.Path, stem: str) -> pathlib.Path:

@@ -55,26 +55,19 @@ def chi_square_pvalue():
     return pooled_chi_square_pvalue
 
 
-NEVER_WRITTEN = 1e9
-"""A least compile time (seconds) that no program reaches: JAX writes none to the cache."""
-
-
 @pytest.fixture(scope="session", autouse=True)
 def shared_compilation_cache(tmp_path_factory):
     """One persistent XLA compilation cache for every child process the tests start.
 
-    The end-to-end tests run the command line in child processes that compile the same small
+    The end-to-end tests run the command line in subprocesses that compile the same small
     programs; with the cache, set in the environment that the children inherit, only the first
-    compiles them.
-    Under pytest-xdist the workers share one folder (the parent of their base temporary
-    folders); the size limit makes JAX lock it (with ``filelock``), so that no child reads an
-    entry that another is still writing.
+    compiles them. Under pytest-xdist the workers share one folder (the parent of their base
+    temporary folders); the size limit makes JAX lock it (with ``filelock``), so that no child
+    reads an entry that another is still writing.
 
-    The test processes read the folder (programs that the children compiled) but write
-    nothing to it: serialising a program in a long-lived pytest-xdist worker that has compiled
-    hundreds of others crashed JAX 0.10.2 (a segmentation fault in ``executable.serialize``,
-    three whole-suite runs in a row; experiments/RESULTS.md, "CI steps"), and every write scans
-    the folder.
+    The test processes use the same folder for their own compilations (the in-process runs of
+    the tiny config compile the programs that the children load, and the reverse), writing only
+    programs that take a second or more to compile: every write scans the folder.
     """
     base = tmp_path_factory.getbasetemp()
     cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "xla_cache"
@@ -87,7 +80,7 @@ def shared_compilation_cache(tmp_path_factory):
         patch.setenv("JAX_COMPILATION_CACHE_MAX_SIZE", str(max_size))
         with jax_settings(
             jax_compilation_cache_dir=str(cache),
-            jax_persistent_cache_min_compile_time_secs=NEVER_WRITTEN,
+            jax_persistent_cache_min_compile_time_secs=1.0,
             jax_compilation_cache_max_size=max_size,
         ):
             yield cache

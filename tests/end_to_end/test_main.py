@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import ast
 import configparser
-import functools
 import os
 import shutil
 import subprocess
@@ -16,9 +15,8 @@ import pytest
 from blackout_jax.run import config as config_lib
 from blackout_jax.run import folder
 from configs import tiny
-from tests.cli import REPO_ROOT, cpu_environment, run_main
-
-_main = functools.partial(run_main, in_process=True)  # every command here stops before compiling
+from tests.cli import REPO_ROOT, cpu_environment
+from tests.cli import run_main as _main
 
 
 @pytest.mark.parametrize(
@@ -41,7 +39,7 @@ def test_a_config_error_exits_non_zero_naming_the_field(tmp_path, override, fiel
 
 def test_the_batch_must_split_over_the_devices(tmp_path):
     workdir = tmp_path / "run"
-    result = run_main(
+    result = _main(
         "--config=configs/tiny.py",
         f"--workdir={workdir}",
         "--config.training.batch_size=12",
