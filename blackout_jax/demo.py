@@ -15,9 +15,9 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
-from sklearn.datasets import load_digits
 
 import blackout_jax as bj
+from blackout_jax.data import digits as digits_data
 from blackout_jax.run import reporting
 from blackout_jax.run.progress import sampler_progress
 
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--out", default="demo_samples.png")
     args = parser.parse_args()
 
-    digits = load_digits().images.astype(np.int32)[..., None]  # (1797, 8, 8, 1), counts 0..16
+    digits, _ = digits_data.load_digits_with_labels()  # (1797, 8, 8, 1), counts 0..16
     max_count, t_end = 16, 15.0
     oracle = bj.dataset_oracle(digits)
     times = bj.observation_times(args.num_steps, t_end)

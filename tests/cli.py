@@ -1,11 +1,15 @@
-"""Running ``python -m blackout_jax.main`` in a subprocess, for the end-to-end tests."""
+"""Running the command line (``blackout_jax.main``) for the end-to-end tests: in this process,
+or in a child process where the test needs one of its own."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import pathlib
 import subprocess
 import sys
+import traceback
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -24,8 +28,21 @@ def cpu_environment(num_devices: int | None = None) -> dict[str, str]:
     return env
 
 
-def run_main(*arguments: str, num_devices: int | None = None) -> subprocess.CompletedProcess:
-    """Run the command line from the repository root on the CPU; output captured as text."""
+def run_main(
+    *arguments: str, num_devices: int | None = None, own_process: bool = False
+) -> subprocess.CompletedProcess:
+    """Run the command line from the repository root on the CPU; output captured as text.
+
+    It runs in this process, through :func:`blackout_jax.main.run` as the console command
+    calls it (exit status from its ``SystemExit``; an escaping exception is status 1 with its
+    traceback on stderr), which spares each call the seconds of starting Python and importing
+    JAX and lets later commands reuse the programs it compiled (until
+    :func:`tests.conftest.release_compiled_programs` releases them). ``own_process=True``, or
+    forcing ``num_devices`` host devices, runs ``python -m blackout_jax.main`` in a child
+    process instead.
+    """
+    if num_devices is None and not own_process:
+        return _run_main_here(arguments)
     return subprocess.run(
         [sys.executable, "-m", "blackout_jax.main", *arguments],
         cwd=REPO_ROOT,
@@ -34,6 +51,40 @@ def run_main(*arguments: str, num_devices: int | None = None) -> subprocess.Comp
         text=True,
         timeout=600,
     )
+
+
+def _run_main_here(arguments: tuple[str, ...]) -> subprocess.CompletedProcess:
+    from absl import flags
+
+    from blackout_jax import main
+
+    stdout, stderr = io.StringIO(), io.StringIO()
+    status = 0
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(contextlib.chdir(REPO_ROOT))
+        stack.enter_context(contextlib.redirect_stdout(stdout))
+        stack.enter_context(contextlib.redirect_stderr(stderr))
+        stack.callback(_forget_flags, flags.FLAGS)
+        saved_argv, sys.argv = sys.argv, ["blackout_jax.main", *arguments]
+        stack.callback(setattr, sys, "argv", saved_argv)
+        try:
+            main.run()
+        except SystemExit as stop:
+            status = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+        except Exception:  # noqa: BLE001 (as a child process would: status 1, the traceback)
+            traceback.print_exc()
+            status = 1
+    return subprocess.CompletedProcess(
+        ["blackout_jax.main", *arguments], status, stdout.getvalue(), stderr.getvalue()
+    )
+
+
+def _forget_flags(flag_values) -> None:
+    """Flags back to their defaults, without the ``--config.<field>`` override flags that
+    parsing a config file defines (the next command's config defines its own)."""
+    flag_values.unparse_flags()
+    for name in [name for name in flag_values if name.startswith("config.")]:
+        delattr(flag_values, name)
 
 
 def only_output(folder: pathlib.Path, stem: str) -> pathlib.Path:

@@ -59,15 +59,16 @@ def chi_square_pvalue():
 def shared_compilation_cache(tmp_path_factory):
     """One persistent XLA compilation cache for every child process the tests start.
 
-    The end-to-end tests run the command line in subprocesses that compile the same small
-    programs; with the cache, set in the environment that the children inherit, only the first
-    compiles them. Under pytest-xdist the workers share one folder (the parent of their base
-    temporary folders); the size limit makes JAX lock it (with ``filelock``), so that no child
-    reads an entry that another is still writing.
+    Tests that need the command line in a process of its own (signals, forced device counts,
+    several processes, the studies) start children that compile the same small programs; with
+    the cache, set in the environment that the children inherit, only the first compiles them.
+    Under pytest-xdist the workers share one folder (the parent of their base temporary
+    folders); the size limit makes JAX lock it (with ``filelock``), so that no child reads an
+    entry that another is still writing.
 
     The test processes use the same folder for their own compilations (the in-process runs of
-    the tiny config compile the programs that the children load, and the reverse), writing only
-    programs that take a second or more to compile: every write scans the folder.
+    the command line compile the programs that the children load, and the reverse), writing
+    only programs that take a second or more to compile: every write scans the folder.
     """
     base = tmp_path_factory.getbasetemp()
     cache = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "xla_cache"
@@ -84,6 +85,43 @@ def shared_compilation_cache(tmp_path_factory):
             jax_compilation_cache_max_size=max_size,
         ):
             yield cache
+
+
+def memory_mappings() -> int | None:
+    """How many memory mappings this process holds (``/proc/self/maps``); ``None`` where the
+    system does not say (not Linux)."""
+    try:
+        with open("/proc/self/maps", "rb") as maps:
+            return sum(1 for _ in maps)
+    except OSError:
+        return None
+
+
+def mapping_limit() -> int:
+    """Linux's limit on memory mappings per process (``vm.max_map_count``, 65,530 by default)."""
+    try:
+        with open("/proc/sys/vm/max_map_count") as limit:
+            return int(limit.read())
+    except (OSError, ValueError):
+        return 65530
+
+
+@pytest.fixture(autouse=True)
+def release_compiled_programs():
+    """Drop every compiled program (``jax.clear_caches``) after a test that leaves this process
+    holding more than half of the memory mappings it may have.
+
+    XLA's CPU backend maps each compiled kernel into memory on its own (three mappings per
+    kernel, some hundreds per sampler program) and keeps them while the program is cached. A
+    pytest-xdist worker that runs many test files reaches Linux's limit (:func:`mapping_limit`),
+    and the next compilation then fails inside LLVM with a segmentation fault
+    (experiments/RESULTS.md, "CI steps"). One test adds a few thousand mappings at most (a
+    training run of configs/tiny.py about 1,600), far below the half left.
+    """
+    yield
+    mappings = memory_mappings()
+    if mappings is not None and mappings > mapping_limit() // 2:
+        jax.clear_caches()
 
 
 @contextlib.contextmanager

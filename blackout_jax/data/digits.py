@@ -8,6 +8,9 @@ training).
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import numpy as np
 
 from blackout_jax.data import count_checks, pipeline
@@ -21,12 +24,39 @@ SPLIT_SEED = 0
 SOURCE = "sklearn.datasets.load_digits"
 
 
-def load_digit_counts() -> np.ndarray:
-    """All 1797 digits as ``np.int32`` counts of shape (1797, 8, 8, 1), values 0..16."""
+def digits_csv_path() -> str | None:
+    """The CSV file that ``sklearn.datasets.load_digits`` reads (``datasets/data/digits.csv.gz``
+    in the installed scikit-learn, found without importing it), or ``None`` where it is not."""
+    spec = importlib.util.find_spec("sklearn")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(folder, "datasets", "data", "digits.csv.gz")
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _digits_table() -> np.ndarray:
+    """sklearn's digits as one float64 table of shape (1797, 65): 64 pixels, then the digit.
+
+    Read from :func:`digits_csv_path`, so that a run does not pay for importing scikit-learn
+    (about 1.5 s on a CPU); where that file is not found, from ``load_digits`` itself.
+    """
+    path = digits_csv_path()
+    if path is not None:
+        return np.loadtxt(path, delimiter=",")
     from sklearn.datasets import load_digits
 
-    images = load_digits().images  # float64 (1797, 8, 8), whole numbers 0..16
-    return count_checks.check_count_values(images, source=SOURCE, max_count=MAX_COUNT)
+    digits = load_digits()
+    return np.concatenate([digits.data, digits.target[:, None]], axis=1)
+
+
+def load_digits_with_labels() -> tuple[np.ndarray, np.ndarray]:
+    """All 1797 digits: counts ``np.int32`` of shape (1797, 8, 8, 1) with values 0..16, and the
+    digit each shows (``np.int32`` in 0..9)."""
+    table = _digits_table()
+    images = table[:, :-1].reshape(NUM_EXAMPLES, *IMAGE_SHAPE[:2])
+    counts = count_checks.check_count_values(images, source=SOURCE, max_count=MAX_COUNT)
+    return counts, table[:, -1].astype(np.int32)
 
 
 def split_indices(num_examples: int, num_test: int) -> tuple[np.ndarray, np.ndarray]:
@@ -44,10 +74,7 @@ def load_digits_labelled_split(
     """``((train, train_labels), (test, test_labels))``: the fixed split of :func:`split_indices`
     (counts int32 of shapes ``(1797 - num_test, 8, 8, 1)`` and ``(num_test, 8, 8, 1)``) with
     sklearn's targets (the digit shown, ``np.int32`` in 0..9) of the same examples."""
-    from sklearn.datasets import load_digits
-
-    counts = load_digit_counts()
-    labels = load_digits().target.astype(np.int32)
+    counts, labels = load_digits_with_labels()
     train_indices, test_indices = split_indices(len(counts), num_test)
     return (
         (counts[train_indices], labels[train_indices]),

@@ -5,8 +5,8 @@
   ``{"step", "split": "eval", "bits_per_dim", ...}``) and mirrors every value to TensorBoard
   event files in ``WORKDIR/tensorboard`` (tag ``<split>/<name>``). On resume it drops rows (and
   TensorBoard events) written after the restored step, so the record continues from there.
-* :func:`save_sample_grid` and :func:`plot_loss_curve` draw with matplotlib's Agg canvas (no
-  display, no global backend switch).
+* :func:`save_sample_grid` writes its pixels as a PNG with Pillow; :func:`plot_loss_curve`
+  draws with matplotlib's Agg canvas (no display, no global backend switch).
 * :func:`write_atomically` is the one way every output file of a run is written (JSON, npz,
   PNG, sample chunks): into a temporary file in the same folder, then renamed over the target,
   so a reader, a full disk or a read-only folder never leaves a half-written or empty file
@@ -254,14 +254,14 @@ def save_sample_grid(
     log_counts: bool | None = None,
 ) -> None:
     """Write a PNG grid of ``samples`` (see :func:`sample_grid_image`), upscaled by whole pixels
-    (nearest neighbour) until the image is at least ``min_size`` pixels on its shorter side."""
-    from matplotlib import image as mpl_image
+    (nearest neighbour) until the image is at least ``min_size`` pixels on its shorter side: an
+    8-bit grey PNG for one channel, RGB for three."""
+    from PIL import Image
 
     grid = sample_grid_image(samples, max_count, columns=columns, log_counts=log_counts)
     scale = max(1, math.ceil(min_size / min(grid.shape[:2])))
     grid = np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
-    colours = {"cmap": "gray", "vmin": 0, "vmax": 255} if grid.ndim == 2 else {}
-    write_atomically(path, lambda file: mpl_image.imsave(file, grid, format="png", **colours))
+    write_atomically(path, lambda file: Image.fromarray(grid).save(file, format="PNG"))
 
 
 def rows_by_label(

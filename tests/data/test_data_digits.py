@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
 from blackout_jax.data import digits, load_dataset
 from blackout_jax.run.config import DataConfig
+from tests.cli import cpu_environment
 
 
 def digits_config(**overrides) -> DataConfig:
@@ -43,6 +47,36 @@ def test_loaded_digits_are_sklearn_images_as_counts():
     _, test_indices = digits.split_indices(1797, 297)
     np.testing.assert_array_equal(test[..., 0], images[test_indices])
     assert test.dtype == np.int32 and test.min() == 0 and test.max() == 16
+
+
+@pytest.mark.parametrize("from_csv_file", [True, False])
+def test_digits_and_labels_equal_sklearns_whether_read_from_its_file_or_not(
+    monkeypatch, from_csv_file
+):
+    if from_csv_file:
+        assert digits.digits_csv_path() is not None
+    else:
+        monkeypatch.setattr(digits, "digits_csv_path", lambda: None)
+    counts, labels = digits.load_digits_with_labels()
+    reference = load_digits()
+    assert counts.shape == (1797, 8, 8, 1) and counts.dtype == np.int32
+    np.testing.assert_array_equal(counts[..., 0], reference.images)
+    assert labels.dtype == np.int32
+    np.testing.assert_array_equal(labels, reference.target)
+
+
+def test_loading_the_digits_does_not_import_scikit_learn():
+    code = (
+        "import sys\n"
+        "from blackout_jax.data import digits\n"
+        "digits.load_digits_labelled_split()\n"
+        "print(sorted(name for name in sys.modules if name.split('.')[0] == 'sklearn'))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=cpu_environment(), capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def test_test_split_does_not_depend_on_the_seed():

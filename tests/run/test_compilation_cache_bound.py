@@ -72,7 +72,7 @@ def test_a_bound_that_is_not_a_number_of_bytes_is_named(value):
 
 def test_the_command_names_a_bad_bound_before_jax_reads_it(monkeypatch):
     monkeypatch.setenv("JAX_COMPILATION_CACHE_MAX_SIZE", "2G")
-    result = run_main("--config=configs/tiny.py", "--mode=show_config")
+    result = run_main("--config=configs/tiny.py", "--mode=show_config", own_process=True)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
         "error: JAX_COMPILATION_CACHE_MAX_SIZE='2G' is not a number of bytes (an integer >= 0, "

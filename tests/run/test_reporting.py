@@ -102,8 +102,11 @@ def test_save_sample_grid_writes_an_upscaled_png(tmp_path):
     with Image.open(path) as image:
         assert image.format == "PNG"
         width, height = image.size
+        pixels = np.asarray(image)
     # grid of 2 x 2 cells of 9 pixels + 1 border = 19 pixels, upscaled 4x to >= 64.
     assert (width, height) == (76, 76)
+    grid = reporting.sample_grid_image(samples, 16)
+    np.testing.assert_array_equal(pixels, np.repeat(np.repeat(grid, 4, axis=0), 4, axis=1))
 
 
 def test_plot_loss_curve_writes_a_png(tmp_path):
