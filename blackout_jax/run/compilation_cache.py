@@ -19,7 +19,11 @@ variable ``JAX_COMPILATION_CACHE_MAX_SIZE`` (JAX's own name) gives another numbe
 (``-1`` = unbounded, ``0`` = no caching). With a bound JAX evicts the least recently used
 entries once the folder would exceed it, and takes a file lock (``<folder>/.lockfile``, with
 the ``filelock`` package) around every read and write, so that several processes can share one
-folder: none reads an entry another is still writing, and evictions do not race.
+folder: none reads an entry another is still writing, and evictions do not race. JAX records
+each entry's last use in a file ``<key>-atime`` beside the entry ``<key>-cache``, only while the
+folder is bounded; :func:`enable_persistent_cache` gives the entries written while it was not
+(``-1``) such a file, without which every later write of a bounded process would fail with a
+``FileNotFoundError`` warning (JAX 0.10.2 reads it for every entry when it evicts).
 """
 
 from __future__ import annotations
@@ -72,10 +76,40 @@ def max_size_from_environment(environ: dict[str, str] | None = None) -> int:
     return size
 
 
+ENTRY_SUFFIX = "-cache"
+ACCESS_TIME_SUFFIX = "-atime"
+
+
+def add_missing_access_times(path: str) -> int:
+    """Give every entry ``<key>-cache`` of the cache folder ``path`` that has no access-time
+    file ``<key>-atime`` one, holding the entry's modification time (nanoseconds since the
+    epoch, 8 bytes little-endian, as JAX writes it); returns how many were added (0 when the
+    folder does not exist)."""
+    if not os.path.isdir(path):
+        return 0
+    added = 0
+    for name in os.listdir(path):
+        if not name.endswith(ENTRY_SUFFIX):
+            continue
+        entry = os.path.join(path, name)
+        access_time = entry[: -len(ENTRY_SUFFIX)] + ACCESS_TIME_SUFFIX
+        if os.path.exists(access_time):
+            continue
+        try:
+            modified = os.stat(entry).st_mtime_ns
+            with open(access_time, "wb") as file:
+                file.write(modified.to_bytes(8, "little"))
+        except OSError:  # evicted meanwhile by another process, or a read-only folder
+            continue
+        added += 1
+    return added
+
+
 def enable_persistent_cache(environ: dict[str, str] | None = None) -> str | None:
     """Point JAX's persistent compilation cache at the folder chosen by the environment,
     bounded by :func:`max_size_from_environment` (least recently used entries evicted, reads
-    and writes under a file lock).
+    and writes under a file lock; entries without an access-time file get one,
+    :func:`add_missing_access_times`).
 
     Call it once at the start of a run, before anything is compiled: JAX opens its cache at
     the first compilation of a process and ignores later changes of the folder or the bound.
@@ -89,6 +123,9 @@ def enable_persistent_cache(environ: dict[str, str] | None = None) -> str | None
 
     path = cache_dir_from_environment(environ)
     if path is not None:
-        jax.config.update("jax_compilation_cache_max_size", max_size_from_environment(environ))
+        max_size = max_size_from_environment(environ)
+        if max_size != -1:
+            add_missing_access_times(path)
+        jax.config.update("jax_compilation_cache_max_size", max_size)
         jax.config.update("jax_compilation_cache_dir", path)
     return path

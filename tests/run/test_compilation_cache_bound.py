@@ -22,21 +22,22 @@ COMPILE_PROGRAMS = textwrap.dedent(
     print(compilation_cache.enable_persistent_cache(), jax.config.jax_compilation_cache_max_size)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    for k in range(int(sys.argv[1])):
+    first = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+    for k in range(first, first + int(sys.argv[1])):
         program = jax.jit(lambda x, k=k: jnp.sin(x) * (k + 1.5) + jnp.cos(x) ** k)
         assert float(program(jnp.ones(7 + k)).sum()) == float(program(jnp.ones(7 + k)).sum())
     """
 )
 
 
-def _compile_into(folder, num_programs, max_size=None):
+def _compile_into(folder, num_programs, max_size=None, first=0):
     env = cpu_environment()
     env["JAX_COMPILATION_CACHE_DIR"] = str(folder)
     env.pop("JAX_COMPILATION_CACHE_MAX_SIZE", None)
     if max_size is not None:
         env["JAX_COMPILATION_CACHE_MAX_SIZE"] = str(max_size)
     return subprocess.Popen(
-        [sys.executable, "-c", COMPILE_PROGRAMS, str(num_programs)],
+        [sys.executable, "-c", COMPILE_PROGRAMS, str(num_programs), str(first)],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -114,3 +115,27 @@ def test_two_processes_compiling_into_one_folder_both_succeed(tmp_path):
         assert _finished(process).split() == [str(folder), str(compilation_cache.DEFAULT_MAX_SIZE)]
     assert _entry_sizes(folder)
     assert (folder / ".lockfile").exists()
+
+
+def test_entries_written_without_a_bound_do_not_break_the_writes_of_a_bounded_process(tmp_path):
+    folder = tmp_path / "mixed"
+    _finished(_compile_into(folder, 2, max_size=-1))  # unbounded: no access-time files
+    entries = sorted(path.name for path in folder.iterdir() if path.name.endswith("-cache"))
+    assert len(entries) >= 2 and not list(folder.glob("*-atime"))
+    modified = (folder / entries[0]).stat().st_mtime_ns
+    assert compilation_cache.add_missing_access_times(str(folder)) == len(entries)
+    stamp = (folder / entries[0].replace("-cache", "-atime")).read_bytes()
+    assert int.from_bytes(stamp, "little") == modified
+    assert compilation_cache.add_missing_access_times(str(folder)) == 0
+    assert compilation_cache.add_missing_access_times(str(tmp_path / "absent")) == 0
+
+    # Through the command's set-up: a bounded process after an unbounded one writes its own
+    # programs without a warning (before, each write failed with a FileNotFoundError warning).
+    second = tmp_path / "mixed_again"
+    _finished(_compile_into(second, 2, max_size=-1))
+    process = _compile_into(second, 2, max_size=2**30, first=2)
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    assert "Error writing persistent compilation cache entry" not in stderr
+    written = len(list(second.glob("*-cache")))
+    assert written > len(entries) and written == len(list(second.glob("*-atime")))
