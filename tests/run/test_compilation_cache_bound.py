@@ -120,11 +120,12 @@ def test_two_processes_compiling_into_one_folder_both_succeed(tmp_path):
 def test_entries_written_without_a_bound_do_not_break_the_writes_of_a_bounded_process(tmp_path):
     folder = tmp_path / "mixed"
     _finished(_compile_into(folder, 2, max_size=-1))  # unbounded: no access-time files
-    entries = sorted(path.name for path in folder.iterdir() if path.name.endswith("-cache"))
-    assert len(entries) >= 2 and not list(folder.glob("*-atime"))
+    entry, access_time = compilation_cache.ENTRY_SUFFIX, compilation_cache.ACCESS_TIME_SUFFIX
+    entries = sorted(path.name for path in folder.iterdir() if path.name.endswith(entry))
+    assert len(entries) >= 2 and not list(folder.glob(f"*{access_time}"))
     modified = (folder / entries[0]).stat().st_mtime_ns
     assert compilation_cache.add_missing_access_times(str(folder)) == len(entries)
-    stamp = (folder / entries[0].replace("-cache", "-atime")).read_bytes()
+    stamp = (folder / entries[0].replace(entry, access_time)).read_bytes()
     assert int.from_bytes(stamp, "little") == modified
     assert compilation_cache.add_missing_access_times(str(folder)) == 0
     assert compilation_cache.add_missing_access_times(str(tmp_path / "absent")) == 0
@@ -137,5 +138,5 @@ def test_entries_written_without_a_bound_do_not_break_the_writes_of_a_bounded_pr
     stdout, stderr = process.communicate(timeout=300)
     assert process.returncode == 0, stderr[-3000:]
     assert "Error writing persistent compilation cache entry" not in stderr
-    written = len(list(second.glob("*-cache")))
-    assert written > len(entries) and written == len(list(second.glob("*-atime")))
+    written = len(list(second.glob(f"*{entry}")))
+    assert written > len(entries) and written == len(list(second.glob(f"*{access_time}")))
