@@ -130,6 +130,22 @@ def remove_unfinished(directory: str | os.PathLike[str], *, patience_seconds: fl
             shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
 
 
+_LISTING_ATTEMPTS = 20
+
+
+def _retried_while_pruned(read: Callable[[], _T]) -> _T:
+    """``read()`` (a listing of the checkpoints), tried again while it raises
+    ``FileNotFoundError``: orbax reads every step folder it lists, and a trainer's keep policy
+    may remove one in between. Up to :data:`_LISTING_ATTEMPTS` tries, waiting 0.05 s longer
+    before each; the last try's error is raised."""
+    for attempt in range(_LISTING_ATTEMPTS - 1):
+        try:
+            return read()
+        except FileNotFoundError:
+            time.sleep(0.05 * (attempt + 1))
+    return read()
+
+
 def _registry() -> ocp.handlers.DefaultCheckpointHandlerRegistry:
     """Which orbax handler reads and writes each item."""
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
@@ -177,8 +193,10 @@ class CheckpointStore:
             create=True,
         )
         self.directory = os.fspath(directory)
-        self._manager = ocp.CheckpointManager(
-            os.path.abspath(self.directory), options=options, handler_registry=_registry()
+        self._manager = _retried_while_pruned(
+            lambda: ocp.CheckpointManager(
+                os.path.abspath(self.directory), options=options, handler_registry=_registry()
+            )
         )
 
     def latest_step(self) -> int | None:
@@ -335,15 +353,11 @@ class CheckpointStore:
         """The checkpoints now, if the failed read of ``step`` raced a trainer's keep policy
         (which removes a checkpoint only after writing a newer one): its folder is gone, or a
         step newer than it and not yet tried exists. ``None`` otherwise (a real failure)."""
-        for attempt in range(20):  # listing a folder while it is being removed can fail
-            try:
-                self._manager.reload()
-                steps = self.all_steps()
-                break
-            except FileNotFoundError:
-                time.sleep(0.05 * (attempt + 1))
-        else:
+        try:
+            _retried_while_pruned(self._manager.reload)
+        except FileNotFoundError:
             return None
+        steps = self.all_steps()
         newer = any(other > step and other not in tried for other in steps)
         return steps if newer or not os.path.isdir(folder) else None
 

@@ -255,3 +255,29 @@ def test_a_checkpoint_pruned_during_the_read_is_no_damage_and_the_newest_is_read
     trainer.close()
     assert read == [4, 6] and restored.step == 6
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2", "6"]
+
+
+def test_a_store_opened_while_a_trainer_prunes_a_listed_step_opens_on_the_rest(
+    tmp_path, monkeypatch
+):
+    """orbax reads every step folder it lists: one removed in between (a trainer's keep policy)
+    fails the listing with FileNotFoundError, and the store lists the folder again."""
+    store = _store(tmp_path, keep_checkpoints=5)
+    for step in (2, 4):
+        _save(store, step, force=True)
+    store.wait()
+    store.close()
+    manager = checkpointing.ocp.CheckpointManager
+    openings = []
+
+    def pruned_while_listing(*args, **kwargs):
+        openings.append(1)
+        if len(openings) == 1:
+            shutil.rmtree(tmp_path / "2")
+            raise FileNotFoundError(2, "No such file or directory", str(tmp_path / "2"))
+        return manager(*args, **kwargs)
+
+    monkeypatch.setattr(checkpointing.ocp, "CheckpointManager", pruned_while_listing)
+    reopened = _store(tmp_path, keep_checkpoints=5)
+    assert len(openings) == 2 and reopened.all_steps() == [4]
+    reopened.close()
