@@ -359,41 +359,40 @@ def capped_poisson(
 
     Rates up to ``fallback_rate`` go through :func:`capped_poisson_from_uniform` with
     :func:`fine_uniform` draws; larger rates (computed only when some rate exceeds
-    ``fallback_rate``) through PTRS (:func:`_poisson_by_rejection`) from
-    ``REJECTION_MIN_MEAN`` on and ``jax.random.poisson`` below, then capped. All are exact
-    draws of the same law, at a cost that does not grow with the rates.
+    ``fallback_rate``) through PTRS (:func:`_poisson_by_rejection`), then capped. Both are
+    exact draws of the same law, at a cost that does not grow with the rates.
 
     Args:
-      key: PRNG key.
+      key: PRNG key (any implementation: threefry, rbg, ...).
       rate: float rates ``>= 0``, any shape; negative and NaN rates count as 0 (no draw
         above 0), so that a bad prediction cannot fill counts up to ``cap``.
       cap: whole numbers ``>= 0``, broadcastable to ``rate``.
-      fallback_rate: a Python float in ``[0, MAX_FALLBACK_RATE]``.
+      fallback_rate: a Python float in ``[REJECTION_MIN_MEAN, MAX_FALLBACK_RATE]``.
 
     Returns:
       int32 draws with the shape of ``rate``, entries in ``0..cap``.
 
     Raises:
-      ValueError: ``fallback_rate`` outside ``[0, MAX_FALLBACK_RATE]``.
+      ValueError: ``fallback_rate`` outside ``[REJECTION_MIN_MEAN, MAX_FALLBACK_RATE]``.
     """
-    if not 0.0 <= float(fallback_rate) <= MAX_FALLBACK_RATE:
+    if not REJECTION_MIN_MEAN <= float(fallback_rate) <= MAX_FALLBACK_RATE:
         raise ValueError(
-            f"fallback_rate must be in [0, {MAX_FALLBACK_RATE}], got {float(fallback_rate)}"
+            f"fallback_rate must be in [{REJECTION_MIN_MEAN}, {MAX_FALLBACK_RATE}], "
+            f"got {float(fallback_rate)}"
         )
     rate = _zero_unless_positive(rate)
     cap = jnp.broadcast_to(jnp.asarray(cap).astype(jnp.int32), rate.shape)
-    uniform_key, fallback_key = jax.random.split(key)
+    uniform_key, rejection_key = jax.random.split(key)
     large = rate > fallback_rate
     small_draws = capped_poisson_from_uniform(
         fine_uniform(uniform_key, rate.shape), jnp.where(large, 0.0, rate), cap
     )
-
-    large_draws = jax.lax.cond(
+    large_draws = _zeros_unless(
         jnp.any(large),
-        lambda: _poisson_above_fallback(fallback_key, rate, large),
-        lambda: jnp.zeros(rate.shape, jnp.int32),
+        lambda: _poisson_by_rejection(rejection_key, jnp.where(large, rate, fallback_rate)),
+        rate.shape,
     )
-    return jnp.where(large, jnp.minimum(large_draws, cap), small_draws)
+    return jnp.where(large, jnp.minimum(large_draws.astype(jnp.int32), cap), small_draws)
 
 
 def _suffix_sum_rows(values: Array) -> Array:
@@ -475,10 +474,13 @@ def capped_poisson_scaled(
     cap = jnp.broadcast_to(jnp.asarray(cap).astype(jnp.int32), scale.shape)
     r = jnp.maximum(jnp.asarray(r, jnp.float32), 0.0)
 
-    def direct() -> Array:
+    if max_count > TABLE_MAX_COUNT:
         return capped_poisson(key, scale * r, cap, fallback_rate=fallback_rate)
 
-    def by_table() -> Array:
+    def direct() -> tuple[Array, Array, Array, Array]:
+        return key, jnp.zeros(scale.shape, jnp.int32), scale * r, cap
+
+    def by_table() -> tuple[Array, Array, Array, Array]:
         table_key, rest_key = jax.random.split(key)
         whole = jnp.minimum(jnp.floor(scale), float(max_count))
         rows = whole.astype(jnp.int32)
@@ -490,15 +492,14 @@ def capped_poisson_scaled(
         from_table = _table_search(
             table, rows, jnp.minimum(cap, bound), lambda tail: tail > w, max_count
         )
-        rest = capped_poisson(
-            rest_key, (scale - whole) * r, cap - from_table, fallback_rate=fallback_rate
-        )
-        return from_table + rest
+        return rest_key, from_table, (scale - whole) * r, cap - from_table
 
-    if max_count > TABLE_MAX_COUNT:
-        return direct()
+    # Both paths end in one draw of capped_poisson, on the rates the chosen path leaves.
     largest_rate = jnp.max(scale, initial=0.0) * r
-    return jax.lax.cond(largest_rate <= direct_rate, direct, by_table)
+    rest_key, from_table, rest_rate, rest_cap = jax.lax.cond(
+        largest_rate <= direct_rate, direct, by_table
+    )
+    return from_table + capped_poisson(rest_key, rest_rate, rest_cap, fallback_rate=fallback_rate)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -742,26 +743,3 @@ def binomial(key: Array, trials: Array, p: Array) -> Array:
     large_draws = _zeros_unless(jnp.any(large), draw_large, shape)
     draws = jnp.where(large, large_draws, small_draws)
     return jnp.where(flip, n - draws, draws).astype(jnp.int32)
-
-
-def _poisson_above_fallback(key: Array, rate: Array, large: Array) -> Array:
-    """Draws for the entries where ``large``: PTRS from ``REJECTION_MIN_MEAN`` on, else
-    ``jax.random.poisson`` (Knuth's product method there, exact); int32."""
-    rejection_key, knuth_key = jax.random.split(key)
-    by_rejection = large & (rate >= REJECTION_MIN_MEAN)
-    by_knuth = large & ~by_rejection
-    from_rejection = _zeros_unless(
-        jnp.any(by_rejection),
-        lambda: _poisson_by_rejection(
-            rejection_key, jnp.where(by_rejection, rate, REJECTION_MIN_MEAN)
-        ),
-        rate.shape,
-    )
-    from_knuth = jax.lax.cond(
-        jnp.any(by_knuth),
-        lambda: jax.random.poisson(
-            knuth_key, jnp.where(by_knuth, rate, 0.0), rate.shape, jnp.int32
-        ),
-        lambda: jnp.zeros(rate.shape, jnp.int32),
-    )
-    return jnp.where(by_rejection, from_rejection.astype(jnp.int32), from_knuth)

@@ -32,14 +32,15 @@ def prior_rate(*, t_end: float, max_count: int) -> Array:
 
 
 def prior_sample(key: Array, shape: tuple[int, ...], *, t_end: float, max_count: int) -> Array:
-    """Draw int32 counts of ``shape`` from ``Poisson(c p_{t_end})``, clipped to ``max_count``.
+    """Draw int32 counts of ``shape`` from ``Poisson(c p_{t_end})``, clipped to ``max_count``
+    (:func:`blackout_jax.draws.capped_poisson`, exact for any key implementation).
 
     With the reference ``t_end = 15`` the rate is ``~ 4e-5`` per count: almost always zeros.
     """
     argument_checks.check_max_count(max_count)
     argument_checks.check_positive_scalar("t_end", t_end)
-    draws = jax.random.poisson(key, prior_rate(t_end=t_end, max_count=max_count), shape)
-    return jnp.minimum(draws, max_count).astype(jnp.int32)
+    rate = jnp.broadcast_to(prior_rate(t_end=t_end, max_count=max_count), shape)
+    return draws.capped_poisson(key, rate, max_count)
 
 
 def prior_log_prob(n: Array, *, t_end: float, max_count: int) -> Array:

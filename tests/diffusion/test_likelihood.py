@@ -81,7 +81,7 @@ def test_prior_kl_keeps_shape_and_works_under_jit_and_vmap() -> None:
     np.testing.assert_allclose(np.asarray(mapped), np.asarray(direct), rtol=1e-6)
 
 
-@pytest.mark.parametrize(("t_end", "max_count"), [(1.0, 4), (0.3, 16), (2.0, 1)])
+@pytest.mark.parametrize(("t_end", "max_count"), [(1.0, 4), (0.3, 16), (2.0, 1), (0.1, 64)])
 def test_prior_sample_goodness_of_fit(chi_square_pvalue, t_end: float, max_count: int) -> None:
     draws = prior_sample(jax.random.key(40), (20000,), t_end=t_end, max_count=max_count)
     assert draws.dtype == jnp.int32
