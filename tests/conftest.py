@@ -6,7 +6,14 @@ import contextlib
 import functools
 import os
 
-import jax
+from tests.cli import TEST_XLA_FLAGS
+
+# Before JAX starts its backend: this process and every child of tests.cli.cpu_environment
+# compile with the tests' XLA flags (see TEST_XLA_FLAGS); flags the caller set come after, so
+# that theirs win.
+os.environ["XLA_FLAGS"] = " ".join([TEST_XLA_FLAGS, os.environ.get("XLA_FLAGS", "")]).strip()
+
+import jax  # noqa: E402
 import numpy as np
 import pytest
 from scipy import stats

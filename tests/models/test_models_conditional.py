@@ -4,6 +4,8 @@ the doubled batch), the guided network against two separate calls, label dropout
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -96,8 +98,11 @@ def test_null_label_with_a_zero_embedding_is_the_unconditional_network():
     table[...] = table[...].at[NULL].set(0.0)
     counts, t = _inputs()
     expected = forward(unconditional, counts, t)
-    np.testing.assert_array_equal(forward(conditional, counts, t), expected)  # None = null
-    np.testing.assert_array_equal(forward(conditional, counts, t, jnp.full(3, NULL)), expected)
+    # The two networks are different programs (one adds the zero embedding), which the
+    # compiler may fuse differently: equal to float32 rounding, not bit for bit.
+    same = functools.partial(np.testing.assert_allclose, desired=expected, rtol=1e-6, atol=1e-6)
+    same(forward(conditional, counts, t))  # None = null
+    same(forward(conditional, counts, t, jnp.full(3, NULL)))
     assert not np.allclose(forward(conditional, counts, t, jnp.zeros(3, jnp.int32)), expected)
 
 

@@ -136,10 +136,13 @@ def test_particles_with_nothing_observed_still_sample_the_data(digits):
     assert _members(digits, completed).mean() >= 0.95
 
 
-@pytest.mark.parametrize("conditioning", [{}, {"resamples": 3}, {"particles": 3}])
-def test_fully_observed_returns_the_input(digits, conditioning):
-    truth = digits[:5]
-    completed = _impute(digits, truth, np.ones(truth.shape, bool), steps=50, **conditioning)
+@pytest.mark.parametrize(
+    "size, conditioning", [(40, {}), (40, {"resamples": 3}), (20, {"particles": 3})]
+)
+def test_fully_observed_returns_the_input(digits, size, conditioning):
+    # Shapes and steps of the tests above, whose compiled samplers this one reuses.
+    truth = digits[:size]
+    completed = _impute(digits, truth, np.ones(truth.shape, bool), steps=100, **conditioning)
     np.testing.assert_array_equal(completed, truth)
 
 
