@@ -13,13 +13,34 @@ import traceback
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# XLA flags of every test process (set by tests/conftest.py) and child: LLVM's level-1
-# optimisation and XLA's older loop emitters for fused element-wise work. The suite's time on a
-# CPU is mostly compilation of programs that then run for a few milliseconds; these flags
-# compile the samplers in about 2.5 times fewer CPU seconds and the whole suite in about a
-# fifth less time (experiments/RESULTS.md, "CI steps"). The programs compute the same
-# functions; only their speed differs, and no test measures speed.
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=1 --xla_cpu_use_fusion_emitters=false"
+# XLA flags for the tests' compilations: LLVM's level-1 optimisation and, where this jaxlib still
+# has them (jaxlib 0.12 has only the MLIR fusion emitters), XLA's LLVM IR emitters for fused
+# element-wise work. The suite's time on a CPU is mostly compilation of programs that then run
+# for milliseconds; with jaxlib 0.10.2 these flags compile the samplers in about 2.5 times fewer
+# CPU seconds and the whole suite in about a quarter less time (experiments/RESULTS.md, "CI
+# steps"). The programs compute the same functions (to float rounding); only their speed
+# differs, and no test measures speed.
+OPTIMISATION_FLAG = "--xla_backend_optimization_level=1"
+EMITTER_FLAG = "--xla_cpu_use_fusion_emitters=false"
+TEST_XLA_FLAGS_VARIABLE = "BLACKOUT_JAX_TEST_XLA_FLAGS"  # found once, inherited by every child
+
+
+def xla_flags_for_tests() -> str:
+    """The tests' XLA flags that this jaxlib accepts.
+
+    XLA ends the process at start-up on a flag it does not know, so a child process tries the
+    emitter flag once; the answer is kept in the environment (``TEST_XLA_FLAGS_VARIABLE``), which
+    pytest-xdist's workers and every child inherit.
+    """
+    if TEST_XLA_FLAGS_VARIABLE not in os.environ:
+        both = f"{OPTIMISATION_FLAG} {EMITTER_FLAG}"
+        probe = subprocess.run(
+            [sys.executable, "-c", "import jax; jax.devices()"],
+            env={**os.environ, "XLA_FLAGS": both, "JAX_PLATFORMS": "cpu"},
+            capture_output=True,
+        )
+        os.environ[TEST_XLA_FLAGS_VARIABLE] = both if probe.returncode == 0 else OPTIMISATION_FLAG
+    return os.environ[TEST_XLA_FLAGS_VARIABLE]
 
 
 def cpu_environment(num_devices: int | None = None) -> dict[str, str]:
@@ -28,7 +49,7 @@ def cpu_environment(num_devices: int | None = None) -> dict[str, str]:
     ``num_devices`` forces that many host devices (``--xla_force_host_platform_device_count``).
     """
     env = dict(os.environ)
-    env["XLA_FLAGS"] = TEST_XLA_FLAGS
+    env["XLA_FLAGS"] = xla_flags_for_tests()
     env["JAX_PLATFORMS"] = "cpu"
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     if num_devices is not None:

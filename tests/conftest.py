@@ -6,12 +6,13 @@ import contextlib
 import functools
 import os
 
-from tests.cli import TEST_XLA_FLAGS
+from tests.cli import xla_flags_for_tests
 
 # Before JAX starts its backend: this process and every child of tests.cli.cpu_environment
-# compile with the tests' XLA flags (see TEST_XLA_FLAGS); flags the caller set come after, so
-# that theirs win.
-os.environ["XLA_FLAGS"] = " ".join([TEST_XLA_FLAGS, os.environ.get("XLA_FLAGS", "")]).strip()
+# compile with the tests' XLA flags (tests.cli.xla_flags_for_tests); flags the caller set come
+# after, so that theirs win.
+if xla_flags_for_tests() not in os.environ.get("XLA_FLAGS", ""):  # a pytest-xdist worker has them
+    os.environ["XLA_FLAGS"] = f"{xla_flags_for_tests()} {os.environ.get('XLA_FLAGS', '')}".strip()
 
 import jax  # noqa: E402
 import numpy as np
